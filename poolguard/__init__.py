@@ -1,0 +1,16 @@
+"""poolguard: process pools that survive the death of a worker.
+
+Fronts: :class:`Pool` (a drop-in ``multiprocessing.Pool``).
+Engine: :mod:`poolguard.engine` (supervisor loop), :mod:`poolguard.worker`
+(worker loop), :mod:`poolguard.messages` (what crosses the pipes).
+"""
+from .errors import (PoolguardError, PoolTerminatedError, TaskInfo, UnpicklableTaskError,
+                     WorkerCrashedError, WorkerInitError)
+from .pool import ApplyResult, AsyncResult, IMapIterator, MapResult, Pool
+
+__all__ = [
+    "Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
+    "PoolguardError", "WorkerCrashedError", "WorkerInitError", "UnpicklableTaskError",
+    "PoolTerminatedError", "TaskInfo",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,802 @@
+"""The engine under both fronts: one supervisor thread per pool.
+
+Data flow::
+
+  caller threads               supervisor thread (owns all state)         worker processes
+  --------------               ----------------------------------         ----------------
+  Pool / ProcessPoolExecutor
+    | Engine.submit(units)
+    v
+  pending deque --wake pipe--> connection.wait([wake pipe,
+                                  every result pipe, every death fd])
+                                  |
+                                  | dispatch: at most PREFETCH units a worker
+                                  |   non-blocking write ---- task pipe ----> worker_main
+                                  |   (what a full pipe cannot take            | writes [task id, item]
+                                  |    now, the Spiller thread writes)         | to its shared-memory slot
+                                  |                                            |
+                                  | <------------------------ result pipe -----+
+                                  | decode (guarded) -> job.unit_done / unit_failed
+                                  |
+                                  | death fd readable (pidfd, else sentinel):
+                                  |   drain the result pipe, reap, read the slot,
+                                  |   fail exactly the unit that was running,
+                                  |   requeue the units it had not started,
+                                  |   start a replacement
+
+Every state change happens in the supervisor loop, whose only blocking point
+is ``multiprocessing.connection.wait``.  Other threads talk to it by putting
+work in ``_pending`` (under ``_lock``) or setting ``_state`` and writing a byte
+to the wake pipe.  No lock is shared with a worker: each has its own pipes and
+its own slot, so a worker killed at any instant cannot block anyone else.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import os
+import pickle
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+import weakref
+from multiprocessing import connection as mp_connection
+from multiprocessing.connection import Connection
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence
+
+from .errors import (PoolTerminatedError, TaskInfo, WorkerCrashedError, WorkerInitError)
+from .messages import (APPLY, CONTROL, INIT_FAILED, MAP, OK, RAISED, READY, REPLY_HEADER,
+                       RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE, decode_exception,
+                       dumps, dumps_call, encoding_error, frame)
+from .worker import (DECODING, IDLE, INITIALIZING, SENDING, SLOT_WORDS, slot_view,
+                     worker_main)
+
+PREFETCH = 2                # units in flight per worker: one running, one waiting in its pipe
+RSS_SAMPLE_INTERVAL = 0.1   # seconds between memory samples of busy workers
+TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
+STARTUP_FAILURES = 3        # consecutive deaths before READY that stop respawning
+PIPE_SIZE = 1 << 20         # asked for; Linux caps it at /proc/sys/fs/pipe-max-size
+
+RUNNING, CLOSING, TERMINATING, FINISHED = "running", "closing", "terminating", "finished"
+
+_unit_ids = itertools.count()
+_live_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+_alive_write_fds: set = set()    # every engine's "parent alive" write end, closed in forked workers
+
+
+class Job:
+    """One call of a front (an ``apply_async``, a ``map``, a ``submit``): the sink
+    its units report to.  Fronts subclass it; the supervisor calls
+    ``unit_done``/``unit_failed`` exactly once per unit."""
+
+    def __init__(self, func: Callable, kind: int, call: str):
+        self.func = func
+        self.kind = kind
+        self.call = call
+
+    def unit_done(self, unit: "Unit", values: list) -> None:
+        raise NotImplementedError
+
+    def unit_failed(self, unit: "Unit", exc: BaseException) -> None:
+        raise NotImplementedError
+
+    def wanted(self, unit: "Unit") -> bool:
+        """False when the unit should be dropped before it is sent (cancelled)."""
+        return True
+
+    def describe(self, unit: "Unit", offset: Optional[int]) -> TaskInfo:
+        name = getattr(self.func, "__qualname__", None) or repr(self.func)
+        items = unit.items
+        if offset is None and len(items) == 1:
+            offset = 0
+        if offset is None or offset >= len(items):
+            return TaskInfo(name, f"<{len(items)} items from {unit.start}>", unit.start, self.call)
+        item = items[offset]
+        if self.kind == APPLY:
+            args, kwds = item
+            parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwds.items()]
+            return TaskInfo(name, _clip(", ".join(parts)), None, self.call)
+        if self.kind == STARMAP:
+            try:
+                text = ", ".join(_short(a) for a in item)
+            except TypeError:
+                text = _short(item)
+            return TaskInfo(name, _clip(text), unit.start + offset, self.call)
+        return TaskInfo(name, _short(item), unit.start + offset, self.call)
+
+
+def _short(obj: Any) -> str:
+    import reprlib
+    try:
+        return reprlib.repr(obj)
+    except Exception:
+        return f"<{type(obj).__name__} with failing repr>"
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class Unit:
+    """A chunk of one job's items, sent to one worker as one frame."""
+
+    __slots__ = ("id", "job", "start", "items", "frame")
+
+    def __init__(self, job: Job, start: int, items: Sequence, func_bytes: bytes):
+        self.id = next(_unit_ids)
+        self.job = job
+        self.start = start        # index of items[0] in the job's input
+        self.items = items        # kept to name the culprit if the worker dies
+        self.frame = frame(TASK_HEADER.pack(self.id) + dumps((job.kind, func_bytes, items)))
+
+    @classmethod
+    def placeholder(cls, job: Job, start: int, items: Sequence) -> "Unit":
+        """A unit that is never sent: it only carries a failure to its job
+        (arguments that did not pickle, an iterable that raised)."""
+        unit = cls.__new__(cls)
+        unit.id, unit.job, unit.start, unit.items, unit.frame = -1, job, start, items, b""
+        return unit
+
+
+class _FrameReader:
+    """Non-blocking reader of length-prefixed frames: the supervisor must never
+    block on a worker that died in the middle of a write."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buf = bytearray()
+        os.set_blocking(fd, False)
+
+    def read(self, max_reads: int = 64) -> tuple:
+        eof = False
+        for _ in range(max_reads):
+            try:
+                data = os.read(self.fd, PIPE_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                eof = True
+                break
+            if not data:
+                eof = True
+                break
+            self.buf += data
+        frames = []
+        buf, pos = self.buf, 0
+        while len(buf) - pos >= 4:
+            (n,) = _I32.unpack_from(buf, pos)
+            head = 4
+            if n == -1:
+                if len(buf) - pos < 12:
+                    break
+                (n,) = _U64.unpack_from(buf, pos + 4)
+                head = 12
+            if len(buf) - pos - head < n:
+                break
+            frames.append(bytes(buf[pos + head:pos + head + n]))
+            pos += head + n
+        if pos:
+            del buf[:pos]
+        return frames, eof
+
+
+import struct as _struct  # noqa: E402  (kept next to its only users)
+_I32, _U64 = _struct.Struct("!i"), _struct.Struct("!Q")
+
+
+class _Spiller:
+    """Writes what a worker's task pipe could not take at once.
+
+    The supervisor writes without blocking; the remainder of a large frame is
+    queued here, and later frames for the same pipe queue behind it so order
+    holds.  The thread starts on first use: small tasks never need it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: Dict[int, Deque[memoryview]] = {}
+        self._to_close: set = set()
+        self._thread: Optional[threading.Thread] = None
+        self._wake_r, self._wake_w = os.pipe()
+        self._stopping = False
+
+    def write(self, fd: int, data: bytes) -> None:
+        with self._lock:
+            queue = self._queues.get(fd)
+            if queue is not None:
+                queue.append(memoryview(data))
+                return
+            try:
+                n = os.write(fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                return  # the worker is gone; its death is handled by the supervisor
+            if n == len(data):
+                return
+            self._queues[fd] = collections.deque([memoryview(data)[n:]])
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="poolguard-spiller",
+                                                daemon=True)
+                self._thread.start()
+        self._wake()
+
+    def close_fd(self, fd: int) -> None:
+        """Close a task pipe; if the thread may be polling it, let it close it."""
+        with self._lock:
+            if fd in self._queues:
+                self._to_close.add(fd)
+                fd = -1
+        if fd >= 0:
+            os.close(fd)
+        else:
+            self._wake()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        if thread is not None:
+            self._wake()
+            thread.join()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                for fd in self._to_close:
+                    self._queues.pop(fd, None)
+                    os.close(fd)
+                self._to_close.clear()
+                if self._stopping:
+                    for fd in list(self._queues):
+                        self._queues.pop(fd)
+                    return
+                fds = list(self._queues)
+            poller = select.poll()
+            poller.register(self._wake_r, select.POLLIN)
+            for fd in fds:
+                poller.register(fd, select.POLLOUT)
+            for fd, _event in poller.poll():
+                if fd == self._wake_r:
+                    os.read(self._wake_r, 4096)
+                    continue
+                with self._lock:
+                    queue = self._queues.get(fd)
+                    if queue is None or fd in self._to_close:
+                        continue
+                    try:
+                        while queue:
+                            n = os.write(fd, queue[0])
+                            if n < len(queue[0]):
+                                queue[0] = queue[0][n:]
+                                break
+                            queue.popleft()
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        queue.clear()  # broken pipe: the worker died
+                    if not queue:
+                        del self._queues[fd]
+
+
+class _Worker:
+    """The supervisor's record of one worker process."""
+
+    def __init__(self, index: int, process, task_fd: int, result_fd: int):
+        self.index = index                  # its slot in the shared array
+        self.process = process
+        self.pid: int = process.pid
+        self.task_fd = task_fd
+        self.reader = _FrameReader(result_fd)
+        self.death_fd, self.pidfd = _death_fd(process)
+        self.inflight: Deque[Unit] = collections.deque()
+        self.sent = 0                       # units ever sent (maxtasksperchild)
+        self.ready = False                  # initializer done
+        self.init_failed = False
+        self.retiring = False               # announced a planned exit
+        self.stopping = False               # we sent STOP
+        self.terminated = False             # we sent SIGTERM (terminate)
+        self.kill_deadline: Optional[float] = None   # when SIGKILL follows; None once sent
+        self.rss_last: Optional[int] = None
+        self.rss_peak: Optional[int] = None
+        self._ps = None
+
+    def sample_rss(self) -> None:
+        try:
+            if self._ps is None:
+                import psutil
+                self._ps = psutil.Process(self.pid)
+            rss = self._ps.memory_info().rss
+        except Exception:  # gone, or no psutil support here: no sample
+            return
+        self.rss_last = rss
+        self.rss_peak = rss if self.rss_peak is None else max(self.rss_peak, rss)
+
+    def pop_unit(self, unit_id: int) -> Optional[Unit]:
+        for unit in self.inflight:
+            if unit.id == unit_id:
+                self.inflight.remove(unit)
+                return unit
+        return None
+
+
+def _death_fd(process) -> tuple:
+    """A descriptor readable once the process has exited.
+
+    A pidfd says so the moment the kernel marks the process dead, even if a
+    grandchild still holds the write end of the sentinel pipe."""
+    if hasattr(os, "pidfd_open"):
+        try:
+            fd = os.pidfd_open(process.pid)
+            return fd, fd
+        except OSError:
+            pass
+    return process.sentinel, None
+
+
+class Engine:
+    """Worker processes plus the supervisor thread that watches them."""
+
+    def __init__(self, processes: int, initializer: Optional[Callable] = None,
+                 initargs: Iterable = (), maxtasks: Optional[int] = None, context=None):
+        self.processes = processes
+        self.context = context
+        self.start_method = context.get_start_method()
+        self._maxtasks = maxtasks
+        self._initializer = initializer
+        # Functions of __main__ go by value where the worker has another __main__.
+        self._by_value = self.start_method != "fork"
+        self._init_bytes = (dumps_call(initializer, (initializer, tuple(initargs)),
+                                       self._by_value)
+                            if initializer is not None else None)
+        self._lock = threading.Lock()
+        self._pending: Deque[Unit] = collections.deque()
+        self._state = RUNNING
+        self._open_calls = 0           # calls still producing units (lazy imap)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._woken = False
+        alive_r, self._alive_w = os.pipe()
+        _alive_write_fds.add(self._alive_w)
+        self._alive_conn = Connection(alive_r, writable=False)
+        self._slots = context.RawArray("q", SLOT_WORDS * processes)
+        self._workers: Dict[int, _Worker] = {}      # slot index -> worker
+        self._fd_owner: Dict[int, tuple] = {}
+        self._init_error: Optional[WorkerInitError] = None
+        self._startup_failures = 0
+        self._spiller = _Spiller()
+        self._next_sample = 0.0
+        self._thread = threading.Thread(target=self._run, name="poolguard-supervisor",
+                                        daemon=True)
+        _live_engines.add(self)
+        self._thread.start()
+
+    # ---- called from other threads -------------------------------------------------
+
+    def encode_function(self, func: Callable) -> bytes:
+        return dumps_call(func, func, self._by_value)
+
+    def make_units(self, job: Job, items: Sequence, chunksize: int, start: int = 0,
+                   func_bytes: Optional[bytes] = None) -> List[Unit]:
+        """Cut *items* into units.  A unit whose items cannot be pickled fails
+        at once with the pickling error, as in the standard library."""
+        if func_bytes is None:
+            func_bytes = self.encode_function(job.func)
+        units = []
+        for lo in range(0, len(items), chunksize):
+            chunk = items[lo:lo + chunksize]
+            try:
+                units.append(Unit(job, start + lo, chunk, func_bytes))
+            except Exception as exc:
+                job.unit_failed(Unit.placeholder(job, start + lo, chunk), exc)
+        return units
+
+    def submit(self, units: Sequence[Unit], open_call: bool = False) -> None:
+        """Queue units.  *open_call*: they belong to a call that began before
+        close() (a lazy imap still reading its input), so closing waits for them."""
+        with self._lock:
+            if not (self._state == RUNNING or (open_call and self._state == CLOSING)):
+                raise ValueError("Pool not running")
+            self._pending.extend(units)
+            self._init_error = None   # a new call gets a new chance to start workers
+        self._wake()
+
+    def open_call(self) -> None:
+        with self._lock:
+            if self._state != RUNNING:
+                raise ValueError("Pool not running")
+            self._open_calls += 1
+
+    def close_call(self) -> None:
+        with self._lock:
+            self._open_calls -= 1
+        self._wake()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._state == RUNNING:
+                self._state = CLOSING
+        self._wake()
+
+    def terminate(self) -> None:
+        with self._lock:
+            if self._state in (RUNNING, CLOSING):
+                self._state = TERMINATING
+        self._wake()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def pids(self) -> List[int]:
+        """Pids of the live workers (a snapshot)."""
+        return [w.pid for w in list(self._workers.values())]
+
+    def _wake(self) -> None:
+        if self._woken:
+            return
+        self._woken = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    # ---- the supervisor loop -------------------------------------------------------
+
+    def _run(self) -> None:
+        error: Optional[BaseException] = None
+        try:
+            while self._step():
+                pass
+        except BaseException as exc:  # a bug of ours: fail everything rather than hang
+            error = exc
+            traceback.print_exc()
+        finally:
+            self._shutdown(error)
+
+    def _step(self) -> bool:
+        """One turn of the loop; False when the engine has finished."""
+        state = self._state
+        if state == TERMINATING:
+            self._terminate_workers()
+        else:
+            self._maintain_workers()
+            self._fail_pending_if_no_worker_can_start()
+            self._dispatch()
+            if state == CLOSING:
+                self._stop_idle_workers()
+        if state == TERMINATING and not self._workers:
+            return False
+        if (state == CLOSING and not self._workers and not self._pending
+                and not self._open_calls):
+            return False
+        waitables = [self._wake_r, *self._fd_owner]
+        ready = mp_connection.wait(waitables, self._timeout())
+        deaths = []
+        for fd in ready:
+            if fd == self._wake_r:
+                self._woken = False
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                continue
+            worker, what = self._fd_owner[fd]
+            if what == "result":
+                self._read_replies(worker)
+            else:
+                deaths.append(worker)
+        for worker in deaths:   # after the replies, which may finish its task
+            self._on_death(worker)
+        self._sample_memory()
+        return True
+
+    def _timeout(self) -> Optional[float]:
+        timeouts = []
+        if any(w.inflight for w in self._workers.values()):
+            timeouts.append(max(0.0, self._next_sample - time.monotonic()))
+        deadlines = [w.kill_deadline for w in self._workers.values() if w.kill_deadline]
+        if deadlines:
+            timeouts.append(max(0.0, min(deadlines) - time.monotonic()))
+        return min(timeouts) if timeouts else None
+
+    # ---- workers -------------------------------------------------------------------
+
+    def _maintain_workers(self) -> None:
+        if self._init_error is not None:
+            return
+        with self._lock:
+            needed = self._state == RUNNING or bool(self._pending) or self._open_calls > 0
+        if not needed:
+            return
+        for index in range(self.processes):
+            if index not in self._workers:
+                self._start_worker(index)
+
+    def _start_worker(self, index: int) -> None:
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        for fd in (task_w, result_w):
+            _grow_pipe(fd)
+        slot = slot_view(self._slots, index)
+        slot[0], slot[1] = INITIALIZING, 0
+        task_conn = Connection(task_r, writable=False)
+        result_conn = Connection(result_w, readable=False)
+        fork = self.start_method == "fork"
+        process = self.context.Process(
+            target=worker_main, name=f"poolguard-worker-{index}",
+            args=(task_conn, result_conn, self._alive_conn, self._slots, index,
+                  self._init_bytes, self._maxtasks,
+                  os.getpid() if self.start_method != "forkserver" else None,
+                  sorted(_alive_write_fds) if fork else []))
+        try:
+            process.start()
+        finally:
+            task_conn.close()      # the child has its own copies now
+            result_conn.close()
+        os.set_blocking(task_w, False)
+        worker = _Worker(index, process, task_w, result_r)
+        self._workers[index] = worker
+        self._fd_owner[worker.reader.fd] = (worker, "result")
+        self._fd_owner[worker.death_fd] = (worker, "death")
+
+    def _usable_workers(self) -> List[_Worker]:
+        return [w for w in self._workers.values()
+                if w.ready and not (w.retiring or w.stopping or w.init_failed or w.terminated)]
+
+    def _fail_pending_if_no_worker_can_start(self) -> None:
+        if self._init_error is None:
+            return
+        if any(not w.init_failed and not w.terminated for w in self._workers.values()):
+            return  # a healthy or still-starting worker may serve them
+        with self._lock:
+            units = list(self._pending)
+            self._pending.clear()
+        for unit in units:
+            self._deliver_failure(unit, self._init_error)
+
+    def _dispatch(self) -> None:
+        if not self._pending:
+            return
+        workers = self._usable_workers()
+        maxtasks = self._maxtasks
+        with self._lock:
+            for depth in range(PREFETCH):
+                for worker in workers:
+                    while (self._pending and len(worker.inflight) <= depth
+                           and (maxtasks is None or worker.sent < maxtasks)):
+                        unit = self._pending.popleft()
+                        if not unit.job.wanted(unit):
+                            continue
+                        worker.inflight.append(unit)
+                        worker.sent += 1
+                        self._spiller.write(worker.task_fd, unit.frame)
+
+    def _stop_idle_workers(self) -> None:
+        if self._pending or self._open_calls:
+            return
+        for worker in self._workers.values():
+            if not worker.stopping and not worker.inflight and not worker.terminated:
+                worker.stopping = True
+                self._spiller.write(worker.task_fd, frame(TASK_HEADER.pack(STOP)))
+
+    def _terminate_workers(self) -> None:
+        with self._lock:
+            units = list(self._pending)
+            self._pending.clear()
+        for worker in self._workers.values():
+            units.extend(worker.inflight)
+            worker.inflight.clear()
+        if units:
+            error = PoolTerminatedError("the pool was terminated before this task finished")
+            for unit in units:
+                self._deliver_failure(unit, error)
+        now = time.monotonic()
+        for worker in self._workers.values():
+            if not worker.terminated:
+                worker.terminated = True
+                worker.kill_deadline = now + TERMINATE_GRACE
+                _signal(worker.process, signal.SIGTERM)
+            elif worker.kill_deadline is not None and now >= worker.kill_deadline:
+                worker.kill_deadline = None
+                _signal(worker.process, signal.SIGKILL)
+
+    # ---- replies -------------------------------------------------------------------
+
+    def _read_replies(self, worker: _Worker) -> bool:
+        frames, eof = worker.reader.read()
+        for data in frames:
+            self._on_reply(worker, data)
+        if eof:  # keep the pipe out of the wait set; the death fd says the rest
+            self._fd_owner.pop(worker.reader.fd, None)
+        return eof
+
+    def _on_reply(self, worker: _Worker, data: bytes) -> None:
+        task_id, status = REPLY_HEADER.unpack_from(data)
+        body = memoryview(data)[REPLY_HEADER.size:]
+        if task_id == CONTROL:
+            if status == READY:
+                worker.ready = True
+                self._startup_failures = 0
+            elif status == RETIRING:
+                worker.retiring = True
+            elif status == INIT_FAILED:
+                worker.init_failed = True
+                exc = decode_exception(body)
+                self._set_init_error(WorkerInitError(
+                    f"initializer {_name(self._initializer)} failed in worker {worker.pid}: "
+                    f"{type(exc).__name__}: {exc}",
+                    exc=exc, remote_traceback=getattr(exc.__cause__, "tb", None),
+                    pid=worker.pid), exc)
+            return
+        unit = worker.pop_unit(task_id)
+        worker.rss_peak = worker.rss_last
+        if unit is None:
+            return  # the job was already failed (terminate)
+        if status == OK:
+            try:
+                values = pickle.loads(body)
+            except Exception as exc:
+                self._deliver_failure(unit, encoding_error(
+                    f"the result could not be unpickled in the parent: {exc!r}",
+                    f"<result of {unit.job.describe(unit, None)}>"))
+                return
+            self._deliver(unit.job.unit_done, unit, values)
+        elif status == RAISED:
+            self._deliver_failure(unit, decode_exception(body))
+        elif status == UNENCODABLE:
+            self._deliver_failure(unit, encoding_error(*pickle.loads(body)))
+
+    def _set_init_error(self, error: WorkerInitError, cause: Optional[BaseException]) -> None:
+        error.__cause__ = cause
+        self._init_error = error
+
+    def _deliver_failure(self, unit: Unit, exc: BaseException) -> None:
+        self._deliver(unit.job.unit_failed, unit, exc)
+
+    @staticmethod
+    def _deliver(method: Callable, unit: Unit, value: Any) -> None:
+        try:
+            method(unit, value)
+        except Exception:  # a user callback raised: report it, keep watching
+            print("poolguard: exception in a result callback (ignored):", file=sys.stderr)
+            traceback.print_exc()
+
+    # ---- deaths --------------------------------------------------------------------
+
+    def _on_death(self, worker: _Worker) -> None:
+        while not self._read_replies(worker):   # everything it wrote before dying
+            pass
+        worker.process.join(1.0 if self.start_method == "forkserver" else None)
+        exitcode = worker.process.exitcode
+        # Under forkserver 255 also means "status lost with the server" (pitfall).
+        known = exitcode is not None and not (self.start_method == "forkserver" and exitcode == 255)
+        slot = slot_view(self._slots, worker.index)
+        task_id, item = slot[0], slot[1]
+        culprit = None
+        requeue = []
+        for unit in worker.inflight:
+            if unit.id == task_id:
+                culprit = unit
+            else:
+                requeue.append(unit)
+        worker.inflight.clear()
+        self._forget(worker)
+        if requeue:
+            with self._lock:
+                self._pending.extendleft(reversed(requeue))
+        if culprit is not None:
+            phase = {DECODING: "decoding", SENDING: "sending"}.get(item, "running")
+            offset = item if item >= 0 else None
+            error = WorkerCrashedError.from_death(
+                pid=worker.pid, exitcode=exitcode, exit_status_known=known,
+                task=culprit.job.describe(culprit, offset), phase=phase,
+                peak_rss=worker.rss_peak)
+            self._deliver_failure(culprit, error)
+        elif (task_id == INITIALIZING and not worker.init_failed
+              and not worker.terminated and not worker.stopping):
+            self._startup_failures += 1
+            if self._startup_failures >= STARTUP_FAILURES or self._initializer is not None:
+                how = WorkerCrashedError.from_death(pid=worker.pid, exitcode=exitcode,
+                                                    exit_status_known=known, task=None,
+                                                    phase="starting")
+                self._set_init_error(WorkerInitError(
+                    f"worker {worker.pid} died before it was ready"
+                    + (f" (initializer {_name(self._initializer)})" if self._initializer else "")
+                    + f": {how}", pid=worker.pid), how)
+
+    def _forget(self, worker: _Worker) -> None:
+        self._fd_owner.pop(worker.reader.fd, None)
+        self._fd_owner.pop(worker.death_fd, None)
+        del self._workers[worker.index]
+        os.close(worker.reader.fd)
+        self._spiller.close_fd(worker.task_fd)
+        if worker.pidfd is not None:
+            os.close(worker.pidfd)
+        try:
+            worker.process.close()
+        except ValueError:
+            pass  # forkserver did not report the status in time; it reaps the process
+
+    def _sample_memory(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sample:
+            return
+        self._next_sample = now + RSS_SAMPLE_INTERVAL
+        for worker in self._workers.values():
+            if worker.inflight:
+                worker.sample_rss()
+
+    # ---- the end -------------------------------------------------------------------
+
+    def _shutdown(self, error: Optional[BaseException]) -> None:
+        """Leave nothing behind: fail what is left, kill and reap every worker,
+        close every descriptor.  Runs on the supervisor thread, last."""
+        with self._lock:
+            self._state = FINISHED
+            units = list(self._pending)
+            self._pending.clear()
+        for worker in list(self._workers.values()):
+            units.extend(worker.inflight)
+            worker.inflight.clear()
+            _signal(worker.process, signal.SIGKILL)
+            worker.process.join()
+            self._forget(worker)
+        if units:
+            failure = error if error is not None else PoolTerminatedError(
+                "the pool shut down before this task finished")
+            for unit in units:
+                self._deliver_failure(unit, failure)
+        self._spiller.stop()
+        _alive_write_fds.discard(self._alive_w)
+        for fd in (self._alive_w, self._wake_r, self._wake_w):
+            os.close(fd)
+        self._alive_conn.close()
+        _live_engines.discard(self)
+
+
+def _signal(process, signum: int) -> None:
+    try:
+        os.kill(process.pid, signum)
+    except (ProcessLookupError, TypeError):
+        pass
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        import fcntl
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (ImportError, AttributeError, OSError):
+        pass  # the default size works, with more trips through the spiller
+
+
+def _name(func: Optional[Callable]) -> str:
+    return getattr(func, "__qualname__", None) or repr(func)
+
+
+@atexit.register
+def _terminate_all() -> None:
+    """At interpreter exit, end every pool still running so that exit neither
+    hangs on a worker waiting for tasks nor leaves one behind."""
+    engines = list(_live_engines)
+    for engine in engines:
+        engine.terminate()
+    for engine in engines:
+        engine.join(5.0)

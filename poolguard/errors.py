@@ -1,0 +1,157 @@
+"""Exceptions raised by poolguard.
+
+Every error here pickles and unpickles with its attributes, so it can cross
+process boundaries again (a pool inside a worker, a result stored to disk).
+"""
+from __future__ import annotations
+
+import signal as _signal
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+class PoolguardError(Exception):
+    """Base class of poolguard's own errors."""
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a worker was running: enough to find the culprit input again."""
+
+    function: str                  # qualified name of the function
+    arguments: str                 # truncated repr of the arguments, e.g. "2" or "1, x=3"
+    item: Optional[int] = None     # index in the input for map-like calls
+    call: str = "apply"            # apply, map, starmap, imap, imap_unordered, submit
+
+    def __str__(self) -> str:
+        text = f"{self.function}({self.arguments})"
+        if self.item is not None:
+            text += f" (item {self.item} of {self.call})"
+        return text
+
+
+def signal_name(signum: Optional[int]) -> Optional[str]:
+    if signum is None:
+        return None
+    try:
+        return _signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+_HINTS = {
+    "SIGKILL": "SIGKILL comes from the kernel OOM killer (see `dmesg`) or from "
+               "outside the process: a job scheduler's time or memory limit, a "
+               "user, a container runtime",
+    "SIGTERM": "SIGTERM comes from outside the process: a job scheduler, a user "
+               "or a container runtime stopping it",
+    "SIGSEGV": "a crash in native code (a C extension, ctypes, a corrupted buffer)",
+    "SIGBUS": "a crash in native code, or a memory-mapped file that shrank",
+    "SIGILL": "a crash in native code (or code built for another CPU)",
+    "SIGFPE": "an arithmetic fault in native code",
+    "SIGABRT": "native code called abort() (a failed assertion in a C library)",
+}
+
+
+class WorkerCrashedError(PoolguardError):
+    """A worker process died while it ran a task; this task was the one.
+
+    Attributes: ``pid``, ``exitcode`` (as ``multiprocessing.Process.exitcode``:
+    negative for a signal, ``None`` when unknown), ``signal`` (name or ``None``),
+    ``task`` (:class:`TaskInfo` or ``None``), ``oom`` (``True``/``False``/``None``
+    for unknown), ``peak_rss`` (bytes or ``None``), ``phase`` (what the worker
+    was doing: ``"decoding the task"``, ``"running"``, ``"sending the result"``).
+    """
+
+    def __init__(self, message: str, *, pid: Optional[int] = None,
+                 exitcode: Optional[int] = None, signal: Optional[str] = None,
+                 task: Optional[TaskInfo] = None, oom: Optional[bool] = None,
+                 peak_rss: Optional[int] = None, phase: Optional[str] = None):
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = signal
+        self.task = task
+        self.oom = oom
+        self.peak_rss = peak_rss
+        self.phase = phase
+
+    @classmethod
+    def from_death(cls, *, pid: int, exitcode: Optional[int], task: Optional[TaskInfo],
+                   phase: str = "running", peak_rss: Optional[int] = None,
+                   exit_status_known: bool = True) -> "WorkerCrashedError":
+        signame = signal_name(-exitcode) if exitcode is not None and exitcode < 0 else None
+        if not exit_status_known or exitcode is None:
+            how = "died (exit status unknown)"
+            exitcode = None
+        elif signame:
+            how = f"was killed by {signame}"
+        else:
+            how = f"exited with code {exitcode}"
+        what = f"while {phase} {task}" if task is not None else f"while {phase}"
+        message = f"worker {pid} {how} {what}"
+        if peak_rss is not None:
+            message += f"; last RSS {peak_rss / 2**20:.0f} MiB"
+        oom: Optional[bool] = None
+        if signame in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT"):
+            oom = False  # the kernel OOM killer only sends SIGKILL
+        if signame in _HINTS:
+            message += f". Likely cause: {_HINTS[signame]}"
+        elif signame is None and exitcode is not None:
+            message += (". The process ended itself (os._exit, or native code "
+                        "calling exit()) without reporting an error")
+        return cls(message, pid=pid, exitcode=exitcode, signal=signame, task=task,
+                   oom=oom, peak_rss=peak_rss, phase=phase)
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class WorkerInitError(PoolguardError):
+    """The pool's initializer failed in a worker (raised or died).
+
+    ``exc`` is the initializer's exception when it could be brought back,
+    ``remote_traceback`` its traceback text.  The pool stops respawning after
+    this; the next submission tries once more.
+    """
+
+    def __init__(self, message: str, *, exc: Optional[BaseException] = None,
+                 remote_traceback: Optional[str] = None, pid: Optional[int] = None):
+        super().__init__(message)
+        self.exc = exc
+        self.remote_traceback = remote_traceback
+        self.pid = pid
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class UnpicklableTaskError(PoolguardError):
+    """A task raised an exception that could not be carried back intact.
+
+    Either it could not be pickled in the worker or not unpickled here (for
+    example an exception class whose ``__init__`` takes two arguments).  The
+    original type name, message and traceback are kept as text.
+    """
+
+    def __init__(self, message: str, *, type_name: str = "", text: str = "",
+                 remote_traceback: str = "", reason: str = ""):
+        super().__init__(message)
+        self.type_name = type_name
+        self.text = text
+        self.remote_traceback = remote_traceback
+        self.reason = reason
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class PoolTerminatedError(PoolguardError):
+    """The pool was terminated before this task finished."""
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> Any:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err

@@ -1,0 +1,126 @@
+"""What the parent and a worker say to each other, and how it is framed.
+
+Each worker has two pipes of its own (no lock is shared between workers):
+
+    parent --task pipe-->   worker     frame: task_id (q) | pickle((kind, func_bytes, items))
+    parent <--result pipe-- worker     frame: task_id (q) | status (B) | body
+
+Frames use ``multiprocessing.connection``'s length prefix, so the worker side
+can read and write them with an ordinary ``Connection``.  The task id and the
+status sit outside the pickle: when a body cannot be decoded, the parent still
+knows which task it belongs to and delivers the failure there.
+"""
+from __future__ import annotations
+
+import pickle
+import struct
+import traceback
+from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
+from typing import Any, Callable, Optional
+
+from .errors import UnpicklableTaskError
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+# Task ids below zero are control words.
+STOP = -1          # parent -> worker: leave the loop and exit
+CONTROL = -1       # worker -> parent: a message about the worker, not a task
+
+# Kinds of call a task frame asks for.
+APPLY, MAP, STARMAP = 0, 1, 2
+
+# Reply statuses (worker -> parent).
+OK = 0             # body: pickled list of results, one per item
+RAISED = 1         # body: encoded exception (see encode_exception)
+UNENCODABLE = 2    # body: pickle((repr(error), repr(result))): the result did not pickle
+READY = 3          # control: the initializer succeeded
+INIT_FAILED = 4    # control: body is an encoded exception from the initializer
+RETIRING = 5       # control: maxtasksperchild reached, a planned exit follows
+
+TASK_HEADER = struct.Struct("!q")
+REPLY_HEADER = struct.Struct("!qB")
+_LENGTH = struct.Struct("!i")
+_LONG_LENGTH = struct.Struct("!Q")
+
+
+def frame(payload: bytes) -> bytes:
+    """Length-prefix *payload* as ``Connection.send_bytes`` does."""
+    n = len(payload)
+    if n > 0x7FFFFFFF:
+        return _LENGTH.pack(-1) + _LONG_LENGTH.pack(n) + payload
+    return _LENGTH.pack(n) + payload
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle with the standard pickler, falling back to cloudpickle for
+    lambdas, closures and other objects only it can send by value."""
+    try:
+        return pickle.dumps(obj, protocol=PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        import cloudpickle
+        return cloudpickle.dumps(obj, protocol=PROTOCOL)
+
+
+def dumps_call(func: Callable, payload: Any, by_value_main: bool) -> bytes:
+    """Pickle *payload*, which holds *func*.  If *func* lives in ``__main__``
+    and the worker does not share our ``__main__`` (spawn, forkserver), it goes
+    by value with cloudpickle; the standard pickler would send a name the
+    worker may not be able to import."""
+    if by_value_main and getattr(func, "__module__", None) == "__main__":
+        import cloudpickle
+        return cloudpickle.dumps(payload, protocol=PROTOCOL)
+    return dumps(payload)
+
+
+def encode_exception(exc: BaseException) -> bytes:
+    """Worker side: the exception, plus a text copy that always decodes."""
+    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<str() failed>"
+    reason = ""
+    try:
+        exc_bytes: Optional[bytes] = dumps(exc)
+    except Exception as err:
+        exc_bytes = None
+        reason = f"it could not be pickled in the worker: {err!r}"
+    return pickle.dumps((exc_bytes, type_name, text, tb_text, reason), protocol=PROTOCOL)
+
+
+def decode_exception(body: bytes) -> BaseException:
+    """Parent side: never raises; a failure gives a stand-in keeping the text."""
+    try:
+        exc_bytes, type_name, text, tb_text, reason = pickle.loads(body)
+    except Exception as err:  # the text part is plain strings; this is corruption
+        return UnpicklableTaskError(f"undecodable error report from worker: {err!r}",
+                                    reason=repr(err))
+    if exc_bytes is not None:
+        try:
+            exc = pickle.loads(exc_bytes)
+            if not isinstance(exc, BaseException):
+                raise TypeError(f"unpickled a {type(exc).__name__}, not an exception")
+        except Exception as err:
+            reason = f"it could not be unpickled in the parent: {err!r}"
+        else:
+            exc.__cause__ = remote_traceback(tb_text)
+            return exc
+    stand_in = UnpicklableTaskError(
+        f"{type_name}: {text} (the exception could not be carried back intact: {reason})",
+        type_name=type_name, text=text, remote_traceback=tb_text, reason=reason)
+    stand_in.__cause__ = remote_traceback(tb_text)
+    return stand_in
+
+
+def remote_traceback(tb_text: str) -> RemoteTraceback:
+    # Same layout as multiprocessing.pool, so tools that parse it keep working.
+    return RemoteTraceback('\n"""\n%s"""' % tb_text)
+
+
+def encoding_error(error_repr: str, value_repr: str) -> MaybeEncodingError:
+    """``MaybeEncodingError`` from text already repr'd in the worker."""
+    err = MaybeEncodingError.__new__(MaybeEncodingError)
+    err.exc, err.value = error_repr, value_repr
+    err.args = (error_repr, value_repr)
+    return err

@@ -1,0 +1,374 @@
+"""``poolguard.Pool``: the ``multiprocessing.Pool`` front on the engine."""
+from __future__ import annotations
+
+import collections
+import itertools
+import multiprocessing
+import threading
+import warnings
+from multiprocessing import TimeoutError
+from typing import (Any, Callable, Deque, Dict, Generic, Iterable, Iterator, List, Mapping,
+                    Optional, Sequence, TypeVar, Union)
+
+from .engine import Engine, Job, Unit
+from .errors import PoolTerminatedError
+from .messages import APPLY, MAP, STARMAP
+
+T = TypeVar("T")
+Callback = Optional[Callable[[Any], object]]
+
+
+def resolve_context(context: Any) -> multiprocessing.context.BaseContext:
+    """A context object from ``None`` (the default), a start method name, or a context."""
+    if context is None:
+        return multiprocessing.get_context()
+    if isinstance(context, str):
+        return multiprocessing.get_context(context)
+    if not hasattr(context, "Process") or not hasattr(context, "get_start_method"):
+        raise TypeError(f"context must be a multiprocessing context or a start method "
+                        f"name, not {type(context).__name__}")
+    return context
+
+
+def resolve_workers(n: Optional[int], what: str) -> int:
+    if n is None:
+        from loky import cpu_count  # counts what cgroups and affinity allow
+        return max(1, cpu_count())
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"{what} must be an int or None, not {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"{what} must be at least 1, not {n}")
+    return n
+
+
+def check_max_tasks(n: Optional[int], what: str) -> Optional[int]:
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{what} must be a positive int or None, not {n!r}")
+    return n
+
+
+class ApplyResult(Job, Generic[T]):
+    """The result of ``apply_async``; ``AsyncResult`` in ``multiprocessing.pool``."""
+
+    def __init__(self, pool: "Pool", func: Callable, kind: int, call: str,
+                 callback: Callback, error_callback: Callback):
+        super().__init__(func, kind, call)
+        self._pool: Optional[Pool] = pool   # keeps the pool alive while we wait
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = False
+        self._value: Any = None
+
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        self._event.wait(timeout)
+
+    def get(self, timeout: Optional[float] = None) -> T:
+        self.wait(timeout)
+        if not self.ready():
+            raise TimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+    def unit_done(self, unit: Unit, values: list) -> None:
+        self._set(True, values[0])
+
+    def unit_failed(self, unit: Unit, exc: BaseException) -> None:
+        self._set(False, exc)
+
+    def _set(self, success: bool, value: Any) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._success, self._value = success, value
+        try:
+            callback = self._callback if success else self._error_callback
+            if callback is not None:
+                callback(value)
+        finally:
+            self._event.set()
+            self._pool = None
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult[List[T]]):
+    """The result of ``map_async``/``starmap_async``: fails at the first failed chunk."""
+
+    def __init__(self, pool: "Pool", func: Callable, kind: int, call: str, length: int,
+                 callback: Callback, error_callback: Callback):
+        super().__init__(pool, func, kind, call, callback, error_callback)
+        self._values: List[Any] = [None] * length
+        self._remaining = length
+        if length == 0:
+            self._set(True, self._values)
+
+    def unit_done(self, unit: Unit, values: list) -> None:
+        self._values[unit.start:unit.start + len(values)] = values
+        self._remaining -= len(values)
+        if self._remaining == 0:
+            self._set(True, self._values)
+
+
+class IMapIterator(Job, Iterator[T]):
+    """Results of ``imap`` (in input order) or ``imap_unordered`` (as they come).
+
+    A failed chunk raises its error once, where its items would have been, and
+    iteration then goes on with the next chunk.
+    """
+
+    def __init__(self, pool: "Pool", func: Callable, kind: int, call: str, ordered: bool):
+        super().__init__(func, kind, call)
+        self._pool: Optional[Pool] = pool
+        self._ordered = ordered
+        self._cond = threading.Condition(threading.Lock())
+        self._by_start: Dict[int, tuple] = {}     # ordered: start -> (ok, payload, n)
+        self._arrived: Deque[tuple] = collections.deque()   # unordered
+        self._buffer: Deque[Any] = collections.deque()
+        self._position = 0                # input positions accounted for
+        self._length: Optional[int] = None
+
+    def __iter__(self) -> "IMapIterator[T]":
+        return self
+
+    def __next__(self) -> T:
+        return self.next()
+
+    def next(self, timeout: Optional[float] = None) -> T:
+        with self._cond:
+            while True:
+                if self._buffer:
+                    return self._buffer.popleft()
+                if self._length is not None and self._position >= self._length:
+                    self._pool = None
+                    raise StopIteration
+                entry = self._take()
+                if entry is not None:
+                    ok, payload, n = entry
+                    self._position += n
+                    if ok:
+                        self._buffer.extend(payload)
+                        continue
+                    raise payload
+                if not self._cond.wait(timeout):
+                    raise TimeoutError
+
+    __next__ = next  # type: ignore[assignment]
+
+    def _take(self) -> Optional[tuple]:
+        if self._ordered:
+            return self._by_start.pop(self._position, None)
+        return self._arrived.popleft() if self._arrived else None
+
+    def _put(self, start: int, entry: tuple) -> None:
+        with self._cond:
+            if self._ordered:
+                self._by_start[start] = entry
+            else:
+                self._arrived.append(entry)
+            self._cond.notify_all()
+
+    def unit_done(self, unit: Unit, values: list) -> None:
+        self._put(unit.start, (True, values, len(values)))
+
+    def unit_failed(self, unit: Unit, exc: BaseException) -> None:
+        self._put(unit.start, (False, exc, len(unit.items)))
+
+    def _set_length(self, length: int) -> None:
+        with self._cond:
+            self._length = length
+            self._cond.notify_all()
+
+
+class Pool:
+    """A ``multiprocessing.Pool`` that survives the death of its workers.
+
+    When a worker dies (SIGKILL, the OOM killer, ``os._exit``, a segfault) the
+    task it was running fails with :class:`poolguard.WorkerCrashedError`, the
+    worker is replaced, and every other task goes on.
+    """
+
+    def __init__(self, processes: Optional[int] = None,
+                 initializer: Optional[Callable[..., object]] = None,
+                 initargs: Iterable[Any] = (), maxtasksperchild: Optional[int] = None,
+                 context: Any = None) -> None:
+        self._engine: Optional[Engine] = None   # __del__ may run if we raise below
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._processes = resolve_workers(processes, "Number of processes")
+        self._engine = Engine(self._processes, initializer, initargs,
+                              check_max_tasks(maxtasksperchild, "maxtasksperchild"),
+                              resolve_context(context))
+
+    # ---- single calls ----
+
+    def apply(self, func: Callable[..., T], args: Sequence[Any] = (),
+              kwds: Mapping[str, Any] = {}) -> T:
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(self, func: Callable[..., T], args: Sequence[Any] = (),
+                    kwds: Mapping[str, Any] = {}, callback: Callback = None,
+                    error_callback: Callback = None) -> ApplyResult[T]:
+        engine = self._running()
+        result: ApplyResult[T] = ApplyResult(self, func, APPLY, "apply", callback,
+                                             error_callback)
+        engine.submit(engine.make_units(result, [(tuple(args), dict(kwds))], 1))
+        return result
+
+    # ---- map family ----
+
+    def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
+            chunksize: Optional[int] = None) -> List[T]:
+        return self._map_async(func, iterable, chunksize, MAP, "map").get()
+
+    def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any],
+                  chunksize: Optional[int] = None, callback: Callback = None,
+                  error_callback: Callback = None) -> MapResult[T]:
+        return self._map_async(func, iterable, chunksize, MAP, "map", callback,
+                               error_callback)
+
+    def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
+                chunksize: Optional[int] = None) -> List[T]:
+        return self._map_async(func, iterable, chunksize, STARMAP, "starmap").get()
+
+    def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
+                      chunksize: Optional[int] = None, callback: Callback = None,
+                      error_callback: Callback = None) -> MapResult[T]:
+        return self._map_async(func, iterable, chunksize, STARMAP, "starmap", callback,
+                               error_callback)
+
+    def _map_async(self, func: Callable, iterable: Iterable, chunksize: Optional[int],
+                   kind: int, call: str, callback: Callback = None,
+                   error_callback: Callback = None) -> MapResult:
+        engine = self._running()
+        items = iterable if isinstance(iterable, (list, tuple)) else list(iterable)
+        if chunksize is None:
+            chunksize, extra = divmod(len(items), self._processes * 4)
+            chunksize += bool(extra)
+        _check_chunksize(chunksize if items else 1)
+        result: MapResult = MapResult(self, func, kind, call, len(items), callback,
+                                      error_callback)
+        if items:
+            engine.submit(engine.make_units(result, items, chunksize))
+        return result
+
+    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
+             chunksize: int = 1) -> IMapIterator[T]:
+        return self._imap(func, iterable, chunksize, ordered=True)
+
+    def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any],
+                       chunksize: int = 1) -> IMapIterator[T]:
+        return self._imap(func, iterable, chunksize, ordered=False)
+
+    def _imap(self, func: Callable, iterable: Iterable, chunksize: int,
+              ordered: bool) -> IMapIterator:
+        engine = self._running()
+        _check_chunksize(chunksize)
+        result: IMapIterator = IMapIterator(self, func, MAP,
+                                            "imap" if ordered else "imap_unordered", ordered)
+        if isinstance(iterable, (list, tuple, range)):
+            engine.submit(engine.make_units(result, iterable, chunksize))
+            result._set_length(len(iterable))
+        else:
+            # Like the standard library, read a lazy iterable on a thread of its
+            # own so that imap returns at once (and an endless one works).
+            engine.open_call()
+            threading.Thread(target=_produce, args=(engine, result, iter(iterable), chunksize),
+                             name="poolguard-imap-producer", daemon=True).start()
+        return result
+
+    # ---- life cycle ----
+
+    def close(self) -> None:
+        """No more tasks; workers exit once the submitted work is done."""
+        if self._engine is not None:
+            self._engine.close()
+
+    def terminate(self) -> None:
+        """Stop the workers now; unfinished tasks fail with PoolTerminatedError."""
+        if self._engine is not None:
+            self._engine.terminate()
+            self._engine.join()
+
+    def join(self) -> None:
+        """Wait for the workers to exit; call close() or terminate() first."""
+        engine = self._engine
+        if engine is None or engine.state == "running":
+            raise ValueError("Pool is still running; call close() or terminate() first")
+        engine.join()
+
+    def __enter__(self) -> "Pool":
+        self._running()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.terminate()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None and engine.state == "running":
+            warnings.warn(f"unclosed running pool {self!r}", ResourceWarning, source=self)
+            engine.terminate()
+
+    def __repr__(self) -> str:
+        state = self._engine.state if self._engine is not None else "unstarted"
+        return f"<{type(self).__module__}.{type(self).__qualname__} state={state} " \
+               f"pool_size={getattr(self, '_processes', '?')}>"
+
+    @property
+    def pids(self) -> List[int]:
+        """Pids of the live worker processes (a snapshot)."""
+        return self._engine.pids if self._engine is not None else []
+
+    def _running(self) -> Engine:
+        engine = self._engine
+        if engine is None or engine.state != "running":
+            raise ValueError("Pool not running")
+        return engine
+
+
+def _check_chunksize(chunksize: Any) -> None:
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+        raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+
+
+def _produce(engine: Engine, job: IMapIterator, items: Iterator, chunksize: int) -> None:
+    """Cut a lazy iterable into units as it yields; runs on its own thread."""
+    count = 0
+    func_bytes = engine.encode_function(job.func)
+    try:
+        while True:
+            try:
+                chunk = list(itertools.islice(items, chunksize))
+            except Exception as exc:   # the iterable itself raised
+                job.unit_failed(Unit.placeholder(job, count, [None]), exc)
+                count += 1
+                break
+            if not chunk:
+                break
+            try:
+                engine.submit(engine.make_units(job, chunk, chunksize, count, func_bytes),
+                              open_call=True)
+            except ValueError as exc:  # terminated while we were reading
+                job.unit_failed(Unit.placeholder(job, count, [None]),
+                                PoolTerminatedError(f"the pool stopped: {exc}"))
+                count += 1
+                break
+            count += len(chunk)
+    finally:
+        job._set_length(count)
+        engine.close_call()
+

@@ -1,0 +1,142 @@
+"""The worker side: one process runs ``worker_main`` until told to stop.
+
+Before each task the worker writes the task id into its own slot of a small
+shared-memory array, and before each item of a chunk the item's index.  The
+parent reads the slot only after the worker is dead, so it learns exactly
+which item was running without any lock a dying worker could hold.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import reprlib
+import signal
+import sys
+import threading
+from typing import Optional, Sequence
+
+from .messages import (APPLY, CONTROL, INIT_FAILED, MAP, OK, PROTOCOL, RAISED, READY,
+                       REPLY_HEADER, RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE,
+                       encode_exception)
+
+# Slot values: [task id or one of these, item index or one of these].
+IDLE = -1
+INITIALIZING = -2
+DECODING = -1      # item word: the task frame is being unpickled
+SENDING = -2       # item word: the result is being pickled and written
+SLOT_WORDS = 2
+
+_PR_SET_PDEATHSIG = 1
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = _short_repr.maxother = 200
+
+
+def slot_view(slots, index: int) -> memoryview:
+    return memoryview(slots).cast("B").cast("q")[SLOT_WORDS * index:SLOT_WORDS * (index + 1)]
+
+
+def worker_main(task_conn, result_conn, alive_conn, slots, index: int,
+                init_bytes: Optional[bytes], maxtasks: Optional[int],
+                parent_pid: Optional[int], fds_to_close: Sequence[int]) -> None:
+    # Ctrl-C reaches the whole process group; the parent alone handles it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in fds_to_close:  # other pools' "parent alive" write ends (fork only)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _die_with_parent(alive_conn, parent_pid)
+    slot = slot_view(slots, index)
+    slot[0], slot[1] = INITIALIZING, 0
+    send, recv = result_conn.send_bytes, task_conn.recv_bytes
+    try:
+        if init_bytes is not None:
+            try:
+                initializer, initargs = pickle.loads(init_bytes)
+                initializer(*initargs)
+            except BaseException as exc:
+                send(REPLY_HEADER.pack(CONTROL, INIT_FAILED) + encode_exception(exc))
+                return
+        slot[0] = IDLE
+        send(REPLY_HEADER.pack(CONTROL, READY))
+        _serve(slot, send, recv, maxtasks)
+    except OSError:
+        return  # the parent closed our pipes: it is gone or terminating us
+
+
+def _serve(slot: memoryview, send, recv, maxtasks: Optional[int]) -> None:
+    done = 0
+    func_bytes_seen, func = b"", None
+    while maxtasks is None or done < maxtasks:
+        try:
+            data = recv()
+        except EOFError:
+            return
+        (task_id,) = TASK_HEADER.unpack_from(data)
+        if task_id == STOP:
+            return
+        slot[0], slot[1] = task_id, DECODING
+        out: list = []
+        try:
+            kind, func_bytes, items = pickle.loads(memoryview(data)[TASK_HEADER.size:])
+            del data
+            if func_bytes != func_bytes_seen:
+                func, func_bytes_seen = pickle.loads(func_bytes), func_bytes
+            append = out.append
+            if kind == MAP:
+                for i, item in enumerate(items):
+                    slot[1] = i
+                    append(func(item))
+            elif kind == STARMAP:
+                for i, item in enumerate(items):
+                    slot[1] = i
+                    append(func(*item))
+            else:
+                assert kind == APPLY
+                args, kwds = items[0]
+                slot[1] = 0
+                append(func(*args, **kwds))
+        except BaseException as exc:  # SystemExit too: the task's error, not ours
+            reply = REPLY_HEADER.pack(task_id, RAISED) + encode_exception(exc)
+            del exc
+        else:
+            slot[1] = SENDING
+            try:
+                reply = REPLY_HEADER.pack(task_id, OK) + pickle.dumps(out, PROTOCOL)
+            except Exception as exc:
+                reply = REPLY_HEADER.pack(task_id, UNENCODABLE) + pickle.dumps(
+                    (repr(exc), _short_repr.repr(out if len(out) != 1 else out[0])),
+                    PROTOCOL)
+        del out, items
+        send(reply)
+        del reply
+        slot[0] = IDLE
+        done += 1
+    send(REPLY_HEADER.pack(CONTROL, RETIRING))
+
+
+def _die_with_parent(alive_conn, parent_pid: Optional[int]) -> None:
+    """Exit when the pool's process dies, even by SIGKILL.
+
+    Linux: PR_SET_PDEATHSIG, valid while the supervisor thread that started us
+    lives, which is as long as the pool.  Everywhere: a thread blocked on a
+    pipe whose only write end the pool process holds; EOF means it is gone.
+    """
+    if parent_pid is not None and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent_pid:  # died before prctl took effect
+            os._exit(1)
+
+    def watch() -> None:
+        try:
+            alive_conn.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="poolguard-parent-watch", daemon=True).start()
