@@ -52,8 +52,7 @@ from .errors import (PoolTerminatedError, TaskInfo, WorkerCrashedError, WorkerIn
 from .messages import (APPLY, CONTROL, INIT_FAILED, MAP, OK, RAISED, READY, REPLY_HEADER,
                        RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE, decode_exception,
                        dumps, dumps_call, encoding_error, frame)
-from .worker import (DECODING, IDLE, INITIALIZING, SENDING, SLOT_WORDS, slot_view,
-                     worker_main)
+from .worker import DECODING, INITIALIZING, SENDING, SharedSlots, worker_main
 
 PREFETCH = 2                # units in flight per worker: one running, one waiting in its pipe
 RSS_SAMPLE_INTERVAL = 0.1   # seconds between memory samples of busy workers
@@ -371,7 +370,7 @@ class Engine:
         alive_r, self._alive_w = os.pipe()
         _alive_write_fds.add(self._alive_w)
         self._alive_conn = Connection(alive_r, writable=False)
-        self._slots = context.RawArray("q", SLOT_WORDS * processes)
+        self._slots = SharedSlots(processes)
         self._workers: Dict[int, _Worker] = {}      # slot index -> worker
         self._fd_owner: Dict[int, tuple] = {}
         self._init_error: Optional[WorkerInitError] = None
@@ -535,8 +534,7 @@ class Engine:
         result_r, result_w = os.pipe()
         for fd in (task_w, result_w):
             _grow_pipe(fd)
-        slot = slot_view(self._slots, index)
-        slot[0], slot[1] = INITIALIZING, 0
+        self._slots.write(index, INITIALIZING, 0)
         task_conn = Connection(task_r, writable=False)
         result_conn = Connection(result_w, readable=False)
         fork = self.start_method == "fork"
@@ -688,8 +686,7 @@ class Engine:
         exitcode = worker.process.exitcode
         # Under forkserver 255 also means "status lost with the server" (pitfall).
         known = exitcode is not None and not (self.start_method == "forkserver" and exitcode == 255)
-        slot = slot_view(self._slots, worker.index)
-        task_id, item = slot[0], slot[1]
+        task_id, item = self._slots.read(worker.index)
         culprit = None
         requeue = []
         for unit in worker.inflight:
@@ -769,6 +766,7 @@ class Engine:
         for fd in (self._alive_w, self._wake_r, self._wake_w):
             os.close(fd)
         self._alive_conn.close()
+        self._slots.close()
         _live_engines.discard(self)
 
 

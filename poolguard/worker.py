@@ -8,10 +8,12 @@ which item was running without any lock a dying worker could hold.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import pickle
 import reprlib
 import signal
+import struct
 import sys
 import threading
 from typing import Optional, Sequence
@@ -25,18 +27,62 @@ IDLE = -1
 INITIALIZING = -2
 DECODING = -1      # item word: the task frame is being unpickled
 SENDING = -2       # item word: the result is being pickled and written
-SLOT_WORDS = 2
 
 _PR_SET_PDEATHSIG = 1
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = _short_repr.maxother = 200
 
 
-def slot_view(slots, index: int) -> memoryview:
-    return memoryview(slots).cast("B").cast("q")[SLOT_WORDS * index:SLOT_WORDS * (index + 1)]
+_SLOT = struct.Struct("qq")
 
 
-def worker_main(task_conn, result_conn, alive_conn, slots, index: int,
+class SharedSlots:
+    """One [task id, item] pair of int64 per worker slot, in shared memory the
+    pool owns and frees (a memfd; passed to spawned workers as a descriptor)."""
+
+    def __init__(self, count: int, fd: Optional[int] = None):
+        self.size = _SLOT.size * count
+        if fd is None:
+            fd = _anonymous_file(self.size)
+        self.fd = fd
+        self.map = mmap.mmap(fd, self.size)
+
+    def __reduce__(self):
+        from multiprocessing import reduction
+        return (_attach, (reduction.DupFd(self.fd), self.size // _SLOT.size))
+
+    def read(self, index: int) -> tuple:
+        return _SLOT.unpack_from(self.map, _SLOT.size * index)
+
+    def write(self, index: int, task_id: int, item: int) -> None:
+        _SLOT.pack_into(self.map, _SLOT.size * index, task_id, item)
+
+    def view(self, index: int) -> memoryview:
+        """The worker's fast handle on its own slot."""
+        start = _SLOT.size * index
+        return memoryview(self.map)[start:start + _SLOT.size].cast("q")
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+
+
+def _attach(dup_fd, count: int) -> SharedSlots:
+    return SharedSlots(count, dup_fd.detach())
+
+
+def _anonymous_file(size: int) -> int:
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("poolguard-slots", os.MFD_CLOEXEC)
+    else:
+        import tempfile
+        fd, path = tempfile.mkstemp(prefix="poolguard-slots-")
+        os.unlink(path)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def worker_main(task_conn, result_conn, alive_conn, slots: "SharedSlots", index: int,
                 init_bytes: Optional[bytes], maxtasks: Optional[int],
                 parent_pid: Optional[int], fds_to_close: Sequence[int]) -> None:
     # Ctrl-C reaches the whole process group; the parent alone handles it.
@@ -47,8 +93,7 @@ def worker_main(task_conn, result_conn, alive_conn, slots, index: int,
         except OSError:
             pass
     _die_with_parent(alive_conn, parent_pid)
-    slot = slot_view(slots, index)
-    slot[0], slot[1] = INITIALIZING, 0
+    slot = slots.view(index)
     send, recv = result_conn.send_bytes, task_conn.recv_bytes
     try:
         if init_bytes is not None:

@@ -1,0 +1,148 @@
+"""Task functions for the tests.  They live in a module of their own so that
+workers started by spawn and forkserver can import them."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+
+
+def murder_bot(i):
+    if i == 2:
+        os.system("kill -9 %d" % os.getpid())
+    return f"OK {i}"
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def getpid(_=None):
+    return os.getpid()
+
+
+def die(how: str):
+    """Kill the calling worker the way *how* says."""
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "exit":
+        os._exit(3)
+    elif how == "segfault":
+        ctypes.string_at(0)
+    elif how == "abort":
+        os.abort()
+    time.sleep(30)   # the signal may take a moment to land
+    raise AssertionError("still alive")
+
+
+def die_at(x, at: int, how: str = "sigkill"):
+    if x == at:
+        die(how)
+    return x * 2
+
+
+def announce_and_sleep(path: str, seconds: float = 30.0):
+    """Write our pid to *path* atomically, then sleep (the test kills us)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(tmp, path)
+    time.sleep(seconds)
+    return "slept"
+
+
+def sleep_then(seconds: float, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def sleep_then_die(seconds: float, how: str = "sigkill"):
+    time.sleep(seconds)
+    die(how)
+
+
+def fail(x):
+    raise ValueError(f"bad input {x}")
+
+
+class TwoArgError(Exception):
+    """Pickles, but unpickling calls __init__ with one argument and fails."""
+
+    def __init__(self, a, b):
+        super().__init__(f"two-arg failure {a}/{b}")
+        self.a, self.b = a, b
+
+
+def raise_two_arg(x):
+    raise TwoArgError(x, "b")
+
+
+class LockedError(Exception):
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_locked(x):
+    raise LockedError(f"holding a lock for {x}")
+
+
+def return_lock(_):
+    return threading.Lock()
+
+
+def exit_task(code):
+    raise SystemExit(code)
+
+
+def init_fail():
+    raise RuntimeError("initializer exploded")
+
+
+def init_record(path: str):
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def init_fail_record(path: str):
+    init_record(path)
+    raise RuntimeError("initializer exploded")
+
+
+def init_flaky(marker: str):
+    """Fails the first time it runs anywhere, then succeeds."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    raise RuntimeError("first start fails")
+
+
+def init_die():
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(30)
+
+
+def big_len(data):
+    return len(data)
+
+
+def make_big(n):
+    return b"x" * n
+
+
+def oom_in_cgroup(procs_file: str, limit: int):
+    """Move into the memory cgroup, then allocate past its limit."""
+    with open(procs_file, "w") as f:
+        f.write(str(os.getpid()))
+    blocks = []
+    for _ in range(4 * limit // (8 << 20) + 10):
+        blocks.append(b"\x01" * (8 << 20))   # touched pages, so they count
+    return len(blocks)

@@ -1,0 +1,162 @@
+"""Real deaths of real workers, under every start method."""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import time
+
+import pytest
+
+import poolguard
+from poolguard import TaskInfo, WorkerCrashedError
+
+import tasks
+from conftest import wait_until
+
+# how the worker dies -> (signal name or None, exit code)
+DEATHS = {
+    "sigkill": ("SIGKILL", -signal.SIGKILL),
+    "exit": (None, 3),
+    "segfault": ("SIGSEGV", -signal.SIGSEGV),
+    "abort": ("SIGABRT", -signal.SIGABRT),
+}
+
+
+def test_issue_example_raises_then_pool_maps_again(method):
+    with poolguard.Pool(3, context=method) as pool:
+        start = time.monotonic()
+        with pytest.raises(WorkerCrashedError) as info:
+            pool.map(tasks.murder_bot, [1, 2, 3])
+        elapsed = time.monotonic() - start
+        err = info.value
+        assert elapsed < 1.0
+        assert err.signal == "SIGKILL" and err.exitcode == -9
+        assert err.task == TaskInfo("murder_bot", "2", 1, "map")
+        assert str(err).startswith(f"worker {err.pid} was killed by SIGKILL while running "
+                                   "murder_bot(2) (item 1 of map)")
+        assert "OOM killer" in str(err)
+        assert pool.map(tasks.murder_bot, [1, 3, 4]) == ["OK 1", "OK 3", "OK 4"]
+
+
+@pytest.mark.parametrize("how", sorted(DEATHS))
+def test_death_fails_only_the_culprit(method, how):
+    signame, exitcode = DEATHS[how]
+    with poolguard.Pool(2, context=method) as pool:
+        others = [pool.apply_async(tasks.sleep_then, (0.2, i)) for i in range(4)]
+        culprit = pool.apply_async(tasks.die, (how,))
+        with pytest.raises(WorkerCrashedError) as info:
+            culprit.get(timeout=10)
+        err = info.value
+        assert err.signal == signame and err.exitcode == exitcode
+        assert err.task.function == "die" and err.task.arguments == repr(how)
+        assert err.task.item is None and err.phase == "running"
+        if signame in ("SIGSEGV", "SIGABRT"):
+            assert err.oom is False
+        assert [r.get(timeout=10) for r in others] == [0, 1, 2, 3]
+        assert pool.apply(tasks.square, (7,)) == 49
+        assert err.pid not in pool.pids
+
+
+def test_outside_kill_names_pid_and_task(method, tmp_path):
+    with poolguard.Pool(2, context=method) as pool:
+        marker = str(tmp_path / "pid")
+        result = pool.apply_async(tasks.announce_and_sleep, (marker,))
+        pid = int(wait_until(lambda: os.path.exists(marker) and open(marker).read(), 10))
+        assert pid in pool.pids
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerCrashedError) as info:
+            result.get(timeout=5)
+        assert time.monotonic() - killed_at < 1.0
+        assert info.value.pid == pid and info.value.signal == "SIGKILL"
+        assert info.value.task.function == "announce_and_sleep"
+        assert pool.map(tasks.square, range(5)) == [0, 1, 4, 9, 16]
+
+
+def test_crash_inside_chunk_names_the_item(method):
+    with poolguard.Pool(2, context=method) as pool:
+        with pytest.raises(WorkerCrashedError) as info:
+            pool.starmap(tasks.die_at, [(x, 37) for x in range(100)], chunksize=10)
+        assert info.value.task.item == 37
+        assert info.value.task.arguments == "37, 37"
+        assert "(item 37 of starmap)" in str(info.value)
+        assert pool.starmap(tasks.die_at, [(x, -1) for x in range(50)], 10) == \
+            [x * 2 for x in range(50)]
+
+
+def test_idle_worker_killed_is_replaced(method):
+    with poolguard.Pool(2, context=method) as pool:
+        assert pool.map(tasks.square, range(4)) == [0, 1, 4, 9]
+        victim = pool.pids[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: victim not in pool.pids and len(pool.pids) == 2, 5)
+        start = time.monotonic()
+        assert pool.map(tasks.square, range(100), 3) == [x * x for x in range(100)]
+        assert time.monotonic() - start < 5
+
+
+def test_units_queued_behind_the_culprit_run_elsewhere(method):
+    # One worker: the second and third tasks sit in its pipe (prefetch) or the
+    # queue when it dies; they must run on the replacement, not fail.
+    with poolguard.Pool(1, context=method) as pool:
+        first = pool.apply_async(tasks.sleep_then_die, (0.3,))
+        second = pool.apply_async(tasks.square, (5,))
+        third = pool.apply_async(tasks.square, (6,))
+        with pytest.raises(WorkerCrashedError):
+            first.get(timeout=10)
+        assert second.get(timeout=10) == 25 and third.get(timeout=10) == 36
+
+
+def test_imap_goes_on_after_a_crash(method):
+    with poolguard.Pool(2, context=method) as pool:
+        it = pool.imap(_DieAtThree(), range(6))
+        got = []
+        errors = []
+        for _ in range(6):
+            try:
+                got.append(it.next(timeout=10))
+            except WorkerCrashedError as exc:
+                errors.append(exc)
+        assert got == [0, 2, 4, 8, 10]
+        assert len(errors) == 1 and errors[0].task.item == 3
+        with pytest.raises(StopIteration):
+            it.next(timeout=1)
+
+
+class _DieAtThree:
+    """Callable object (pickled by reference to this module)."""
+
+    def __call__(self, x):
+        return tasks.die_at(x, 3)
+
+
+def test_many_deaths_leave_no_descriptors_or_zombies():
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def zombies() -> int:
+        import psutil
+        return sum(c.status() == psutil.STATUS_ZOMBIE for c in psutil.Process().children())
+
+    with poolguard.Pool(2, context="fork") as pool:
+        with pytest.raises(WorkerCrashedError):
+            pool.apply(tasks.die, ("sigkill",))
+        wait_until(lambda: len(pool.pids) == 2, 5)
+        fds_after_one = open_fds()
+        for _ in range(40):
+            with pytest.raises(WorkerCrashedError):
+                pool.apply(tasks.die, ("sigkill",))
+        assert pool.map(tasks.square, range(10)) == [x * x for x in range(10)]
+        wait_until(lambda: len(pool.pids) == 2, 5)
+        assert open_fds() == fds_after_one
+        assert zombies() == 0
+
+
+def test_crash_error_pickles():
+    err = WorkerCrashedError.from_death(pid=42, exitcode=-9,
+                                        task=TaskInfo("f", "1", 0, "map"), peak_rss=2**20)
+    copy = pickle.loads(pickle.dumps(err))
+    assert type(copy) is WorkerCrashedError and str(copy) == str(err)
+    assert (copy.pid, copy.exitcode, copy.signal, copy.task, copy.peak_rss) == \
+        (42, -9, "SIGKILL", TaskInfo("f", "1", 0, "map"), 2**20)
