@@ -151,17 +151,20 @@ class _FrameReader:
         os.set_blocking(fd, False)
 
     def read(self, max_reads: int = 64) -> tuple:
-        eof = False
+        """Read what is there now: (complete frames, state), state being
+        "eof", "drained" (nothing more for now) or "more" (stopped at max_reads)."""
+        state = "more"
         for _ in range(max_reads):
             try:
                 data = os.read(self.fd, PIPE_SIZE)
             except BlockingIOError:
+                state = "drained"
                 break
             except OSError:
-                eof = True
+                state = "eof"
                 break
             if not data:
-                eof = True
+                state = "eof"
                 break
             self.buf += data
         frames = []
@@ -180,7 +183,7 @@ class _FrameReader:
             pos += head + n
         if pos:
             del buf[:pos]
-        return frames, eof
+        return frames, state
 
 
 import struct as _struct  # noqa: E402  (kept next to its only users)
@@ -618,13 +621,13 @@ class Engine:
 
     # ---- replies -------------------------------------------------------------------
 
-    def _read_replies(self, worker: _Worker) -> bool:
-        frames, eof = worker.reader.read()
+    def _read_replies(self, worker: _Worker) -> str:
+        frames, state = worker.reader.read()
         for data in frames:
             self._on_reply(worker, data)
-        if eof:  # keep the pipe out of the wait set; the death fd says the rest
+        if state == "eof":  # keep the pipe out of the wait set; the death fd says the rest
             self._fd_owner.pop(worker.reader.fd, None)
-        return eof
+        return state
 
     def _on_reply(self, worker: _Worker, data: bytes) -> None:
         task_id, status = REPLY_HEADER.unpack_from(data)
@@ -680,7 +683,9 @@ class Engine:
     # ---- deaths --------------------------------------------------------------------
 
     def _on_death(self, worker: _Worker) -> None:
-        while not self._read_replies(worker):   # everything it wrote before dying
+        # Everything it wrote before dying.  Not "until EOF": a grandchild may
+        # hold the write end open for as long as it lives.
+        while self._read_replies(worker) == "more":
             pass
         worker.process.join(1.0 if self.start_method == "forkserver" else None)
         exitcode = worker.process.exitcode

@@ -146,3 +146,15 @@ def oom_in_cgroup(procs_file: str, limit: int):
     for _ in range(4 * limit // (8 << 20) + 10):
         blocks.append(b"\x01" * (8 << 20))   # touched pages, so they count
     return len(blocks)
+
+
+def fork_then_die(path: str):
+    """Leave a grandchild holding every inherited descriptor, then die."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(20)
+        os._exit(0)
+    with open(path, "w") as f:
+        f.write(str(pid))
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(30)

@@ -160,3 +160,31 @@ def test_crash_error_pickles():
     assert type(copy) is WorkerCrashedError and str(copy) == str(err)
     assert (copy.pid, copy.exitcode, copy.signal, copy.task, copy.peak_rss) == \
         (42, -9, "SIGKILL", TaskInfo("f", "1", 0, "map"), 2**20)
+
+
+def test_death_seen_even_when_a_grandchild_holds_the_pipes(method, tmp_path):
+    marker = tmp_path / "grandchild"
+    with poolguard.Pool(1, context=method) as pool:
+        start = time.monotonic()
+        try:
+            with pytest.raises(WorkerCrashedError):
+                pool.apply_async(tasks.fork_then_die, (str(marker),)).get(timeout=10)
+            assert time.monotonic() - start < 1.0
+            assert pool.apply(tasks.square, (2,)) == 4
+        finally:
+            if marker.exists():
+                os.kill(int(marker.read_text()), signal.SIGKILL)
+
+
+def test_pool_made_in_a_short_lived_thread_keeps_its_workers(method):
+    # PR_SET_PDEATHSIG fires when the *thread* that started a worker ends.
+    import threading
+    box = []
+    maker = threading.Thread(target=lambda: box.append(poolguard.Pool(2, context=method)))
+    maker.start()
+    maker.join()
+    with box[0] as pool:
+        wait_until(lambda: len(pool.pids) == 2, 10)
+        pids = list(pool.pids)
+        time.sleep(0.2)
+        assert pool.map(tasks.getpid, range(20), 1) and pool.pids == pids
