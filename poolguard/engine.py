@@ -390,20 +390,27 @@ class Engine:
     def encode_function(self, func: Callable) -> bytes:
         return dumps_call(func, func, self._by_value)
 
-    def make_units(self, job: Job, items: Sequence, chunksize: int, start: int = 0,
-                   func_bytes: Optional[bytes] = None) -> List[Unit]:
-        """Cut *items* into units.  A unit whose items cannot be pickled fails
-        at once with the pickling error, as in the standard library."""
+    def submit_items(self, job: Job, items: Sequence, chunksize: int, start: int = 0,
+                     func_bytes: Optional[bytes] = None, open_call: bool = False) -> None:
+        """Cut *items* into units and queue them.  Units are queued in batches of
+        doubling size, so workers start on the first while later ones are still
+        being pickled.  A unit whose items cannot be pickled fails at once with
+        the pickling error, as in the standard library."""
         if func_bytes is None:
             func_bytes = self.encode_function(job.func)
-        units = []
+        batch: List[Unit] = []
+        batch_size = 1
         for lo in range(0, len(items), chunksize):
             chunk = items[lo:lo + chunksize]
             try:
-                units.append(Unit(job, start + lo, chunk, func_bytes))
+                batch.append(Unit(job, start + lo, chunk, func_bytes))
             except Exception as exc:
                 job.unit_failed(Unit.placeholder(job, start + lo, chunk), exc)
-        return units
+            if len(batch) >= batch_size:
+                self.submit(batch, open_call)
+                batch, batch_size = [], batch_size * 2
+        if batch:
+            self.submit(batch, open_call)
 
     def submit(self, units: Sequence[Unit], open_call: bool = False) -> None:
         """Queue units.  *open_call*: they belong to a call that began before

@@ -225,7 +225,7 @@ class Pool:
         engine = self._running()
         result: ApplyResult[T] = ApplyResult(self, func, APPLY, "apply", callback,
                                              error_callback)
-        engine.submit(engine.make_units(result, [(tuple(args), dict(kwds))], 1))
+        engine.submit_items(result, [(tuple(args), dict(kwds))], 1)
         return result
 
     # ---- map family ----
@@ -262,7 +262,7 @@ class Pool:
         result: MapResult = MapResult(self, func, kind, call, len(items), callback,
                                       error_callback)
         if items:
-            engine.submit(engine.make_units(result, items, chunksize))
+            engine.submit_items(result, items, chunksize)
         return result
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
@@ -280,7 +280,7 @@ class Pool:
         result: IMapIterator = IMapIterator(self, func, MAP,
                                             "imap" if ordered else "imap_unordered", ordered)
         if isinstance(iterable, (list, tuple, range)):
-            engine.submit(engine.make_units(result, iterable, chunksize))
+            engine.submit_items(result, iterable, chunksize)
             result._set_length(len(iterable))
         else:
             # Like the standard library, read a lazy iterable on a thread of its
@@ -360,8 +360,7 @@ def _produce(engine: Engine, job: IMapIterator, items: Iterator, chunksize: int)
             if not chunk:
                 break
             try:
-                engine.submit(engine.make_units(job, chunk, chunksize, count, func_bytes),
-                              open_call=True)
+                engine.submit_items(job, chunk, chunksize, count, func_bytes, open_call=True)
             except ValueError as exc:  # terminated while we were reading
                 job.unit_failed(Unit.placeholder(job, count, [None]),
                                 PoolTerminatedError(f"the pool stopped: {exc}"))
