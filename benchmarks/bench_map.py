@@ -21,8 +21,8 @@ def inc(x: int) -> int:
     return x + 1
 
 
-def measure(pool, tasks: int, chunksize) -> float:
-    items = range(tasks)
+def measure(pool, tasks: int, chunksize, as_list: bool = False) -> float:
+    items = list(range(tasks)) if as_list else range(tasks)
     start = time.perf_counter()
     result = pool.map(inc, items, chunksize) if chunksize else pool.map(inc, items)
     elapsed = time.perf_counter() - start
@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--chunksize", type=int, default=None,
                         help="default: each pool's own default chunking")
     parser.add_argument("--start-method", default=None)
+    parser.add_argument("--input", choices=["range", "list"], default="range",
+                        help="pass a range (sliced without copying) or a list of ints")
     args = parser.parse_args(argv)
     ctx = multiprocessing.get_context(args.start_method)
     times = {"multiprocessing.Pool": [], "poolguard.Pool": []}
@@ -48,9 +50,10 @@ def main(argv=None) -> int:
             measure(pool, 1000, None)
         for _ in range(args.rounds):
             for name, pool in pools.items():
-                times[name].append(measure(pool, args.tasks, args.chunksize))
+                times[name].append(measure(pool, args.tasks, args.chunksize,
+                                           args.input == "list"))
     medians = {name: statistics.median(t) for name, t in times.items()}
-    print(f"map of x + 1 over {args.tasks:,} ints, {args.workers} workers, "
+    print(f"map of x + 1 over {args.tasks:,} ints (a {args.input}), {args.workers} workers, "
           f"chunksize={args.chunksize or 'default'}, start method {ctx.get_start_method()}, "
           f"{args.rounds} interleaved rounds, Python {sys.version.split()[0]}")
     for name, median in medians.items():

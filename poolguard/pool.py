@@ -254,7 +254,7 @@ class Pool:
                    kind: int, call: str, callback: Callback = None,
                    error_callback: Callback = None) -> MapResult:
         engine = self._running()
-        items = iterable if isinstance(iterable, (list, tuple)) else list(iterable)
+        items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         if chunksize is None:
             chunksize, extra = divmod(len(items), self._processes * 4)
             chunksize += bool(extra)
