@@ -293,6 +293,38 @@ class _Spiller:
                         del self._queues[fd]
 
 
+class _WatchSet:
+    """What the supervisor waits on: fd -> (worker, "result" | "death").
+
+    ``wait`` is ``multiprocessing.connection.wait``'s poll, kept between turns
+    instead of rebuilt on each call: with one wake-up per few tasks, rebuilding
+    the selector cost more than the rest of the turn (measured 54 us a turn
+    with connection.wait, 20,000 one-item tasks).
+    """
+
+    def __init__(self, wake_fd: int):
+        self.owner: Dict[int, tuple] = {}
+        self._wake_fd = wake_fd
+        self._poll = select.poll() if hasattr(select, "poll") else None
+        if self._poll is not None:
+            self._poll.register(wake_fd, select.POLLIN)
+
+    def add(self, fd: int, worker: "_Worker", what: str) -> None:
+        self.owner[fd] = (worker, what)
+        if self._poll is not None:
+            self._poll.register(fd, select.POLLIN)
+
+    def discard(self, fd: int) -> None:
+        if self.owner.pop(fd, None) is not None and self._poll is not None:
+            self._poll.unregister(fd)
+
+    def wait(self, timeout: Optional[float]) -> List[int]:
+        if self._poll is None:
+            return mp_connection.wait([self._wake_fd, *self.owner], timeout)
+        ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        return [fd for fd, _event in self._poll.poll(ms)]
+
+
 class _Worker:
     """The supervisor's record of one worker process."""
 
@@ -375,7 +407,7 @@ class Engine:
         self._alive_conn = Connection(alive_r, writable=False)
         self._slots = SharedSlots(processes)
         self._workers: Dict[int, _Worker] = {}      # slot index -> worker
-        self._fd_owner: Dict[int, tuple] = {}
+        self._watch = _WatchSet(self._wake_r)
         self._init_error: Optional[WorkerInitError] = None
         self._startup_failures = 0
         self._spiller = _Spiller()
@@ -496,8 +528,7 @@ class Engine:
         if (state == CLOSING and not self._workers and not self._pending
                 and not self._open_calls):
             return False
-        waitables = [self._wake_r, *self._fd_owner]
-        ready = mp_connection.wait(waitables, self._timeout())
+        ready = self._watch.wait(self._timeout())
         deaths = []
         for fd in ready:
             if fd == self._wake_r:
@@ -507,7 +538,7 @@ class Engine:
                 except BlockingIOError:
                     pass
                 continue
-            worker, what = self._fd_owner[fd]
+            worker, what = self._watch.owner[fd]
             if what == "result":
                 self._read_replies(worker)
             else:
@@ -562,8 +593,8 @@ class Engine:
         os.set_blocking(task_w, False)
         worker = _Worker(index, process, task_w, result_r)
         self._workers[index] = worker
-        self._fd_owner[worker.reader.fd] = (worker, "result")
-        self._fd_owner[worker.death_fd] = (worker, "death")
+        self._watch.add(worker.reader.fd, worker, "result")
+        self._watch.add(worker.death_fd, worker, "death")
 
     def _usable_workers(self) -> List[_Worker]:
         return [w for w in self._workers.values()
@@ -633,7 +664,7 @@ class Engine:
         for data in frames:
             self._on_reply(worker, data)
         if state == "eof":  # keep the pipe out of the wait set; the death fd says the rest
-            self._fd_owner.pop(worker.reader.fd, None)
+            self._watch.discard(worker.reader.fd)
         return state
 
     def _on_reply(self, worker: _Worker, data: bytes) -> None:
@@ -732,8 +763,8 @@ class Engine:
                     + f": {how}", pid=worker.pid), how)
 
     def _forget(self, worker: _Worker) -> None:
-        self._fd_owner.pop(worker.reader.fd, None)
-        self._fd_owner.pop(worker.death_fd, None)
+        self._watch.discard(worker.reader.fd)
+        self._watch.discard(worker.death_fd)
         del self._workers[worker.index]
         os.close(worker.reader.fd)
         self._spiller.close_fd(worker.task_fd)
