@@ -1,15 +1,17 @@
 """poolguard: process pools that survive the death of a worker.
 
-Fronts: :class:`Pool` (a drop-in ``multiprocessing.Pool``).
+Fronts: :class:`Pool` (a drop-in ``multiprocessing.Pool``) and
+:class:`ProcessPoolExecutor` (a ``concurrent.futures.Executor``).
 Engine: :mod:`poolguard.engine` (supervisor loop), :mod:`poolguard.worker`
 (worker loop), :mod:`poolguard.messages` (what crosses the pipes).
 """
 from .errors import (PoolguardError, PoolTerminatedError, TaskInfo, UnpicklableTaskError,
                      WorkerCrashedError, WorkerInitError)
+from .executor import ProcessPoolExecutor
 from .pool import ApplyResult, AsyncResult, IMapIterator, MapResult, Pool
 
 __all__ = [
-    "Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
+    "Pool", "ProcessPoolExecutor", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "PoolguardError", "WorkerCrashedError", "WorkerInitError", "UnpicklableTaskError",
     "PoolTerminatedError", "TaskInfo",
 ]

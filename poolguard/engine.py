@@ -384,8 +384,12 @@ class Engine:
     """Worker processes plus the supervisor thread that watches them."""
 
     def __init__(self, processes: int, initializer: Optional[Callable] = None,
-                 initargs: Iterable = (), maxtasks: Optional[int] = None, context=None):
+                 initargs: Iterable = (), maxtasks: Optional[int] = None, context=None,
+                 finish_at_exit: bool = False):
         self.processes = processes
+        # At interpreter exit: finish the submitted work (executors, as the
+        # standard library's do) or terminate (pools, as multiprocessing's do).
+        self.finish_at_exit = finish_at_exit
         self.context = context
         self.start_method = context.get_start_method()
         self._maxtasks = maxtasks
@@ -453,6 +457,13 @@ class Engine:
             self._pending.extend(units)
             self._init_error = None   # a new call gets a new chance to start workers
         self._wake()
+
+    def take_pending(self) -> List[Unit]:
+        """Remove and return the units not yet sent to any worker."""
+        with self._lock:
+            units = list(self._pending)
+            self._pending.clear()
+        return units
 
     def open_call(self) -> None:
         with self._lock:
@@ -838,6 +849,9 @@ def _terminate_all() -> None:
     hangs on a worker waiting for tasks nor leaves one behind."""
     engines = list(_live_engines)
     for engine in engines:
-        engine.terminate()
+        if engine.finish_at_exit:
+            engine.close()
+        else:
+            engine.terminate()
     for engine in engines:
-        engine.join(5.0)
+        engine.join(None if engine.finish_at_exit else 5.0)

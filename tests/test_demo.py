@@ -38,3 +38,14 @@ def test_pipeline_step_example():
     assert done.returncode == 0, done.stderr
     assert "step 'resize': 7 done, 1 failed" in done.stdout
     assert "resize(5) -> WorkerCrashedError" in done.stdout
+
+
+def test_as_completed_example():
+    done = run("examples/as_completed.py")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert sorted(lines[:8]) == sorted([f"task {i}: {i * 10}" for i in range(8) if i != 3]
+                                       + [next(l for l in lines if l.startswith("task 3:"))])
+    assert any(l.startswith("task 3: worker ") and l.endswith("killed by SIGKILL")
+               for l in lines)
+    assert lines[-1] == "afterwards: 90"

@@ -1,0 +1,125 @@
+"""``poolguard.ProcessPoolExecutor``: the ``concurrent.futures`` front on the engine."""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from concurrent.futures import Executor, Future
+from typing import Any, Callable, Iterable, Iterator, List, Optional
+
+from .engine import Engine, Job, Unit
+from .messages import APPLY, STARMAP
+from .options import check_initializer, check_max_tasks, resolve_context, resolve_workers
+
+
+class _FutureJob(Job):
+    """One future fed by one unit: a ``submit`` call or one chunk of ``map``."""
+
+    def __init__(self, func: Callable, kind: int, call: str, future: Future):
+        super().__init__(func, kind, call)
+        self.future = future
+
+    def wanted(self, unit: Unit) -> bool:
+        # Called when the unit is about to be sent; a unit sent again after its
+        # worker died before starting it is already running.
+        return self.future.running() or self.future.set_running_or_notify_cancel()
+
+    def unit_done(self, unit: Unit, values: list) -> None:
+        if not self.future.done():
+            self.future.set_result(values[0] if self.kind == APPLY else values)
+
+    def unit_failed(self, unit: Unit, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class ProcessPoolExecutor(Executor):
+    """A ``concurrent.futures.ProcessPoolExecutor`` that survives worker deaths.
+
+    When a worker dies, only the future of the task it was running fails, with
+    :class:`poolguard.WorkerCrashedError`; the other futures complete, the
+    worker is replaced, and the executor stays usable (no ``BrokenProcessPool``).
+    """
+
+    def __init__(self, max_workers: Optional[int] = None, mp_context: Any = None,
+                 initializer: Optional[Callable[..., object]] = None,
+                 initargs: Iterable[Any] = (), *,
+                 max_tasks_per_child: Optional[int] = None) -> None:
+        self._engine: Optional[Engine] = None
+        check_initializer(initializer)
+        if max_workers is not None and not isinstance(max_workers, bool) \
+                and isinstance(max_workers, int) and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._max_workers = resolve_workers(max_workers, "max_workers")
+        self._shutdown_lock = threading.Lock()
+        self._engine = Engine(self._max_workers, initializer, initargs,
+                              check_max_tasks(max_tasks_per_child, "max_tasks_per_child"),
+                              resolve_context(mp_context), finish_at_exit=True)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        job = _FutureJob(fn, APPLY, "submit", future)
+        with self._shutdown_lock:
+            engine = self._engine
+            if engine is None or engine.state != "running":
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            engine.submit_items(job, [(args, kwargs)], 1)
+        return future
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+            timeout: Optional[float] = None, chunksize: int = 1) -> Iterator[Any]:
+        """Like ``Executor.map``: arguments are read at once, results come in
+        order; a chunk whose worker died raises when iteration reaches it."""
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end = None if timeout is None else time.monotonic() + timeout
+        arguments = list(zip(*iterables))
+        futures: List[Future] = []
+        with self._shutdown_lock:
+            engine = self._engine
+            if engine is None or engine.state != "running":
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            func_bytes = engine.encode_function(fn)
+            for lo in range(0, len(arguments), chunksize):
+                future: Future = Future()
+                job = _FutureJob(fn, STARMAP, "map", future)
+                engine.submit_items(job, arguments[lo:lo + chunksize], chunksize, lo,
+                                    func_bytes)
+                futures.append(future)
+        return _results_in_order(futures, end)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._shutdown_lock:
+            engine = self._engine
+            if engine is None:
+                return
+            if cancel_futures:
+                for unit in engine.take_pending():
+                    if not unit.job.future.cancel():   # type: ignore[attr-defined]
+                        unit.job.unit_failed(unit, RuntimeError("not run: executor shut down"))
+            engine.close()
+        if wait:
+            engine.join()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None and engine.state == "running":
+            engine.close()   # the standard executor finishes queued work too
+
+    @property
+    def pids(self) -> List[int]:
+        """Pids of the live worker processes (a snapshot)."""
+        return self._engine.pids if self._engine is not None else []
+
+
+def _results_in_order(futures: List[Future], end: Optional[float]) -> Iterator[Any]:
+    futures.reverse()
+    try:
+        while futures:
+            timeout = None if end is None else end - time.monotonic()
+            # result() raises TimeoutError, or the chunk's error, as Executor.map does.
+            yield from futures[-1].result(timeout)
+            futures.pop()
+    finally:
+        for future in futures:
+            future.cancel()
