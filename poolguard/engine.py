@@ -390,6 +390,7 @@ class Engine:
         # At interpreter exit: finish the submitted work (executors, as the
         # standard library's do) or terminate (pools, as multiprocessing's do).
         self.finish_at_exit = finish_at_exit
+        self._owner_pid = os.getpid()
         self.context = context
         self.start_method = context.get_start_method()
         self._maxtasks = maxtasks
@@ -451,6 +452,10 @@ class Engine:
     def submit(self, units: Sequence[Unit], open_call: bool = False) -> None:
         """Queue units.  *open_call*: they belong to a call that began before
         close() (a lazy imap still reading its input), so closing waits for them."""
+        if os.getpid() != self._owner_pid:
+            raise RuntimeError("this pool belongs to process %d; a forked child cannot "
+                               "use it (its supervisor thread did not survive the fork)"
+                               % self._owner_pid)
         with self._lock:
             if not (self._state == RUNNING or (open_call and self._state == CLOSING)):
                 raise ValueError("Pool not running")

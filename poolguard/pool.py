@@ -157,6 +157,17 @@ class IMapIterator(Job, Iterator[T]):
     def unit_failed(self, unit: Unit, exc: BaseException) -> None:
         self._put(unit.start, (False, exc, len(unit.items)))
 
+    def wait_for_room(self, produced: int, ahead: int, engine: Engine) -> bool:
+        """Hold a lazy producer back while *ahead* items wait to be consumed,
+        so an endless iterable does not fill memory.  False once the pool stops."""
+        with self._cond:
+            while produced - self._position >= ahead:
+                if engine.state not in ("running", "closing"):
+                    return False
+                # Also woken by each result; the timeout only notices terminate().
+                self._cond.wait(0.2)
+        return True
+
     def _set_length(self, length: int) -> None:
         with self._cond:
             self._length = length
@@ -254,8 +265,10 @@ class Pool:
         else:
             # Like the standard library, read a lazy iterable on a thread of its
             # own so that imap returns at once (and an endless one works).
+            func_bytes = engine.encode_function(func)   # an unpicklable func raises here
             engine.open_call()
-            threading.Thread(target=_produce, args=(engine, result, iter(iterable), chunksize),
+            threading.Thread(target=_produce,
+                             args=(engine, result, iter(iterable), chunksize, func_bytes),
                              name="poolguard-imap-producer", daemon=True).start()
         return result
 
@@ -314,12 +327,13 @@ def _check_chunksize(chunksize: Any) -> None:
         raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
 
 
-def _produce(engine: Engine, job: IMapIterator, items: Iterator, chunksize: int) -> None:
+def _produce(engine: Engine, job: IMapIterator, items: Iterator, chunksize: int,
+             func_bytes: bytes) -> None:
     """Cut a lazy iterable into units as it yields; runs on its own thread."""
     count = 0
-    func_bytes = engine.encode_function(job.func)
+    ahead = max(1024, 8 * engine.processes * chunksize)
     try:
-        while True:
+        while job.wait_for_room(count, ahead, engine):
             try:
                 chunk = list(itertools.islice(items, chunksize))
             except Exception as exc:   # the iterable itself raised

@@ -149,6 +149,8 @@ def test_unshut_executor_at_interpreter_exit(tmp_path):
         "    ex = poolguard.ProcessPoolExecutor(2)\n"
         "    f = ex.submit(tasks.sleep_then, 0.3, 'finished')\n"
         "    f.add_done_callback(lambda f: print(f.result(), flush=True))\n"
+        "    import time\n"
+        "    while len(ex.pids) < 2: time.sleep(0.01)\n"
         "    print('pids', *ex.pids, flush=True)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).parent), str(Path(__file__).parent.parent)]))
@@ -156,3 +158,9 @@ def test_unshut_executor_at_interpreter_exit(tmp_path):
                           timeout=30, env=env)
     assert done.returncode == 0, done.stderr
     assert "finished" in done.stdout
+    pids = [int(p) for line in done.stdout.splitlines() if line.startswith("pids ")
+            for p in line.split()[1:]]
+    assert len(pids) == 2
+    for pid in pids:   # exited with the interpreter, not orphaned
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

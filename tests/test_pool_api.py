@@ -253,3 +253,32 @@ def test_large_arguments_and_results_with_a_crash_between(method):
         with pytest.raises(poolguard.WorkerCrashedError):
             crash.get(30)
         assert [len(r.get(30)) for r in more] == [3 << 20] * 4
+
+
+def test_lazy_imap_reads_ahead_a_bounded_amount(pool):
+    read = []
+
+    def endless():
+        i = 0
+        while True:
+            read.append(i)
+            yield i
+            i += 1
+    it = pool.imap(tasks.square, endless())
+    assert [next(it) for _ in range(10)] == [x * x for x in range(10)]
+    import time
+    time.sleep(0.3)
+    assert len(read) < 5000   # bounded read-ahead, not the whole endless input
+    pool.terminate()
+
+
+def test_pool_refuses_use_from_a_forked_child(pool):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            pool.apply_async(tasks.square, (2,))
+        except RuntimeError as exc:
+            os._exit(0 if "forked child" in str(exc) else 1)
+        os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
