@@ -48,6 +48,8 @@ from multiprocessing import connection as mp_connection
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence
 
+from . import diagnosis
+from .diagnosis import KernelLog, WorkerWatch, diagnose, zombie_exit_status
 from .errors import (PoolTerminatedError, TaskInfo, WorkerCrashedError, WorkerInitError)
 from .messages import (APPLY, CONTROL, INIT_FAILED, MAP, OK, RAISED, READY, REPLY_HEADER,
                        RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE, decode_exception,
@@ -328,12 +330,15 @@ class _WatchSet:
 class _Worker:
     """The supervisor's record of one worker process."""
 
-    def __init__(self, index: int, process, task_fd: int, result_fd: int):
+    def __init__(self, index: int, process, task_fd: int, result_fd: int, crash_fd: int):
         self.index = index                  # its slot in the shared array
         self.process = process
         self.pid: int = process.pid
         self.task_fd = task_fd
         self.reader = _FrameReader(result_fd)
+        self.crash_fd = crash_fd            # faulthandler's output at a fatal signal
+        os.set_blocking(crash_fd, False)
+        self.watch = WorkerWatch(self.pid, diagnosis.SOURCES)
         self.death_fd, self.pidfd = _death_fd(process)
         self.inflight: Deque[Unit] = collections.deque()
         self.sent = 0                       # units ever sent (maxtasksperchild)
@@ -343,20 +348,20 @@ class _Worker:
         self.stopping = False               # we sent STOP
         self.terminated = False             # we sent SIGTERM (terminate)
         self.kill_deadline: Optional[float] = None   # when SIGKILL follows; None once sent
-        self.rss_last: Optional[int] = None
-        self.rss_peak: Optional[int] = None
-        self._ps = None
 
-    def sample_rss(self) -> None:
-        try:
-            if self._ps is None:
-                import psutil
-                self._ps = psutil.Process(self.pid)
-            rss = self._ps.memory_info().rss
-        except Exception:  # gone, or no psutil support here: no sample
-            return
-        self.rss_last = rss
-        self.rss_peak = rss if self.rss_peak is None else max(self.rss_peak, rss)
+    def crash_stack(self) -> Optional[str]:
+        """What faulthandler wrote before the process died, if anything."""
+        chunks = []
+        while True:
+            try:
+                data = os.read(self.crash_fd, 65536)
+            except OSError:   # BlockingIOError included: nothing more
+                break
+            if not data:
+                break
+            chunks.append(data)
+        text = b"".join(chunks).decode("utf-8", "replace").strip()
+        return text[-8000:] or None
 
     def pop_unit(self, unit_id: int) -> Optional[Unit]:
         for unit in self.inflight:
@@ -416,6 +421,7 @@ class Engine:
         self._init_error: Optional[WorkerInitError] = None
         self._startup_failures = 0
         self._spiller = _Spiller()
+        self._kernel_log = KernelLog(diagnosis.SOURCES)
         self._next_sample = 0.0
         self._thread = threading.Thread(target=self._run, name="poolguard-supervisor",
                                         daemon=True)
@@ -589,15 +595,17 @@ class Engine:
     def _start_worker(self, index: int) -> None:
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
+        crash_r, crash_w = os.pipe()
         for fd in (task_w, result_w):
             _grow_pipe(fd)
         self._slots.write(index, INITIALIZING, 0)
         task_conn = Connection(task_r, writable=False)
         result_conn = Connection(result_w, readable=False)
+        crash_conn = Connection(crash_w, readable=False)
         fork = self.start_method == "fork"
         process = self.context.Process(
             target=worker_main, name=f"poolguard-worker-{index}",
-            args=(task_conn, result_conn, self._alive_conn, self._slots, index,
+            args=(task_conn, result_conn, crash_conn, self._alive_conn, self._slots, index,
                   self._init_bytes, self._maxtasks,
                   os.getpid() if self.start_method != "forkserver" else None,
                   sorted(_alive_write_fds) if fork else []))
@@ -606,8 +614,9 @@ class Engine:
         finally:
             task_conn.close()      # the child has its own copies now
             result_conn.close()
+            crash_conn.close()
         os.set_blocking(task_w, False)
-        worker = _Worker(index, process, task_w, result_r)
+        worker = _Worker(index, process, task_w, result_r, crash_r)
         self._workers[index] = worker
         self._watch.add(worker.reader.fd, worker, "result")
         self._watch.add(worker.death_fd, worker, "death")
@@ -702,7 +711,7 @@ class Engine:
                     pid=worker.pid), exc)
             return
         unit = worker.pop_unit(task_id)
-        worker.rss_peak = worker.rss_last
+        worker.watch.task_done()
         if unit is None:
             return  # the job was already failed (terminate)
         if status == OK:
@@ -741,10 +750,18 @@ class Engine:
         # hold the write end open for as long as it lives.
         while self._read_replies(worker) == "more":
             pass
-        worker.process.join(1.0 if self.start_method == "forkserver" else None)
-        exitcode = worker.process.exitcode
-        # Under forkserver 255 also means "status lost with the server" (pitfall).
-        known = exitcode is not None and not (self.start_method == "forkserver" and exitcode == 255)
+        exitcode = None
+        if self.start_method == "forkserver":
+            # Not our child: its status comes through the fork server, which
+            # reports 255 when it cannot read it.  Read it ourselves first.
+            exitcode = zombie_exit_status(worker.pid, diagnosis.SOURCES)
+            worker.process.join(1.0)
+            if exitcode is None and worker.process.exitcode != 255:
+                exitcode = worker.process.exitcode
+        else:
+            worker.process.join()
+            exitcode = worker.process.exitcode
+        known = exitcode is not None
         task_id, item = self._slots.read(worker.index)
         culprit = None
         requeue = []
@@ -754,6 +771,7 @@ class Engine:
             else:
                 requeue.append(unit)
         worker.inflight.clear()
+        crash_stack = worker.crash_stack()
         self._forget(worker)
         if requeue:
             with self._lock:
@@ -761,10 +779,14 @@ class Engine:
         if culprit is not None:
             phase = {DECODING: "decoding", SENDING: "sending"}.get(item, "running")
             offset = item if item >= 0 else None
+            signame = _signal_name(exitcode)
             error = WorkerCrashedError.from_death(
                 pid=worker.pid, exitcode=exitcode, exit_status_known=known,
                 task=culprit.job.describe(culprit, offset), phase=phase,
-                peak_rss=worker.rss_peak)
+                diagnosis=diagnose(signame, worker.watch, self._kernel_log,
+                                   diagnosis.SOURCES) if known else None,
+                peak_rss=worker.watch.task_peak, last_rss=worker.watch.rss_last,
+                crash_stack=crash_stack)
             self._deliver_failure(culprit, error)
         elif (task_id == INITIALIZING and not worker.init_failed
               and not worker.terminated and not worker.stopping):
@@ -783,6 +805,7 @@ class Engine:
         self._watch.discard(worker.death_fd)
         del self._workers[worker.index]
         os.close(worker.reader.fd)
+        os.close(worker.crash_fd)
         self._spiller.close_fd(worker.task_fd)
         if worker.pidfd is not None:
             os.close(worker.pidfd)
@@ -798,7 +821,7 @@ class Engine:
         self._next_sample = now + RSS_SAMPLE_INTERVAL
         for worker in self._workers.values():
             if worker.inflight:
-                worker.sample_rss()
+                worker.watch.sample()
 
     # ---- the end -------------------------------------------------------------------
 
@@ -826,6 +849,7 @@ class Engine:
             os.close(fd)
         self._alive_conn.close()
         self._slots.close()
+        self._kernel_log.close()
         _live_engines.discard(self)
 
 
@@ -834,6 +858,11 @@ def _signal(process, signum: int) -> None:
         os.kill(process.pid, signum)
     except (ProcessLookupError, TypeError):
         pass
+
+
+def _signal_name(exitcode: Optional[int]) -> Optional[str]:
+    from .errors import signal_name
+    return signal_name(-exitcode) if exitcode is not None and exitcode < 0 else None
 
 
 def _grow_pipe(fd: int) -> None:

@@ -53,20 +53,39 @@ _HINTS = {
 }
 
 
+_PHASES = {
+    "running": "while running",
+    "decoding": "while decoding the arguments of",
+    "sending": "while sending the result of",
+    "starting": "while starting",
+}
+
+
 class WorkerCrashedError(PoolguardError):
     """A worker process died while it ran a task; this task was the one.
 
-    Attributes: ``pid``, ``exitcode`` (as ``multiprocessing.Process.exitcode``:
-    negative for a signal, ``None`` when unknown), ``signal`` (name or ``None``),
-    ``task`` (:class:`TaskInfo` or ``None``), ``oom`` (``True``/``False``/``None``
-    for unknown), ``peak_rss`` (bytes or ``None``), ``phase`` (what the worker
-    was doing: ``"decoding the task"``, ``"running"``, ``"sending the result"``).
+    Attributes:
+
+    - ``pid``; ``exitcode`` as ``multiprocessing.Process.exitcode`` (negative
+      for a signal, ``None`` when the status could not be read); ``signal``,
+      the name (``"SIGKILL"``) or ``None``;
+    - ``task``: :class:`TaskInfo` or ``None``; ``phase``: ``"running"``,
+      ``"decoding"`` (the arguments) or ``"sending"`` (the result);
+    - ``oom``: ``True`` (confirmed or likely), ``False`` (ruled out, e.g. a
+      segfault) or ``None`` (possible, or unknown); ``oom_verdict``: one of
+      ``"confirmed"``, ``"likely"``, ``"possible"``, ``"ruled out"``,
+      ``"unknown"``; ``oom_evidence``: the evidence, as text;
+    - ``peak_rss``: the highest RSS sampled during the task, ``last_rss``: the
+      last sample before death (bytes, or ``None``);
+    - ``crash_stack``: the Python stack faulthandler wrote at a fatal signal.
     """
 
     def __init__(self, message: str, *, pid: Optional[int] = None,
                  exitcode: Optional[int] = None, signal: Optional[str] = None,
                  task: Optional[TaskInfo] = None, oom: Optional[bool] = None,
-                 peak_rss: Optional[int] = None, phase: Optional[str] = None):
+                 peak_rss: Optional[int] = None, phase: Optional[str] = None,
+                 oom_verdict: str = "unknown", oom_evidence: str = "",
+                 last_rss: Optional[int] = None, crash_stack: Optional[str] = None):
         super().__init__(message)
         self.pid = pid
         self.exitcode = exitcode
@@ -75,33 +94,49 @@ class WorkerCrashedError(PoolguardError):
         self.oom = oom
         self.peak_rss = peak_rss
         self.phase = phase
+        self.oom_verdict = oom_verdict
+        self.oom_evidence = oom_evidence
+        self.last_rss = last_rss
+        self.crash_stack = crash_stack
 
     @classmethod
     def from_death(cls, *, pid: int, exitcode: Optional[int], task: Optional[TaskInfo],
-                   phase: str = "running", peak_rss: Optional[int] = None,
-                   exit_status_known: bool = True) -> "WorkerCrashedError":
+                   phase: str = "running", exit_status_known: bool = True,
+                   diagnosis: Any = None, peak_rss: Optional[int] = None,
+                   last_rss: Optional[int] = None,
+                   crash_stack: Optional[str] = None) -> "WorkerCrashedError":
+        """Build the error and its message from what the engine found.
+        *diagnosis* is a :class:`poolguard.diagnosis.Diagnosis` or ``None``."""
         signame = signal_name(-exitcode) if exitcode is not None and exitcode < 0 else None
         if not exit_status_known or exitcode is None:
             how = "died (exit status unknown)"
-            exitcode = None
+            exitcode, signame = None, None
         elif signame:
             how = f"was killed by {signame}"
         else:
             how = f"exited with code {exitcode}"
-        what = f"while {phase} {task}" if task is not None else f"while {phase}"
-        message = f"worker {pid} {how} {what}"
-        if peak_rss is not None:
-            message += f"; last RSS {peak_rss / 2**20:.0f} MiB"
-        oom: Optional[bool] = None
-        if signame in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT"):
-            oom = False  # the kernel OOM killer only sends SIGKILL
-        if signame in _HINTS:
+        what = _PHASES.get(phase, f"while {phase}")
+        message = f"worker {pid} {how} {what}" + (f" {task}" if task is not None else "")
+        if diagnosis is not None and diagnosis.verdict in ("confirmed", "likely", "possible"):
+            message += f". OOM {diagnosis.verdict}: {diagnosis.evidence}"
+        elif diagnosis is not None and diagnosis.outside_kill:
+            message += f". {diagnosis.evidence[0].upper()}{diagnosis.evidence[1:]}"
+        elif signame in _HINTS:
             message += f". Likely cause: {_HINTS[signame]}"
         elif signame is None and exitcode is not None:
             message += (". The process ended itself (os._exit, or native code "
                         "calling exit()) without reporting an error")
-        return cls(message, pid=pid, exitcode=exitcode, signal=signame, task=task,
-                   oom=oom, peak_rss=peak_rss, phase=phase)
+        if peak_rss is not None and "RSS peaked" not in message:
+            message += f" (RSS peaked at {peak_rss / 2**20:.0f} MiB during the task)"
+        if crash_stack:
+            message += "\nPython stack at the crash, as faulthandler wrote it:\n" + crash_stack
+        oom = diagnosis.oom if diagnosis is not None else (
+            False if signame in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT") else None)
+        return cls(message, pid=pid, exitcode=exitcode, signal=signame, task=task, oom=oom,
+                   peak_rss=peak_rss, phase=phase,
+                   oom_verdict=diagnosis.verdict if diagnosis is not None else "unknown",
+                   oom_evidence=diagnosis.evidence if diagnosis is not None else "",
+                   last_rss=last_rss, crash_stack=crash_stack)
 
     def __reduce__(self):
         return (_rebuild, (type(self), self.args, self.__dict__))

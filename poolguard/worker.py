@@ -8,6 +8,7 @@ which item was running without any lock a dying worker could hold.
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import mmap
 import os
 import pickle
@@ -82,11 +83,15 @@ def _anonymous_file(size: int) -> int:
     return fd
 
 
-def worker_main(task_conn, result_conn, alive_conn, slots: "SharedSlots", index: int,
+def worker_main(task_conn, result_conn, crash_conn, alive_conn, slots: "SharedSlots",
+                index: int,
                 init_bytes: Optional[bytes], maxtasks: Optional[int],
                 parent_pid: Optional[int], fds_to_close: Sequence[int]) -> None:
     # Ctrl-C reaches the whole process group; the parent alone handles it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # At a fatal signal, the Python stack goes to a pipe the parent reads
+    # after our death (crash_conn must stay referenced: it owns the fd).
+    faulthandler.enable(file=crash_conn.fileno(), all_threads=False)
     for fd in fds_to_close:  # other pools' "parent alive" write ends (fork only)
         try:
             os.close(fd)

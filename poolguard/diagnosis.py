@@ -1,0 +1,355 @@
+"""Why did a worker die?  Evidence gathered while it lived and read at its death.
+
+The engine calls three things here:
+
+* :class:`KernelLog`, one per pool: new kernel log records, read without
+  blocking, to find the OOM killer's record of a pid;
+* :class:`WorkerWatch`, one per worker: RSS samples and the worker's memory
+  cgroup with its OOM-kill counter, recorded while the worker is alive
+  (``/proc/PID`` is gone after its death);
+* :func:`diagnose`, at a death: a verdict on OOM with its evidence.
+
+Every source may be missing or unreadable (no cgroup, no permission on
+``/dev/kmsg``, a container, another OS).  Then the verdict degrades to
+"unknown"; nothing here raises or blocks.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+
+@dataclass
+class Sources:
+    """Where the evidence is read from (tests point these at empty places)."""
+
+    proc: str = "/proc"
+    cgroup: str = "/sys/fs/cgroup"
+    kmsg: str = "/dev/kmsg"
+
+
+SOURCES = Sources()
+
+CONFIRMED, LIKELY, POSSIBLE, RULED_OUT, UNKNOWN = (
+    "confirmed", "likely", "possible", "ruled out", "unknown")
+CRASH_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT")
+NEAR_LIMIT = 0.9   # an RSS above this share of the limit counts as "near"
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.read()
+    except (OSError, ValueError):
+        return None
+
+
+def _read_int(path: str) -> Optional[int]:
+    text = _read(path)
+    if text is None:
+        return None
+    text = text.strip()
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+# ---- the kernel log ----------------------------------------------------------------
+
+_KILLED = re.compile(r"Killed process (\d+) ")
+_OOM_KILL = re.compile(r"oom-kill:.*?oom_memcg=([^,]*),.*?pid=(\d+)")
+
+
+class KernelLog:
+    """New records of the kernel log since this object was made."""
+
+    MAX_REMEMBERED = 256
+
+    def __init__(self, sources: Sources = SOURCES):
+        self.problem: Optional[str] = None
+        self._records: Dict[int, Dict[str, str]] = {}
+        try:
+            self._fd: Optional[int] = os.open(sources.kmsg, os.O_RDONLY | os.O_NONBLOCK)
+            os.lseek(self._fd, 0, os.SEEK_END)   # only what happens from now on
+        except OSError as exc:
+            self._fd = None
+            self.problem = f"{sources.kmsg} not readable ({exc.strerror or exc})"
+
+    @property
+    def readable(self) -> bool:
+        return self._fd is not None
+
+    def oom_record(self, pid: int) -> Optional[Dict[str, str]]:
+        """The OOM killer's record for *pid*, if it wrote one."""
+        self._drain()
+        return self._records.get(pid)
+
+    def _drain(self) -> None:
+        if self._fd is None:
+            return
+        for _ in range(100_000):   # records since the last read; bounded anyway
+            try:
+                raw = os.read(self._fd, 8192)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == 32:   # EPIPE: records were overwritten; go on
+                    continue
+                self.problem = f"kernel log read failed ({exc.strerror or exc})"
+                self.close()
+                return
+            if not raw:
+                return
+            text = raw.decode("utf-8", "replace")
+            message = text.split(";", 1)[-1].strip()
+            match = _OOM_KILL.search(message)
+            if match:
+                self._remember(int(match.group(2)), "memcg", match.group(1))
+                continue
+            match = _KILLED.search(message)
+            if match and "out of memory" in message.lower():
+                self._remember(int(match.group(1)), "line", message)
+
+    def _remember(self, pid: int, key: str, value: str) -> None:
+        self._records.setdefault(pid, {})[key] = value
+        while len(self._records) > self.MAX_REMEMBERED:
+            self._records.pop(next(iter(self._records)))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# ---- memory cgroups ----------------------------------------------------------------
+
+@dataclass
+class MemoryCgroup:
+    """A memory cgroup, by its directory, for either cgroup version."""
+
+    name: str          # path inside the hierarchy, e.g. "/job42"
+    directory: str
+    version: int
+
+    @classmethod
+    def of_pid(cls, pid: int, sources: Sources = SOURCES) -> Optional["MemoryCgroup"]:
+        text = _read(f"{sources.proc}/{pid}/cgroup")
+        if text is None:
+            return None
+        v2_name = None
+        for line in text.splitlines():
+            parts = line.split(":", 2)
+            if len(parts) != 3:
+                continue
+            if "memory" in parts[1].split(","):
+                directory = os.path.join(sources.cgroup, "memory", parts[2].lstrip("/"))
+                return cls(parts[2], directory.rstrip("/"), 1)
+            if parts[0] == "0" and parts[1] == "":
+                v2_name = parts[2]
+        if v2_name is not None and os.path.exists(os.path.join(sources.cgroup,
+                                                               "cgroup.controllers")):
+            directory = os.path.join(sources.cgroup, v2_name.lstrip("/"))
+            return cls(v2_name, directory.rstrip("/"), 2)
+        return None
+
+    @classmethod
+    def by_name(cls, name: str, sources: Sources = SOURCES) -> Optional["MemoryCgroup"]:
+        v1 = os.path.join(sources.cgroup, "memory", name.lstrip("/")).rstrip("/")
+        if os.path.isdir(v1):
+            return cls(name, v1, 1)
+        v2 = os.path.join(sources.cgroup, name.lstrip("/")).rstrip("/")
+        if os.path.exists(os.path.join(v2, "memory.max")):
+            return cls(name, v2, 2)
+        return None
+
+    def _file(self, v1: str, v2: str) -> str:
+        return os.path.join(self.directory, v1 if self.version == 1 else v2)
+
+    def oom_kills(self) -> Optional[int]:
+        text = _read(self._file("memory.oom_control", "memory.events"))
+        for line in (text or "").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                try:
+                    return int(value)
+                except ValueError:
+                    return None
+        return None
+
+    def limit(self) -> Optional[int]:
+        value = _read_int(self._file("memory.limit_in_bytes", "memory.max"))
+        # cgroup v1 writes "no limit" as a huge page-rounded number.
+        return None if value is None or value >= 1 << 60 else value
+
+    def peak(self) -> Optional[int]:
+        return _read_int(self._file("memory.max_usage_in_bytes", "memory.peak"))
+
+
+# ---- per-worker record -------------------------------------------------------------
+
+@dataclass
+class WorkerWatch:
+    """What the supervisor knows of one worker's memory while it lives."""
+
+    pid: int
+    sources: Sources = field(default_factory=lambda: SOURCES)
+    rss_last: Optional[int] = None
+    task_peak: Optional[int] = None      # peak RSS seen during the current task
+    cgroup: Optional[MemoryCgroup] = None
+    oom_kills_before: Optional[int] = None
+    _process: object = None
+
+    def sample(self) -> None:
+        """One RSS sample; also notices the worker moving to another cgroup."""
+        try:
+            if self._process is None:
+                import psutil
+                self._process = psutil.Process(self.pid)
+            rss = self._process.memory_info().rss    # type: ignore[attr-defined]
+        except Exception:
+            return
+        self.rss_last = rss
+        self.task_peak = rss if self.task_peak is None else max(self.task_peak, rss)
+        cgroup = MemoryCgroup.of_pid(self.pid, self.sources)
+        if cgroup is not None and cgroup != self.cgroup:
+            self.cgroup = cgroup
+            self.oom_kills_before = cgroup.oom_kills()
+
+    def task_done(self) -> None:
+        self.task_peak = self.rss_last
+
+
+# ---- the verdict -------------------------------------------------------------------
+
+@dataclass
+class Diagnosis:
+    verdict: str                     # confirmed, likely, possible, ruled out, unknown
+    evidence: str                    # one sentence a person can check
+    checked: List[str]               # what was looked at
+    outside_kill: bool = False       # SIGKILL/SIGTERM with no OOM evidence
+
+    @property
+    def oom(self) -> Optional[bool]:
+        if self.verdict in (CONFIRMED, LIKELY):
+            return True
+        if self.verdict == RULED_OUT:
+            return False
+        return None
+
+
+def _mib(n: Optional[int]) -> str:
+    return "?" if n is None else f"{n / 2**20:.0f} MiB"
+
+
+def diagnose(signame: Optional[str], watch: Optional[WorkerWatch],
+             kernel_log: Optional[KernelLog], sources: Sources = SOURCES) -> Diagnosis:
+    """Weigh the evidence on a dead worker; never raises."""
+    try:
+        return _diagnose(signame, watch, kernel_log, sources)
+    except Exception as exc:   # a reader we did not foresee failing
+        return Diagnosis(UNKNOWN, f"diagnosis failed: {exc!r}", [])
+
+
+def _diagnose(signame: Optional[str], watch: Optional[WorkerWatch],
+              kernel_log: Optional[KernelLog], sources: Sources) -> Diagnosis:
+    if signame in CRASH_SIGNALS:
+        return Diagnosis(RULED_OUT, f"{signame} is a crash, not an OOM kill", [])
+    if signame not in ("SIGKILL", "SIGTERM"):
+        return Diagnosis(UNKNOWN if signame else RULED_OUT,
+                         "the worker ended itself" if not signame else f"killed by {signame}",
+                         [])
+    checked: List[str] = []
+    pid = watch.pid if watch else None
+    cgroup = watch.cgroup if watch else None
+
+    record = None
+    if kernel_log is not None and kernel_log.readable and pid is not None:
+        record = kernel_log.oom_record(pid)
+        checked.append("kernel log: " + ("OOM record for this pid" if record
+                                         else "no OOM record for this pid"))
+    elif kernel_log is not None:
+        checked.append(f"kernel log: {kernel_log.problem or 'not read'}")
+    if record and record.get("memcg"):
+        cgroup = MemoryCgroup.by_name(record["memcg"], sources) or cgroup
+
+    limit = cgroup.limit() if cgroup else None
+    where = ""
+    if cgroup is not None:
+        where = f" in memory cgroup {cgroup.name} (limit {_mib(limit)}"
+        peak = cgroup.peak()
+        where += f", peak usage {_mib(peak)})" if peak is not None else ")"
+    if watch is not None and watch.task_peak is not None:
+        where += f"; worker RSS peaked at {_mib(watch.task_peak)} during the task"
+
+    if record and signame == "SIGKILL":
+        line = record.get("line", "an oom-kill record")
+        return Diagnosis(CONFIRMED, f"the kernel OOM killer killed it{where}; kernel log: "
+                                    f"{line[:200]}", checked)
+
+    if cgroup is not None and watch is not None and watch.oom_kills_before is not None:
+        now = cgroup.oom_kills()
+        if now is not None:
+            checked.append(f"cgroup {cgroup.name} oom_kill counter: "
+                           f"{watch.oom_kills_before} -> {now}")
+            if now > watch.oom_kills_before and signame == "SIGKILL":
+                return Diagnosis(LIKELY, f"the OOM kill counter of its memory cgroup rose "
+                                         f"while the task ran{where}", checked)
+
+    rss = watch.rss_last if watch else None
+    ceiling = limit
+    if ceiling is None:
+        ceiling = _available_memory(sources)
+        ceiling_text = f"{_mib(ceiling)} available on the machine"
+    else:
+        ceiling_text = f"the cgroup limit {_mib(ceiling)}"
+    if rss is not None:
+        checked.append(f"last RSS {_mib(rss)} against {ceiling_text}")
+        if ceiling and rss >= NEAR_LIMIT * ceiling and signame == "SIGKILL":
+            return Diagnosis(POSSIBLE, f"its last RSS sample, {_mib(rss)}, was near "
+                                       f"{ceiling_text}", checked)
+
+    if record is None and kernel_log is not None and kernel_log.readable \
+            and signame == "SIGKILL":
+        verdict = RULED_OUT
+    else:
+        verdict = UNKNOWN
+    return Diagnosis(verdict, f"no evidence of an OOM kill ({'; '.join(checked) or 'nothing readable'})"
+                     ": it came from outside the process (a job scheduler's time or memory "
+                     "limit, a user, a container runtime)", checked, outside_kill=True)
+
+
+def _available_memory(sources: Sources) -> Optional[int]:
+    text = _read(f"{sources.proc}/meminfo")
+    for line in (text or "").splitlines():
+        if line.startswith("MemAvailable:"):
+            try:
+                return int(line.split()[1]) * 1024
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def zombie_exit_status(pid: int, sources: Sources = SOURCES) -> Optional[int]:
+    """The exit status of a dead process not yet reaped, as Process.exitcode
+    reports it (negative for a signal); for workers we are not the parent of
+    (forkserver), whose status reaches us second-hand."""
+    text = _read(f"{sources.proc}/{pid}/stat")
+    if not text or ")" not in text:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    if len(fields) < 50 or fields[0] != "Z":
+        return None
+    try:
+        status = int(fields[49])   # field 52 of stat: exit_code, as waitpid reports it
+    except ValueError:
+        return None
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return None
