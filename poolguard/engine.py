@@ -698,6 +698,7 @@ class Engine:
         if task_id == CONTROL:
             if status == READY:
                 worker.ready = True
+                worker.watch.sample()   # its cgroup and OOM counter, before any task
                 self._startup_failures = 0
             elif status == RETIRING:
                 worker.retiring = True

@@ -158,3 +158,17 @@ def fork_then_die(path: str):
         f.write(str(pid))
     os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(30)
+
+
+def grow(step_mb: int = 8, pause: float = 0.0, limit_mb: int = 4096):
+    """Allocate touched memory in steps until killed (or limit_mb)."""
+    blocks = []
+    for _ in range(limit_mb // step_mb):
+        blocks.append(b"\x01" * (step_mb << 20))
+        if pause:
+            time.sleep(pause)
+    return len(blocks)
+
+
+def crash_in_native_code(x):
+    return ctypes.string_at(0)

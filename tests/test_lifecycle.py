@@ -1,4 +1,4 @@
-"""The process around the pool: its owner killed, Ctrl-C, the kernel OOM killer."""
+"""The process around the pool: its owner killed, Ctrl-C."""
 from __future__ import annotations
 
 import os
@@ -124,53 +124,3 @@ def test_ctrl_c_during_map(method, tmp_path):
         assert proc.returncode == 0
     finally:
         reap(proc, descendants)
-
-
-# ---- the kernel OOM killer ------------------------------------------------------
-
-CGROUP_V1 = Path("/sys/fs/cgroup/memory")
-CGROUP_V2 = Path("/sys/fs/cgroup")
-
-
-def make_memory_cgroup(limit: int) -> Path:
-    """A memory cgroup with *limit* bytes; skip with the reason where we cannot."""
-    name = f"poolguard-test-{os.getpid()}-{time.monotonic_ns()}"
-    if (CGROUP_V2 / "cgroup.controllers").exists():
-        if "memory" not in (CGROUP_V2 / "cgroup.subtree_control").read_text().split():
-            pytest.skip("cgroup v2 without the memory controller enabled for children")
-        path, limit_file = CGROUP_V2 / name, "memory.max"
-    elif CGROUP_V1.is_dir():
-        path, limit_file = CGROUP_V1 / name, "memory.limit_in_bytes"
-    else:
-        pytest.skip("no memory cgroup hierarchy mounted")
-    try:
-        path.mkdir()
-    except OSError as exc:
-        pytest.skip(f"cannot create a memory cgroup here: {exc}")
-    try:
-        (path / limit_file).write_text(str(limit))
-        swap = path / "memory.swap.max"
-        if swap.exists():
-            swap.write_text("0")
-    except OSError as exc:
-        path.rmdir()
-        pytest.skip(f"cannot set a memory limit here: {exc}")
-    return path
-
-
-def test_real_oom_kill_fails_the_task(method):
-    limit = 100 << 20
-    cgroup = make_memory_cgroup(limit)
-    try:
-        with poolguard.Pool(2, context=method) as pool:
-            other = pool.map_async(tasks.sleep_then, [0.3] * 4, chunksize=1)
-            with pytest.raises(WorkerCrashedError) as info:
-                pool.apply(tasks.oom_in_cgroup, (str(cgroup / "cgroup.procs"), limit))
-            err = info.value
-            assert err.signal == "SIGKILL" and err.exitcode == -9
-            assert err.task.function == "oom_in_cgroup"
-            assert other.get(10) == [None] * 4
-            assert pool.apply(tasks.square, (3,)) == 9
-    finally:
-        wait_until(lambda: not (cgroup / "cgroup.procs").read_text().split(), 10)
-        cgroup.rmdir()
