@@ -38,7 +38,7 @@ CRASH_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT")
 NEAR_LIMIT = 0.9   # an RSS above this share of the limit counts as "near"
 
 
-def _read(path: str) -> Optional[str]:
+def read_text(path: str) -> Optional[str]:
     try:
         with open(path) as f:
             return f.read()
@@ -46,8 +46,8 @@ def _read(path: str) -> Optional[str]:
         return None
 
 
-def _read_int(path: str) -> Optional[int]:
-    text = _read(path)
+def read_int(path: str) -> Optional[int]:
+    text = read_text(path)
     if text is None:
         return None
     text = text.strip()
@@ -138,7 +138,7 @@ class MemoryCgroup:
 
     @classmethod
     def of_pid(cls, pid: int, sources: Sources = SOURCES) -> Optional["MemoryCgroup"]:
-        text = _read(f"{sources.proc}/{pid}/cgroup")
+        text = read_text(f"{sources.proc}/{pid}/cgroup")
         if text is None:
             return None
         v2_name = None
@@ -171,7 +171,7 @@ class MemoryCgroup:
         return os.path.join(self.directory, v1 if self.version == 1 else v2)
 
     def oom_kills(self) -> Optional[int]:
-        text = _read(self._file("memory.oom_control", "memory.events"))
+        text = read_text(self._file("memory.oom_control", "memory.events"))
         for line in (text or "").splitlines():
             key, _, value = line.partition(" ")
             if key == "oom_kill":
@@ -182,12 +182,12 @@ class MemoryCgroup:
         return None
 
     def limit(self) -> Optional[int]:
-        value = _read_int(self._file("memory.limit_in_bytes", "memory.max"))
+        value = read_int(self._file("memory.limit_in_bytes", "memory.max"))
         # cgroup v1 writes "no limit" as a huge page-rounded number.
         return None if value is None or value >= 1 << 60 else value
 
     def peak(self) -> Optional[int]:
-        return _read_int(self._file("memory.max_usage_in_bytes", "memory.peak"))
+        return read_int(self._file("memory.max_usage_in_bytes", "memory.peak"))
 
     @property
     def procs_file(self) -> str:
@@ -246,7 +246,7 @@ class Diagnosis:
         return None
 
 
-def _mib(n: Optional[int]) -> str:
+def mib(n: Optional[int]) -> str:
     return "?" if n is None else f"{n / 2**20:.0f} MiB"
 
 
@@ -284,11 +284,11 @@ def _diagnose(signame: Optional[str], watch: Optional[WorkerWatch],
     limit = cgroup.limit() if cgroup else None
     where = ""
     if cgroup is not None:
-        where = f" in memory cgroup {cgroup.name} (limit {_mib(limit)}"
+        where = f" in memory cgroup {cgroup.name} (limit {mib(limit)}"
         peak = cgroup.peak()
-        where += f", peak usage {_mib(peak)})" if peak is not None else ")"
+        where += f", peak usage {mib(peak)})" if peak is not None else ")"
     if watch is not None and watch.task_peak is not None:
-        where += f"; worker RSS peaked at {_mib(watch.task_peak)} during the task"
+        where += f"; worker RSS peaked at {mib(watch.task_peak)} during the task"
 
     if record and signame == "SIGKILL":
         line = record.get("line", "an oom-kill record")
@@ -308,13 +308,13 @@ def _diagnose(signame: Optional[str], watch: Optional[WorkerWatch],
     ceiling = limit
     if ceiling is None:
         ceiling = _available_memory(sources)
-        ceiling_text = f"{_mib(ceiling)} available on the machine"
+        ceiling_text = f"{mib(ceiling)} available on the machine"
     else:
-        ceiling_text = f"the cgroup limit {_mib(ceiling)}"
+        ceiling_text = f"the cgroup limit {mib(ceiling)}"
     if rss is not None:
-        checked.append(f"last RSS {_mib(rss)} against {ceiling_text}")
+        checked.append(f"last RSS {mib(rss)} against {ceiling_text}")
         if ceiling and rss >= NEAR_LIMIT * ceiling and signame == "SIGKILL":
-            return Diagnosis(POSSIBLE, f"its last RSS sample, {_mib(rss)}, was near "
+            return Diagnosis(POSSIBLE, f"its last RSS sample, {mib(rss)}, was near "
                                        f"{ceiling_text}", checked)
 
     if record is None and kernel_log is not None and kernel_log.readable \
@@ -339,7 +339,7 @@ def create_memory_cgroup(limit: int, name: str,
     root = sources.cgroup
     name = "/" + name.strip("/")
     if os.path.exists(os.path.join(root, "cgroup.controllers")):
-        control = _read(os.path.join(root, "cgroup.subtree_control")) or ""
+        control = read_text(os.path.join(root, "cgroup.subtree_control")) or ""
         if "memory" not in control.split():
             raise CgroupUnavailable("cgroup v2 without the memory controller enabled "
                                     "for child groups")
@@ -373,7 +373,7 @@ def join_cgroup(procs_file: str) -> None:
 
 
 def _available_memory(sources: Sources) -> Optional[int]:
-    text = _read(f"{sources.proc}/meminfo")
+    text = read_text(f"{sources.proc}/meminfo")
     for line in (text or "").splitlines():
         if line.startswith("MemAvailable:"):
             try:
@@ -387,7 +387,7 @@ def zombie_exit_status(pid: int, sources: Sources = SOURCES) -> Optional[int]:
     """The exit status of a dead process not yet reaped, as Process.exitcode
     reports it (negative for a signal); for workers we are not the parent of
     (forkserver), whose status reaches us second-hand."""
-    text = _read(f"{sources.proc}/{pid}/stat")
+    text = read_text(f"{sources.proc}/{pid}/stat")
     if not text or ")" not in text:
         return None
     fields = text.rsplit(")", 1)[1].split()

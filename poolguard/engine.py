@@ -65,6 +65,7 @@ PIPE_SIZE = 1 << 20         # asked for; Linux caps it at /proc/sys/fs/pipe-max-
 RUNNING, CLOSING, TERMINATING, FINISHED = "running", "closing", "terminating", "finished"
 
 _unit_ids = itertools.count()
+_WORKER_FILE = f'"{worker_main.__code__.co_filename}"'   # as faulthandler quotes it
 _live_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 _alive_write_fds: set = set()    # every engine's "parent alive" write end, closed in forked workers
 
@@ -361,7 +362,13 @@ class _Worker:
                 break
             chunks.append(data)
         text = b"".join(chunks).decode("utf-8", "replace").strip()
-        return text[-8000:] or None
+        # Frames from the worker loop down are ours, the same in every crash.
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            if _WORKER_FILE in line:
+                lines = lines[:i]
+                break
+        return "\n".join(lines)[-8000:] or None
 
     def pop_unit(self, unit_id: int) -> Optional[Unit]:
         for unit in self.inflight:

@@ -49,3 +49,41 @@ def test_as_completed_example():
     assert any(l.startswith("task 3: worker ") and l.endswith("killed by SIGKILL")
                for l in lines)
     assert lines[-1] == "afterwards: 90"
+
+
+def test_doctor_reports_each_source():
+    done = run("-m", "poolguard", "doctor")
+    assert done.returncode == 0, done.stderr
+    keys = [line.split("  ")[0] for line in done.stdout.splitlines()]
+    assert keys == ["poolguard", "start methods", "workers by default", "memory cgroup",
+                    "memory cgroups for tests", "kernel log", "pidfd", "parent-death signal"]
+    from loky import cpu_count
+    assert f"workers by default        {cpu_count()} (" in done.stdout
+
+
+def test_segfault_example_prints_the_stack():
+    done = run("examples/segfault.py")
+    assert done.returncode == 0, done.stderr
+    assert "killed by SIGSEGV while running parse_record('corrupt') (item 2 of map)" in done.stdout
+    stack = done.stdout.split("Python stack at the crash")[1]
+    assert "in decode_with_c_library" in stack and "in parse_record" in stack
+    assert "poolguard" not in stack      # our own frames are cut
+    assert "oom=False verdict=ruled out" in done.stdout
+
+
+def test_oom_example():
+    from poolguard.diagnosis import CgroupUnavailable, create_memory_cgroup
+    import os
+    import pytest
+    try:
+        probe = create_memory_cgroup(64 << 20, f"poolguard-probe-{os.getpid()}")
+        os.rmdir(probe.directory)
+    except CgroupUnavailable as exc:
+        pytest.skip(f"no memory cgroup: {exc}")
+    done = run("examples/oom.py")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "OOM confirmed" in out or "OOM likely" in out
+    assert "(limit 300 MiB" in out
+    match = re.search(r"peak_rss=(\d+) MiB", out)
+    assert match and 150 <= int(match.group(1)) <= 450, out
