@@ -430,6 +430,7 @@ class Engine:
         self._spiller = _Spiller()
         self._kernel_log = KernelLog(diagnosis.SOURCES)
         self._next_sample = 0.0
+        self.sample_interval: Optional[float] = RSS_SAMPLE_INTERVAL   # None: no sampling
         self._thread = threading.Thread(target=self._run, name="poolguard-supervisor",
                                         daemon=True)
         _live_engines.add(self)
@@ -579,7 +580,7 @@ class Engine:
 
     def _timeout(self) -> Optional[float]:
         timeouts = []
-        if any(w.inflight for w in self._workers.values()):
+        if self.sample_interval is not None and any(w.inflight for w in self._workers.values()):
             timeouts.append(max(0.0, self._next_sample - time.monotonic()))
         deadlines = [w.kill_deadline for w in self._workers.values() if w.kill_deadline]
         if deadlines:
@@ -824,9 +825,9 @@ class Engine:
 
     def _sample_memory(self) -> None:
         now = time.monotonic()
-        if now < self._next_sample:
+        if self.sample_interval is None or now < self._next_sample:
             return
-        self._next_sample = now + RSS_SAMPLE_INTERVAL
+        self._next_sample = now + self.sample_interval
         for worker in self._workers.values():
             if worker.inflight:
                 worker.watch.sample()
