@@ -5,14 +5,16 @@ Fronts: :class:`Pool` (a drop-in ``multiprocessing.Pool``) and
 Engine: :mod:`poolguard.engine` (supervisor loop), :mod:`poolguard.worker`
 (worker loop), :mod:`poolguard.messages` (what crosses the pipes).
 """
-from .errors import (PoolguardError, PoolTerminatedError, TaskInfo, UnpicklableTaskError,
-                     WorkerCrashedError, WorkerInitError)
+from .errors import (PoolguardError, PoolTerminatedError, PoolThrottledError, TaskInfo,
+                     TaskTimeoutError, UnpicklableTaskError, WorkerCrashedError,
+                     WorkerInitError, WorkerMemoryError)
 from .executor import ProcessPoolExecutor
 from .pool import ApplyResult, AsyncResult, IMapIterator, MapResult, Pool
 
 __all__ = [
     "Pool", "ProcessPoolExecutor", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "PoolguardError", "WorkerCrashedError", "WorkerInitError", "UnpicklableTaskError",
-    "PoolTerminatedError", "TaskInfo",
+    "PoolTerminatedError", "PoolThrottledError", "TaskTimeoutError", "WorkerMemoryError",
+    "TaskInfo",
 ]
 __version__ = "0.1.0"

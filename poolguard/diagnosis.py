@@ -36,6 +36,7 @@ CONFIRMED, LIKELY, POSSIBLE, RULED_OUT, UNKNOWN = (
     "confirmed", "likely", "possible", "ruled out", "unknown")
 CRASH_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT")
 NEAR_LIMIT = 0.9   # an RSS above this share of the limit counts as "near"
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def read_text(path: str) -> Optional[str]:
@@ -206,23 +207,34 @@ class WorkerWatch:
     task_peak: Optional[int] = None      # peak RSS seen during the current task
     cgroup: Optional[MemoryCgroup] = None
     oom_kills_before: Optional[int] = None
-    _process: object = None
+    _statm: Optional[int] = None
+
+    def sample_rss(self) -> Optional[int]:
+        """The worker's RSS now, cheaply (one pread of /proc/PID/statm on a
+        descriptor kept open), for the memory guard's frequent checks."""
+        try:
+            if self._statm is None:
+                self._statm = os.open(f"{self.sources.proc}/{self.pid}/statm", os.O_RDONLY)
+            rss = int(os.pread(self._statm, 128, 0).split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            return None
+        self.rss_last = rss
+        self.task_peak = rss if self.task_peak is None else max(self.task_peak, rss)
+        return rss
 
     def sample(self) -> None:
         """One RSS sample; also notices the worker moving to another cgroup."""
-        try:
-            if self._process is None:
-                import psutil
-                self._process = psutil.Process(self.pid)
-            rss = self._process.memory_info().rss    # type: ignore[attr-defined]
-        except Exception:
+        if self.sample_rss() is None:
             return
-        self.rss_last = rss
-        self.task_peak = rss if self.task_peak is None else max(self.task_peak, rss)
         cgroup = MemoryCgroup.of_pid(self.pid, self.sources)
         if cgroup is not None and cgroup != self.cgroup:
             self.cgroup = cgroup
             self.oom_kills_before = cgroup.oom_kills()
+
+    def close(self) -> None:
+        if self._statm is not None:
+            os.close(self._statm)
+            self._statm = None
 
     def task_done(self) -> None:
         self.task_peak = self.rss_last

@@ -50,7 +50,9 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequenc
 
 from . import diagnosis
 from .diagnosis import KernelLog, WorkerWatch, diagnose, zombie_exit_status
-from .errors import (PoolTerminatedError, TaskInfo, WorkerCrashedError, WorkerInitError)
+from .errors import (PoolTerminatedError, PoolThrottledError, TaskInfo, TaskTimeoutError,
+                     WorkerCrashedError, WorkerInitError, WorkerMemoryError)
+from .options import Guards
 from .messages import (APPLY, CONTROL, INIT_FAILED, MAP, OK, RAISED, READY, REPLY_HEADER,
                        RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE, decode_exception,
                        dumps, dumps_call, encoding_error, frame)
@@ -59,7 +61,8 @@ from .worker import DECODING, INITIALIZING, SENDING, SharedSlots, worker_main
 PREFETCH = 2                # units in flight per worker: one running, one waiting in its pipe
 RSS_SAMPLE_INTERVAL = 0.1   # seconds between memory samples of busy workers
 TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
-STARTUP_FAILURES = 3        # consecutive deaths before READY that stop respawning
+TIMEOUT_GRACE = 0.2         # seconds between SIGTERM and SIGKILL for a task past its timeout
+MEMORY_SAMPLE_INTERVAL = 0.01   # seconds between RSS checks when max_worker_memory is set
 PIPE_SIZE = 1 << 20         # asked for; Linux caps it at /proc/sys/fs/pipe-max-size
 
 RUNNING, CLOSING, TERMINATING, FINISHED = "running", "closing", "terminating", "finished"
@@ -126,14 +129,30 @@ def _clip(text: str, limit: int = 200) -> str:
 class Unit:
     """A chunk of one job's items, sent to one worker as one frame."""
 
-    __slots__ = ("id", "job", "start", "items", "frame")
+    __slots__ = ("id", "job", "start", "items", "frame", "func_bytes", "attempts")
 
-    def __init__(self, job: Job, start: int, items: Sequence, func_bytes: bytes):
+    def __init__(self, job: Job, start: int, items: Sequence, func_bytes: bytes,
+                 attempts: Optional[List[str]] = None):
         self.id = next(_unit_ids)
         self.job = job
         self.start = start        # index of items[0] in the job's input
         self.items = items        # kept to name the culprit if the worker dies
+        self.func_bytes = func_bytes
+        self.attempts = attempts or []   # earlier failed attempts (retries)
         self.frame = frame(TASK_HEADER.pack(self.id) + dumps((job.kind, func_bytes, items)))
+
+    def split(self, offset: Optional[int]) -> List["Unit"]:
+        """Fresh units to run this one again: with *offset*, the items before
+        it, the item at it (which keeps the attempts) and those after, so only
+        the culprit item counts as retried; without, the whole unit."""
+        if offset is None:
+            return [Unit(self.job, self.start, self.items, self.func_bytes, self.attempts)]
+        parts = []
+        for lo, hi in ((0, offset), (offset, offset + 1), (offset + 1, len(self.items))):
+            if lo < hi:
+                parts.append(Unit(self.job, self.start + lo, self.items[lo:hi],
+                                  self.func_bytes, self.attempts if lo == offset else None))
+        return parts
 
     @classmethod
     def placeholder(cls, job: Job, start: int, items: Sequence) -> "Unit":
@@ -141,6 +160,7 @@ class Unit:
         (arguments that did not pickle, an iterable that raised)."""
         unit = cls.__new__(cls)
         unit.id, unit.job, unit.start, unit.items, unit.frame = -1, job, start, items, b""
+        unit.func_bytes, unit.attempts = b"", []
         return unit
 
 
@@ -349,6 +369,11 @@ class _Worker:
         self.stopping = False               # we sent STOP
         self.terminated = False             # we sent SIGTERM (terminate)
         self.kill_deadline: Optional[float] = None   # when SIGKILL follows; None once sent
+        self.guard_kill: Optional[str] = None   # "timeout" or "memory": our guard killed it
+        self.guard_text: Optional[str] = None   # what the guard saw, for the message
+        self.guard_rss: Optional[int] = None
+        self.item_deadline: Optional[float] = None   # task_timeout expiry of the running item
+        self.seen_item: tuple = ()              # (task id, item, start) last read from the slot
 
     def crash_stack(self) -> Optional[str]:
         """What faulthandler wrote before the process died, if anything."""
@@ -397,8 +422,9 @@ class Engine:
 
     def __init__(self, processes: int, initializer: Optional[Callable] = None,
                  initargs: Iterable = (), maxtasks: Optional[int] = None, context=None,
-                 finish_at_exit: bool = False):
+                 finish_at_exit: bool = False, guards: Guards = Guards()):
         self.processes = processes
+        self.guards = guards
         # At interpreter exit: finish the submitted work (executors, as the
         # standard library's do) or terminate (pools, as multiprocessing's do).
         self.finish_at_exit = finish_at_exit
@@ -425,8 +451,12 @@ class Engine:
         self._slots = SharedSlots(processes)
         self._workers: Dict[int, _Worker] = {}      # slot index -> worker
         self._watch = _WatchSet(self._wake_r)
+        # Set when workers cannot be started (initializer failed, or the
+        # throttle tripped): no respawning, waiting units fail with it.
         self._init_error: Optional[WorkerInitError] = None
-        self._startup_failures = 0
+        self._fruitless_deaths = 0     # deaths without a task since the last finished task
+        self._throttle = max(5, 2 * processes)
+        self._next_memory_check = 0.0
         self._spiller = _Spiller()
         self._kernel_log = KernelLog(diagnosis.SOURCES)
         self._next_sample = 0.0
@@ -576,16 +606,67 @@ class Engine:
         for worker in deaths:   # after the replies, which may finish its task
             self._on_death(worker)
         self._sample_memory()
+        self._enforce_guards()
         return True
 
     def _timeout(self) -> Optional[float]:
         timeouts = []
         if self.sample_interval is not None and any(w.inflight for w in self._workers.values()):
             timeouts.append(max(0.0, self._next_sample - time.monotonic()))
-        deadlines = [w.kill_deadline for w in self._workers.values() if w.kill_deadline]
+        if self.guards.max_worker_memory is not None and \
+                any(w.inflight for w in self._workers.values()):
+            timeouts.append(max(0.0, self._next_memory_check - time.monotonic()))
+        deadlines = [d for w in self._workers.values()
+                     for d in (w.kill_deadline, w.item_deadline) if d is not None]
         if deadlines:
             timeouts.append(max(0.0, min(deadlines) - time.monotonic()))
         return min(timeouts) if timeouts else None
+
+    # ---- guards --------------------------------------------------------------------
+
+    def _enforce_guards(self) -> None:
+        now = time.monotonic()
+        timeout = self.guards.task_timeout
+        cap = self.guards.max_worker_memory
+        check_memory = cap is not None and now >= self._next_memory_check
+        if check_memory:
+            self._next_memory_check = now + MEMORY_SAMPLE_INTERVAL
+        for worker in self._workers.values():
+            if worker.kill_deadline is not None and now >= worker.kill_deadline:
+                worker.kill_deadline = None     # SIGTERM was not enough
+                _signal(worker.process, signal.SIGKILL)
+            if worker.guard_kill is not None or not worker.inflight:
+                worker.item_deadline = None
+                continue
+            if timeout is not None:
+                self._check_timeout(worker, now, timeout)
+            if check_memory and worker.guard_kill is None:
+                rss = worker.watch.sample_rss()
+                if rss is not None and rss > cap:
+                    worker.guard_kill, worker.guard_rss = "memory", rss
+                    worker.guard_text = (f"was killed by poolguard: its RSS reached "
+                                         f"{rss / 2**20:.0f} MiB, over max_worker_memory="
+                                         f"{cap / 2**20:.0f} MiB,")
+                    _signal(worker.process, signal.SIGKILL)
+
+    def _check_timeout(self, worker: _Worker, now: float, timeout: float) -> None:
+        """The worker writes each item's start time (CLOCK_MONOTONIC, shared by
+        all processes) to its slot; queued time is not counted."""
+        seen = self._slots.read(worker.index)
+        if seen[0] < 0:          # idle or starting: no item is running
+            worker.item_deadline = None
+            return
+        if seen != worker.seen_item:
+            worker.seen_item = seen
+            started = seen[2] / 1e9 if seen[2] else now
+            worker.item_deadline = started + timeout
+        if worker.item_deadline is not None and now >= worker.item_deadline:
+            worker.guard_kill = "timeout"
+            worker.guard_text = (f"was stopped by poolguard after the task ran past "
+                                 f"task_timeout={timeout:g} s")
+            worker.item_deadline = None
+            worker.kill_deadline = now + TIMEOUT_GRACE
+            _signal(worker.process, signal.SIGTERM)
 
     # ---- workers -------------------------------------------------------------------
 
@@ -614,7 +695,7 @@ class Engine:
         process = self.context.Process(
             target=worker_main, name=f"poolguard-worker-{index}",
             args=(task_conn, result_conn, crash_conn, self._alive_conn, self._slots, index,
-                  self._init_bytes, self._maxtasks,
+                  self._init_bytes, self._maxtasks, self.guards.task_timeout is not None,
                   os.getpid() if self.start_method != "forkserver" else None,
                   sorted(_alive_write_fds) if fork else []))
         try:
@@ -631,7 +712,8 @@ class Engine:
 
     def _usable_workers(self) -> List[_Worker]:
         return [w for w in self._workers.values()
-                if w.ready and not (w.retiring or w.stopping or w.init_failed or w.terminated)]
+                if w.ready and not (w.retiring or w.stopping or w.init_failed or w.terminated
+                                    or w.guard_kill)]
 
     def _fail_pending_if_no_worker_can_start(self) -> None:
         if self._init_error is None:
@@ -707,7 +789,6 @@ class Engine:
             if status == READY:
                 worker.ready = True
                 worker.watch.sample()   # its cgroup and OOM counter, before any task
-                self._startup_failures = 0
             elif status == RETIRING:
                 worker.retiring = True
             elif status == INIT_FAILED:
@@ -721,6 +802,8 @@ class Engine:
             return
         unit = worker.pop_unit(task_id)
         worker.watch.task_done()
+        worker.item_deadline = None
+        self._fruitless_deaths = 0
         if unit is None:
             return  # the job was already failed (terminate)
         if status == OK:
@@ -771,7 +854,7 @@ class Engine:
             worker.process.join()
             exitcode = worker.process.exitcode
         known = exitcode is not None
-        task_id, item = self._slots.read(worker.index)
+        task_id, item, _started = self._slots.read(worker.index)
         culprit = None
         requeue = []
         for unit in worker.inflight:
@@ -786,28 +869,75 @@ class Engine:
             with self._lock:
                 self._pending.extendleft(reversed(requeue))
         if culprit is not None:
-            phase = {DECODING: "decoding", SENDING: "sending"}.get(item, "running")
             offset = item if item >= 0 else None
-            signame = _signal_name(exitcode)
-            error = WorkerCrashedError.from_death(
-                pid=worker.pid, exitcode=exitcode, exit_status_known=known,
-                task=culprit.job.describe(culprit, offset), phase=phase,
-                diagnosis=diagnose(signame, worker.watch, self._kernel_log,
-                                   diagnosis.SOURCES) if known else None,
-                peak_rss=worker.watch.task_peak, last_rss=worker.watch.rss_last,
-                crash_stack=crash_stack)
-            self._deliver_failure(culprit, error)
-        elif (task_id == INITIALIZING and not worker.init_failed
-              and not worker.terminated and not worker.stopping):
-            self._startup_failures += 1
-            if self._startup_failures >= STARTUP_FAILURES or self._initializer is not None:
-                how = WorkerCrashedError.from_death(pid=worker.pid, exitcode=exitcode,
-                                                    exit_status_known=known, task=None,
-                                                    phase="starting")
-                self._set_init_error(WorkerInitError(
-                    f"worker {worker.pid} died before it was ready"
-                    + (f" (initializer {_name(self._initializer)})" if self._initializer else "")
-                    + f": {how}", pid=worker.pid), how)
+            error = self._crash_error(worker, culprit, offset, item, exitcode, known,
+                                      crash_stack)
+            if not self._retry(culprit, offset, error):
+                if culprit.attempts:
+                    error.add_attempts(culprit.attempts)
+                self._deliver_failure(culprit, error)
+        elif not (worker.init_failed or worker.terminated or worker.stopping
+                  or worker.retiring or worker.guard_kill):
+            self._on_fruitless_death(worker, task_id, exitcode, known)
+
+    def _crash_error(self, worker: _Worker, culprit: Unit, offset: Optional[int], item: int,
+                     exitcode: Optional[int], known: bool,
+                     crash_stack: Optional[str]) -> WorkerCrashedError:
+        phase = {DECODING: "decoding", SENDING: "sending"}.get(item, "running")
+        cls = {"timeout": TaskTimeoutError, "memory": WorkerMemoryError}.get(
+            worker.guard_kill or "", WorkerCrashedError)
+        if worker.guard_kill == "memory":
+            verdict = diagnosis.Diagnosis(diagnosis.CONFIRMED, "poolguard's memory guard "
+                                          "killed it", ["max_worker_memory"])
+        elif known:
+            verdict = diagnose(_signal_name(exitcode), worker.watch, self._kernel_log,
+                               diagnosis.SOURCES)
+        else:
+            verdict = None
+        error = cls.from_death(
+            pid=worker.pid, exitcode=exitcode, exit_status_known=known,
+            task=culprit.job.describe(culprit, offset), phase=phase, diagnosis=verdict,
+            peak_rss=worker.watch.task_peak, last_rss=worker.watch.rss_last,
+            crash_stack=crash_stack, guard=worker.guard_text)
+        if isinstance(error, TaskTimeoutError):
+            error.limit = self.guards.task_timeout
+        elif isinstance(error, WorkerMemoryError):
+            error.limit, error.rss = self.guards.max_worker_memory, worker.guard_rss
+        return error
+
+    def _retry(self, culprit: Unit, offset: Optional[int], error: WorkerCrashedError) -> bool:
+        """Queue the culprit again if the guards allow; only its own item counts
+        an attempt, the chunk's other items go back as they were."""
+        guards = self.guards
+        kind = ("timeout" if isinstance(error, TaskTimeoutError) else
+                "memory" if isinstance(error, WorkerMemoryError) else
+                "oom" if error.oom else "crash")
+        if kind not in guards.retry_on or len(culprit.attempts) >= guards.retries:
+            return False
+        culprit.attempts.append(error.summary())
+        parts = culprit.split(offset)
+        with self._lock:
+            self._pending.extendleft(reversed(parts))
+        return True
+
+    def _on_fruitless_death(self, worker: _Worker, task_id: int, exitcode: Optional[int],
+                            known: bool) -> None:
+        """A death with no task to blame (while starting, or idle).  Replaced,
+        unless workers keep dying without doing any work: then stop."""
+        self._fruitless_deaths += 1
+        if self._fruitless_deaths < self._throttle:
+            return
+        how = WorkerCrashedError.from_death(pid=worker.pid, exitcode=exitcode,
+                                            exit_status_known=known, task=None,
+                                            phase="starting" if task_id == INITIALIZING
+                                            else "idle")
+        where = (f" while running the initializer {_name(self._initializer)}"
+                 if task_id == INITIALIZING and self._initializer else "")
+        self._set_init_error(PoolThrottledError(
+            f"{self._fruitless_deaths} workers died{where} without finishing a task; "
+            f"poolguard stopped starting new ones (the next call tries again). "
+            f"Last: {how}", pid=worker.pid), how)
+        self._fruitless_deaths = 0
 
     def _forget(self, worker: _Worker) -> None:
         self._watch.discard(worker.reader.fd)
@@ -818,6 +948,7 @@ class Engine:
         self._spiller.close_fd(worker.task_fd)
         if worker.pidfd is not None:
             os.close(worker.pidfd)
+        worker.watch.close()
         try:
             worker.process.close()
         except ValueError:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import signal as _signal
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 
 class PoolguardError(Exception):
@@ -77,7 +77,8 @@ class WorkerCrashedError(PoolguardError):
       ``"unknown"``; ``oom_evidence``: the evidence, as text;
     - ``peak_rss``: the highest RSS sampled during the task, ``last_rss``: the
       last sample before death (bytes, or ``None``);
-    - ``crash_stack``: the Python stack faulthandler wrote at a fatal signal.
+    - ``crash_stack``: the Python stack faulthandler wrote at a fatal signal;
+    - ``attempts``: with ``retries``, one line per earlier failed attempt.
     """
 
     def __init__(self, message: str, *, pid: Optional[int] = None,
@@ -98,17 +99,34 @@ class WorkerCrashedError(PoolguardError):
         self.oom_evidence = oom_evidence
         self.last_rss = last_rss
         self.crash_stack = crash_stack
+        self.attempts: List[str] = []
+
+    def summary(self) -> str:
+        """One line for the list of attempts: pid, how, verdict."""
+        how = self.signal or (f"exit code {self.exitcode}" if self.exitcode is not None
+                              else "unknown status")
+        return f"worker {self.pid}: {how}, {type(self).__name__}, OOM {self.oom_verdict}"
+
+    def add_attempts(self, earlier: List[str]) -> None:
+        """Record earlier attempts of the same task, in the message too."""
+        self.attempts = list(earlier) + [self.summary()]
+        lines = "; ".join(f"{i}. {line}" for i, line in enumerate(self.attempts, 1))
+        self.args = (f"{self.args[0]}\nFailed after {len(self.attempts)} attempts: {lines}",
+                     ) + self.args[1:]
 
     @classmethod
     def from_death(cls, *, pid: int, exitcode: Optional[int], task: Optional[TaskInfo],
                    phase: str = "running", exit_status_known: bool = True,
                    diagnosis: Any = None, peak_rss: Optional[int] = None,
-                   last_rss: Optional[int] = None,
-                   crash_stack: Optional[str] = None) -> "WorkerCrashedError":
+                   last_rss: Optional[int] = None, crash_stack: Optional[str] = None,
+                   guard: Optional[str] = None) -> "WorkerCrashedError":
         """Build the error and its message from what the engine found.
-        *diagnosis* is a :class:`poolguard.diagnosis.Diagnosis` or ``None``."""
+        *diagnosis* is a :class:`poolguard.diagnosis.Diagnosis` or ``None``;
+        *guard* says how poolguard's own guard stopped the worker, if it did."""
         signame = signal_name(-exitcode) if exitcode is not None and exitcode < 0 else None
-        if not exit_status_known or exitcode is None:
+        if guard is not None:
+            how = guard
+        elif not exit_status_known or exitcode is None:
             how = "died (exit status unknown)"
             exitcode, signame = None, None
         elif signame:
@@ -142,6 +160,21 @@ class WorkerCrashedError(PoolguardError):
         return (_rebuild, (type(self), self.args, self.__dict__))
 
 
+class TaskTimeoutError(WorkerCrashedError, TimeoutError):
+    """The task ran past ``task_timeout``; its worker was stopped and replaced.
+    ``limit`` is the timeout in seconds."""
+
+    limit: Optional[float] = None
+
+
+class WorkerMemoryError(WorkerCrashedError, MemoryError):
+    """The worker went over ``max_worker_memory`` while running this task and
+    was killed.  ``limit`` is the cap and ``rss`` the size seen, in bytes."""
+
+    limit: Optional[int] = None
+    rss: Optional[int] = None
+
+
 class WorkerInitError(PoolguardError):
     """The pool's initializer failed in a worker (raised or died).
 
@@ -159,6 +192,12 @@ class WorkerInitError(PoolguardError):
 
     def __reduce__(self):
         return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class PoolThrottledError(WorkerInitError):
+    """Workers kept dying before doing any work (a crashing initializer, a
+    broken environment); the pool stopped starting new ones and failed the
+    waiting tasks.  The next call tries again."""
 
 
 class UnpicklableTaskError(PoolguardError):

@@ -5,19 +5,25 @@ import itertools
 import threading
 import time
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
 
 from .engine import Engine, Job, Unit
 from .messages import APPLY, STARMAP
-from .options import check_initializer, check_max_tasks, resolve_context, resolve_workers
+from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
+                      resolve_workers)
 
 
 class _FutureJob(Job):
-    """One future fed by one unit: a ``submit`` call or one chunk of ``map``."""
+    """One future: a ``submit`` call, or one chunk of ``map`` (whose items may
+    come back in parts when a retry split the chunk)."""
 
-    def __init__(self, func: Callable, kind: int, call: str, future: Future):
+    def __init__(self, func: Callable, kind: int, call: str, future: Future,
+                 start: int = 0, count: int = 1):
         super().__init__(func, kind, call)
         self.future = future
+        self._start = start
+        self._values: List[Any] = [None] * count
+        self._missing = count
 
     def wanted(self, unit: Unit) -> bool:
         # Called when the unit is about to be sent; a unit sent again after its
@@ -25,8 +31,16 @@ class _FutureJob(Job):
         return self.future.running() or self.future.set_running_or_notify_cancel()
 
     def unit_done(self, unit: Unit, values: list) -> None:
-        if not self.future.done():
-            self.future.set_result(values[0] if self.kind == APPLY else values)
+        if self.future.done():
+            return
+        if self.kind == APPLY:
+            self.future.set_result(values[0])
+            return
+        lo = unit.start - self._start
+        self._values[lo:lo + len(values)] = values
+        self._missing -= len(values)
+        if self._missing == 0:
+            self.future.set_result(self._values)
 
     def unit_failed(self, unit: Unit, exc: BaseException) -> None:
         if not self.future.done():
@@ -44,17 +58,22 @@ class ProcessPoolExecutor(Executor):
     def __init__(self, max_workers: Optional[int] = None, mp_context: Any = None,
                  initializer: Optional[Callable[..., object]] = None,
                  initargs: Iterable[Any] = (), *,
-                 max_tasks_per_child: Optional[int] = None) -> None:
+                 max_tasks_per_child: Optional[int] = None,
+                 task_timeout: Optional[float] = None,
+                 max_worker_memory: Union[int, str, None] = None, retries: int = 0,
+                 retry_on: Optional[Iterable[str]] = None) -> None:
         self._engine: Optional[Engine] = None
         check_initializer(initializer)
         if max_workers is not None and not isinstance(max_workers, bool) \
                 and isinstance(max_workers, int) and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         self._max_workers = resolve_workers(max_workers, "max_workers")
+        guards = make_guards(task_timeout, max_worker_memory, retries, retry_on)
         self._shutdown_lock = threading.Lock()
         self._engine = Engine(self._max_workers, initializer, initargs,
                               check_max_tasks(max_tasks_per_child, "max_tasks_per_child"),
-                              resolve_context(mp_context), finish_at_exit=True)
+                              resolve_context(mp_context), finish_at_exit=True,
+                              guards=guards)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()
@@ -82,7 +101,8 @@ class ProcessPoolExecutor(Executor):
             func_bytes = engine.encode_function(fn)
             for lo in range(0, len(arguments), chunksize):
                 future: Future = Future()
-                job = _FutureJob(fn, STARMAP, "map", future)
+                job = _FutureJob(fn, STARMAP, "map", future, lo,
+                                 len(arguments[lo:lo + chunksize]))
                 engine.submit_items(job, arguments[lo:lo + chunksize], chunksize, lo,
                                     func_bytes)
                 futures.append(future)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import multiprocessing
-from typing import Any, Optional
+import re
+from dataclasses import dataclass
+from typing import Any, FrozenSet, Iterable, Optional, Union
 
 
 def resolve_context(context: Any) -> multiprocessing.context.BaseContext:
@@ -39,3 +41,69 @@ def check_max_tasks(n: Optional[int], what: str) -> Optional[int]:
 def check_initializer(initializer: Any) -> None:
     if initializer is not None and not callable(initializer):
         raise TypeError("initializer must be a callable")
+
+
+RETRY_KINDS = ("crash", "oom", "timeout", "memory")
+_SIZE = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+         "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30,
+         "t": 2**40, "tib": 2**40}
+
+
+@dataclass(frozen=True)
+class Guards:
+    """The keyword-only guard options of both fronts, checked."""
+
+    task_timeout: Optional[float] = None      # seconds an item may run
+    max_worker_memory: Optional[int] = None   # bytes of RSS a worker may use
+    retries: int = 0                          # re-runs of a task whose worker died
+    retry_on: FrozenSet[str] = frozenset(RETRY_KINDS)
+
+
+def parse_size(value: Union[int, str]) -> int:
+    """Bytes from an int or a string such as "2GiB", "500MB", "1.5G".
+    KB/MB/GB are powers of 1000; K/M/G and KiB/MiB/GiB powers of 1024."""
+    if isinstance(value, bool):
+        raise TypeError("a memory size must be an int or a string like '2GiB', not bool")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        if not match or match.group(2).lower() not in _SIZE:
+            raise ValueError(f"cannot read {value!r} as a memory size; "
+                             "write e.g. 2147483648, '2GiB' or '500MB'")
+        size = int(float(match.group(1)) * _SIZE[match.group(2).lower()])
+    else:
+        raise TypeError(f"a memory size must be an int or a string like '2GiB', "
+                        f"not {type(value).__name__}")
+    if size <= 0:
+        raise ValueError(f"a memory size must be positive, not {value!r}")
+    return size
+
+
+def make_guards(task_timeout: Optional[float] = None,
+                max_worker_memory: Union[int, str, None] = None, retries: int = 0,
+                retry_on: Optional[Iterable[str]] = None) -> Guards:
+    if task_timeout is not None:
+        if isinstance(task_timeout, bool) or not isinstance(task_timeout, (int, float)):
+            raise TypeError(f"task_timeout must be a number of seconds or None, "
+                            f"not {type(task_timeout).__name__}")
+        if not task_timeout > 0 or task_timeout == float("inf"):
+            raise ValueError(f"task_timeout must be a positive, finite number of seconds, "
+                             f"not {task_timeout!r}")
+    memory = None if max_worker_memory is None else parse_size(max_worker_memory)
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError(f"retries must be an int, not {type(retries).__name__}")
+    if retries < 0:
+        raise ValueError(f"retries must be 0 or more, not {retries}")
+    if retry_on is None:
+        kinds = frozenset(RETRY_KINDS)
+    else:
+        if isinstance(retry_on, str):
+            retry_on = [retry_on]
+        kinds = frozenset(retry_on)
+        unknown = kinds - set(RETRY_KINDS)
+        if unknown:
+            raise ValueError(f"retry_on takes {', '.join(RETRY_KINDS)}; "
+                             f"not {', '.join(sorted(unknown))}")
+    return Guards(float(task_timeout) if task_timeout is not None else None, memory,
+                  retries, kinds)

@@ -11,7 +11,8 @@ from typing import (Any, Callable, Deque, Dict, Generic, Iterable, Iterator, Lis
                     Optional, Sequence, TypeVar, Union)
 
 from .engine import Engine, Job, Unit
-from .options import check_initializer, check_max_tasks, resolve_context, resolve_workers
+from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
+                      resolve_workers)
 from .errors import PoolTerminatedError
 from .messages import APPLY, MAP, STARMAP
 
@@ -180,18 +181,28 @@ class Pool:
     When a worker dies (SIGKILL, the OOM killer, ``os._exit``, a segfault) the
     task it was running fails with :class:`poolguard.WorkerCrashedError`, the
     worker is replaced, and every other task goes on.
+
+    Guards (keyword-only): ``task_timeout`` (seconds an item may run; past it
+    the worker is stopped and the task fails with ``TaskTimeoutError``),
+    ``max_worker_memory`` (bytes or "2GiB"; a worker above it is killed and
+    the task fails with ``WorkerMemoryError``), ``retries`` (re-runs of a task
+    whose worker died) and ``retry_on`` (which deaths: "crash", "oom",
+    "timeout", "memory"; all by default).
     """
 
     def __init__(self, processes: Optional[int] = None,
                  initializer: Optional[Callable[..., object]] = None,
                  initargs: Iterable[Any] = (), maxtasksperchild: Optional[int] = None,
-                 context: Any = None) -> None:
+                 context: Any = None, *, task_timeout: Optional[float] = None,
+                 max_worker_memory: Union[int, str, None] = None, retries: int = 0,
+                 retry_on: Optional[Iterable[str]] = None) -> None:
         self._engine: Optional[Engine] = None   # __del__ may run if we raise below
         check_initializer(initializer)
         self._processes = resolve_workers(processes, "Number of processes")
+        guards = make_guards(task_timeout, max_worker_memory, retries, retry_on)
         self._engine = Engine(self._processes, initializer, initargs,
                               check_max_tasks(maxtasksperchild, "maxtasksperchild"),
-                              resolve_context(context))
+                              resolve_context(context), guards=guards)
 
     # ---- single calls ----
 
