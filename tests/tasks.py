@@ -172,3 +172,37 @@ def grow(step_mb: int = 8, pause: float = 0.0, limit_mb: int = 4096):
 
 def crash_in_native_code(x):
     return ctypes.string_at(0)
+
+
+def die_first_time(marker: str, value):
+    """Kill the worker the first time it runs anywhere (per marker file)."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return value
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(30)
+
+
+def count_and_die(path: str):
+    """Record this attempt, then kill the worker: a task that always crashes."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(30)
+
+
+def record_and_square(path: str, x: int):
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    if x == 5 and not os.path.exists(path + ".killed"):
+        open(path + ".killed", "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(30)
+    return x * x
+
+
+def sleep_then_square(x, seconds: float = 0.001):
+    time.sleep(seconds)
+    return x * x
