@@ -37,23 +37,22 @@ import collections
 import itertools
 import os
 import pickle
-import select
 import signal
 import sys
 import threading
 import time
 import traceback
 import weakref
-from multiprocessing import connection as mp_connection
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence
 
 from . import diagnosis
+from .channels import FrameReader, Spiller, WatchSet, grow_pipe
 from .diagnosis import KernelLog, WorkerWatch, diagnose, zombie_exit_status
 from .errors import (PoolTerminatedError, PoolThrottledError, TaskInfo, TaskTimeoutError,
                      WorkerCrashedError, WorkerInitError, WorkerMemoryError)
 from .options import Guards
-from .messages import (APPLY, CONTROL, INIT_FAILED, MAP, OK, RAISED, READY, REPLY_HEADER,
+from .messages import (APPLY, CONTROL, INIT_FAILED, OK, RAISED, READY, REPLY_HEADER,
                        RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE, decode_exception,
                        dumps, dumps_call, encoding_error, frame)
 from .worker import DECODING, INITIALIZING, SENDING, SharedSlots, worker_main
@@ -63,7 +62,6 @@ RSS_SAMPLE_INTERVAL = 0.1   # seconds between memory samples of busy workers
 TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
 TIMEOUT_GRACE = 0.2         # seconds between SIGTERM and SIGKILL for a task past its timeout
 MEMORY_SAMPLE_INTERVAL = 0.01   # seconds between RSS checks when max_worker_memory is set
-PIPE_SIZE = 1 << 20         # asked for; Linux caps it at /proc/sys/fs/pipe-max-size
 
 RUNNING, CLOSING, TERMINATING, FINISHED = "running", "closing", "terminating", "finished"
 
@@ -164,190 +162,6 @@ class Unit:
         return unit
 
 
-class _FrameReader:
-    """Non-blocking reader of length-prefixed frames: the supervisor must never
-    block on a worker that died in the middle of a write."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.buf = bytearray()
-        os.set_blocking(fd, False)
-
-    def read(self, max_reads: int = 64) -> tuple:
-        """Read what is there now: (complete frames, state), state being
-        "eof", "drained" (nothing more for now) or "more" (stopped at max_reads)."""
-        state = "more"
-        for _ in range(max_reads):
-            try:
-                data = os.read(self.fd, PIPE_SIZE)
-            except BlockingIOError:
-                state = "drained"
-                break
-            except OSError:
-                state = "eof"
-                break
-            if not data:
-                state = "eof"
-                break
-            self.buf += data
-        frames = []
-        buf, pos = self.buf, 0
-        while len(buf) - pos >= 4:
-            (n,) = _I32.unpack_from(buf, pos)
-            head = 4
-            if n == -1:
-                if len(buf) - pos < 12:
-                    break
-                (n,) = _U64.unpack_from(buf, pos + 4)
-                head = 12
-            if len(buf) - pos - head < n:
-                break
-            frames.append(bytes(buf[pos + head:pos + head + n]))
-            pos += head + n
-        if pos:
-            del buf[:pos]
-        return frames, state
-
-
-import struct as _struct  # noqa: E402  (kept next to its only users)
-_I32, _U64 = _struct.Struct("!i"), _struct.Struct("!Q")
-
-
-class _Spiller:
-    """Writes what a worker's task pipe could not take at once.
-
-    The supervisor writes without blocking; the remainder of a large frame is
-    queued here, and later frames for the same pipe queue behind it so order
-    holds.  The thread starts on first use: small tasks never need it.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._queues: Dict[int, Deque[memoryview]] = {}
-        self._to_close: set = set()
-        self._thread: Optional[threading.Thread] = None
-        self._wake_r, self._wake_w = os.pipe()
-        self._stopping = False
-
-    def write(self, fd: int, data: bytes) -> None:
-        with self._lock:
-            queue = self._queues.get(fd)
-            if queue is not None:
-                queue.append(memoryview(data))
-                return
-            try:
-                n = os.write(fd, data)
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                return  # the worker is gone; its death is handled by the supervisor
-            if n == len(data):
-                return
-            self._queues[fd] = collections.deque([memoryview(data)[n:]])
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="poolguard-spiller",
-                                                daemon=True)
-                self._thread.start()
-        self._wake()
-
-    def close_fd(self, fd: int) -> None:
-        """Close a task pipe; if the thread may be polling it, let it close it."""
-        with self._lock:
-            if fd in self._queues:
-                self._to_close.add(fd)
-                fd = -1
-        if fd >= 0:
-            os.close(fd)
-        else:
-            self._wake()
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopping = True
-            thread = self._thread
-        if thread is not None:
-            self._wake()
-            thread.join()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                for fd in self._to_close:
-                    self._queues.pop(fd, None)
-                    os.close(fd)
-                self._to_close.clear()
-                if self._stopping:
-                    for fd in list(self._queues):
-                        self._queues.pop(fd)
-                    return
-                fds = list(self._queues)
-            poller = select.poll()
-            poller.register(self._wake_r, select.POLLIN)
-            for fd in fds:
-                poller.register(fd, select.POLLOUT)
-            for fd, _event in poller.poll():
-                if fd == self._wake_r:
-                    os.read(self._wake_r, 4096)
-                    continue
-                with self._lock:
-                    queue = self._queues.get(fd)
-                    if queue is None or fd in self._to_close:
-                        continue
-                    try:
-                        while queue:
-                            n = os.write(fd, queue[0])
-                            if n < len(queue[0]):
-                                queue[0] = queue[0][n:]
-                                break
-                            queue.popleft()
-                    except BlockingIOError:
-                        pass
-                    except OSError:
-                        queue.clear()  # broken pipe: the worker died
-                    if not queue:
-                        del self._queues[fd]
-
-
-class _WatchSet:
-    """What the supervisor waits on: fd -> (worker, "result" | "death").
-
-    ``wait`` is ``multiprocessing.connection.wait``'s poll, kept between turns
-    instead of rebuilt on each call: with one wake-up per few tasks, rebuilding
-    the selector cost more than the rest of the turn (measured 54 us a turn
-    with connection.wait, 20,000 one-item tasks).
-    """
-
-    def __init__(self, wake_fd: int):
-        self.owner: Dict[int, tuple] = {}
-        self._wake_fd = wake_fd
-        self._poll = select.poll() if hasattr(select, "poll") else None
-        if self._poll is not None:
-            self._poll.register(wake_fd, select.POLLIN)
-
-    def add(self, fd: int, worker: "_Worker", what: str) -> None:
-        self.owner[fd] = (worker, what)
-        if self._poll is not None:
-            self._poll.register(fd, select.POLLIN)
-
-    def discard(self, fd: int) -> None:
-        if self.owner.pop(fd, None) is not None and self._poll is not None:
-            self._poll.unregister(fd)
-
-    def wait(self, timeout: Optional[float]) -> List[int]:
-        if self._poll is None:
-            return mp_connection.wait([self._wake_fd, *self.owner], timeout)
-        ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
-        return [fd for fd, _event in self._poll.poll(ms)]
-
-
 class _Worker:
     """The supervisor's record of one worker process."""
 
@@ -356,7 +170,7 @@ class _Worker:
         self.process = process
         self.pid: int = process.pid
         self.task_fd = task_fd
-        self.reader = _FrameReader(result_fd)
+        self.reader = FrameReader(result_fd)
         self.crash_fd = crash_fd            # faulthandler's output at a fatal signal
         os.set_blocking(crash_fd, False)
         self.watch = WorkerWatch(self.pid, diagnosis.SOURCES)
@@ -450,14 +264,14 @@ class Engine:
         self._alive_conn = Connection(alive_r, writable=False)
         self._slots = SharedSlots(processes)
         self._workers: Dict[int, _Worker] = {}      # slot index -> worker
-        self._watch = _WatchSet(self._wake_r)
+        self._watch = WatchSet(self._wake_r)
         # Set when workers cannot be started (initializer failed, or the
         # throttle tripped): no respawning, waiting units fail with it.
         self._init_error: Optional[WorkerInitError] = None
         self._fruitless_deaths = 0     # deaths without a task since the last finished task
         self._throttle = max(5, 2 * processes)
         self._next_memory_check = 0.0
-        self._spiller = _Spiller()
+        self._spiller = Spiller()
         self._kernel_log = KernelLog(diagnosis.SOURCES)
         self._next_sample = 0.0
         self.sample_interval: Optional[float] = RSS_SAMPLE_INTERVAL   # None: no sampling
@@ -686,7 +500,7 @@ class Engine:
         result_r, result_w = os.pipe()
         crash_r, crash_w = os.pipe()
         for fd in (task_w, result_w):
-            _grow_pipe(fd)
+            grow_pipe(fd)
         self._slots.write(index, INITIALIZING, 0)
         task_conn = Connection(task_r, writable=False)
         result_conn = Connection(result_w, readable=False)
@@ -1003,14 +817,6 @@ def _signal(process, signum: int) -> None:
 def _signal_name(exitcode: Optional[int]) -> Optional[str]:
     from .errors import signal_name
     return signal_name(-exitcode) if exitcode is not None and exitcode < 0 else None
-
-
-def _grow_pipe(fd: int) -> None:
-    try:
-        import fcntl
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except (ImportError, AttributeError, OSError):
-        pass  # the default size works, with more trips through the spiller
 
 
 def _name(func: Optional[Callable]) -> str:

@@ -1,7 +1,6 @@
 """``poolguard.ProcessPoolExecutor``: the ``concurrent.futures`` front on the engine."""
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from concurrent.futures import Executor, Future

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import multiprocessing
 import threading
 import warnings
 from multiprocessing import TimeoutError
@@ -114,9 +113,6 @@ class IMapIterator(Job, Iterator[T]):
 
     def __iter__(self) -> "IMapIterator[T]":
         return self
-
-    def __next__(self) -> T:
-        return self.next()
 
     def next(self, timeout: Optional[float] = None) -> T:
         with self._cond:

@@ -4,12 +4,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import os
-import signal
 import time
 
 import pytest
 
-import poolguard
 from poolguard import ProcessPoolExecutor, WorkerCrashedError, WorkerInitError
 
 import tasks

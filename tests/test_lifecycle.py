@@ -10,12 +10,8 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
-import poolguard
-from poolguard import WorkerCrashedError
 
-import tasks
 from conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
