@@ -7,28 +7,33 @@ Data flow::
   Pool / ProcessPoolExecutor
     | Engine.submit(units)
     v
-  pending deque --wake pipe--> connection.wait([wake pipe,
-                                  every result pipe, every death fd])
+  pending deque --wake pipe--> wait(wake pipe, every result pipe, every death fd;
+                                   timeout: next guard deadline or memory sample)
                                   |
                                   | dispatch: at most PREFETCH units a worker
                                   |   non-blocking write ---- task pipe ----> worker_main
-                                  |   (what a full pipe cannot take            | writes [task id, item]
-                                  |    now, the Spiller thread writes)         | to its shared-memory slot
-                                  |                                            |
+                                  |   (what a full pipe cannot take            | writes [task id, item,
+                                  |    now, the Spiller thread writes)         |  start] to its slot in
+                                  |                                            |  shared memory
                                   | <------------------------ result pipe -----+
                                   | decode (guarded) -> job.unit_done / unit_failed
                                   |
                                   | death fd readable (pidfd, else sentinel):
                                   |   drain the result pipe, reap, read the slot,
-                                  |   fail exactly the unit that was running,
+                                  |   diagnose (diagnosis.py), fail exactly the
+                                  |   unit that was running or retry it,
                                   |   requeue the units it had not started,
                                   |   start a replacement
+                                  |
+                                  | guards: a slot past task_timeout -> SIGTERM;
+                                  |   RSS over max_worker_memory -> SIGKILL
 
 Every state change happens in the supervisor loop, whose only blocking point
-is ``multiprocessing.connection.wait``.  Other threads talk to it by putting
-work in ``_pending`` (under ``_lock``) or setting ``_state`` and writing a byte
-to the wake pipe.  No lock is shared with a worker: each has its own pipes and
-its own slot, so a worker killed at any instant cannot block anyone else.
+is the poll in ``WatchSet.wait`` (``multiprocessing.connection.wait``'s, kept
+between turns).  Other threads talk to it by putting work in ``_pending``
+(under ``_lock``) or setting ``_state`` and writing a byte to the wake pipe.
+No lock is shared with a worker: each has its own pipes and its own slot, so
+a worker killed at any instant cannot block anyone else.
 """
 from __future__ import annotations
 
