@@ -81,21 +81,20 @@ class Spiller:
         self._wake_r, self._wake_w = os.pipe()
         self._stopping = False
 
-    def write(self, fd: int, data: bytes) -> None:
+    def write(self, fd: int, parts: List[bytes]) -> None:
+        """Write a frame given as buffers (see messages.frame), in order."""
         with self._lock:
             queue = self._queues.get(fd)
             if queue is not None:
-                queue.append(memoryview(data))
+                queue.extend(memoryview(part) for part in parts)
                 return
             try:
-                n = os.write(fd, data)
-            except BlockingIOError:
-                n = 0
+                rest = _write_some(fd, [memoryview(part) for part in parts])
             except OSError:
                 return  # the worker is gone; its death is handled by the supervisor
-            if n == len(data):
+            if not rest:
                 return
-            self._queues[fd] = collections.deque([memoryview(data)[n:]])
+            self._queues[fd] = collections.deque(rest)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="poolguard-spiller",
                                                 daemon=True)
@@ -154,18 +153,32 @@ class Spiller:
                     if queue is None or fd in self._to_close:
                         continue
                     try:
-                        while queue:
-                            n = os.write(fd, queue[0])
-                            if n < len(queue[0]):
-                                queue[0] = queue[0][n:]
-                                break
-                            queue.popleft()
-                    except BlockingIOError:
-                        pass
+                        rest = _write_some(fd, list(queue))
+                        queue.clear()
+                        queue.extend(rest)
                     except OSError:
                         queue.clear()  # broken pipe: the worker died
                     if not queue:
                         del self._queues[fd]
+
+
+def _write_some(fd: int, views: List[memoryview]) -> List[memoryview]:
+    """Write what the non-blocking pipe takes now; return what is left."""
+    try:
+        n = os.writev(fd, views[:_IOV_MAX])
+    except BlockingIOError:
+        return views
+    rest = []
+    for view in views:
+        if n >= len(view):
+            n -= len(view)
+        else:
+            rest.append(view[n:] if n else view)
+            n = 0
+    return rest
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
 
 
 class WatchSet:

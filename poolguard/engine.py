@@ -142,7 +142,7 @@ class Unit:
         self.items = items        # kept to name the culprit if the worker dies
         self.func_bytes = func_bytes
         self.attempts = attempts or []   # earlier failed attempts (retries)
-        self.frame = frame(TASK_HEADER.pack(self.id) + dumps((job.kind, func_bytes, items)))
+        self.frame = frame(TASK_HEADER.pack(self.id), dumps((job.kind, func_bytes, items)))
 
     def split(self, offset: Optional[int]) -> List["Unit"]:
         """Fresh units to run this one again: with *offset*, the items before
@@ -162,7 +162,7 @@ class Unit:
         """A unit that is never sent: it only carries a failure to its job
         (arguments that did not pickle, an iterable that raised)."""
         unit = cls.__new__(cls)
-        unit.id, unit.job, unit.start, unit.items, unit.frame = -1, job, start, items, b""
+        unit.id, unit.job, unit.start, unit.items, unit.frame = -1, job, start, items, []
         unit.func_bytes, unit.attempts = b"", []
         return unit
 

@@ -16,7 +16,7 @@ import pickle
 import struct
 import traceback
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 from .errors import UnpicklableTaskError
 
@@ -43,12 +43,14 @@ _LENGTH = struct.Struct("!i")
 _LONG_LENGTH = struct.Struct("!Q")
 
 
-def frame(payload: bytes) -> bytes:
-    """Length-prefix *payload* as ``Connection.send_bytes`` does."""
-    n = len(payload)
-    if n > 0x7FFFFFFF:
-        return _LENGTH.pack(-1) + _LONG_LENGTH.pack(n) + payload
-    return _LENGTH.pack(n) + payload
+def frame(head: bytes, body: bytes = b"") -> List[bytes]:
+    """*head* + *body* length-prefixed as ``Connection.send_bytes`` does, as
+    buffers for one ``os.writev``: a large body is not copied to join them."""
+    n = len(head) + len(body)
+    prefix = _LENGTH.pack(-1) + _LONG_LENGTH.pack(n) if n > 0x7FFFFFFF else _LENGTH.pack(n)
+    if len(body) < 1 << 16:
+        return [prefix + head + body]
+    return [prefix + head, body]
 
 
 def dumps(obj: Any) -> bytes:
