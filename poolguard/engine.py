@@ -411,11 +411,14 @@ class Engine:
         deaths = []
         for fd in ready:
             if fd == self._wake_r:
-                self._woken = False
+                # Drain, then clear the flag: the other order could drain a
+                # caller's byte while its flag stays set, and no later caller
+                # would write again.  The next turn sees what woke us.
                 try:
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     pass
+                self._woken = False
                 continue
             worker, what = self._watch.owner[fd]
             if what == "result":

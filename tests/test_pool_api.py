@@ -282,3 +282,25 @@ def test_pool_refuses_use_from_a_forked_child(pool):
         os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_many_threads_submitting_never_lose_a_wake_up():
+    # Regression: the supervisor once cleared its "woken" flag before draining
+    # the wake pipe, so a caller's byte could be drained with the flag left
+    # set; every later wake-up was then skipped and the next wait hung.
+    with poolguard.Pool(2) as pool:
+        errors = []
+
+        def caller(offset):
+            try:
+                for i in range(300):
+                    assert pool.apply_async(tasks.square, (offset + i,)).get(20) == \
+                        (offset + i) ** 2
+            except Exception as exc:   # reported below; a hang fails by timeout
+                errors.append(exc)
+        threads = [threading.Thread(target=caller, args=(k * 1000,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors and not any(t.is_alive() for t in threads)
