@@ -542,10 +542,7 @@ class Engine:
             return
         if any(not w.init_failed and not w.terminated for w in self._workers.values()):
             return  # a healthy or still-starting worker may serve them
-        with self._lock:
-            units = list(self._pending)
-            self._pending.clear()
-        for unit in units:
+        for unit in self.take_pending():
             self._deliver_failure(unit, self._init_error)
 
     def _dispatch(self) -> None:
@@ -574,9 +571,7 @@ class Engine:
                 self._spiller.write(worker.task_fd, frame(TASK_HEADER.pack(STOP)))
 
     def _terminate_workers(self) -> None:
-        with self._lock:
-            units = list(self._pending)
-            self._pending.clear()
+        units = self.take_pending()
         for worker in self._workers.values():
             units.extend(worker.inflight)
             worker.inflight.clear()
@@ -586,13 +581,10 @@ class Engine:
                 self._deliver_failure(unit, error)
         now = time.monotonic()
         for worker in self._workers.values():
-            if not worker.terminated:
+            if not worker.terminated:   # SIGKILL follows at the deadline (_enforce_guards)
                 worker.terminated = True
                 worker.kill_deadline = now + TERMINATE_GRACE
                 _signal(worker.process, signal.SIGTERM)
-            elif worker.kill_deadline is not None and now >= worker.kill_deadline:
-                worker.kill_deadline = None
-                _signal(worker.process, signal.SIGKILL)
 
     # ---- replies -------------------------------------------------------------------
 
@@ -792,8 +784,7 @@ class Engine:
         close every descriptor.  Runs on the supervisor thread, last."""
         with self._lock:
             self._state = FINISHED
-            units = list(self._pending)
-            self._pending.clear()
+        units = self.take_pending()
         for worker in list(self._workers.values()):
             units.extend(worker.inflight)
             worker.inflight.clear()
