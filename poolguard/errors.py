@@ -11,7 +11,13 @@ from typing import Any, List, Optional
 
 
 class PoolguardError(Exception):
-    """Base class of poolguard's own errors."""
+    """Base class of poolguard's own errors.
+
+    They pickle with their attributes, whatever their ``__init__`` takes
+    (keyword-only attributes would be lost by Exception's default pickling)."""
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.args, self.__dict__))
 
 
 @dataclass(frozen=True)
@@ -156,9 +162,6 @@ class WorkerCrashedError(PoolguardError):
                    oom_evidence=diagnosis.evidence if diagnosis is not None else "",
                    last_rss=last_rss, crash_stack=crash_stack)
 
-    def __reduce__(self):
-        return (_rebuild, (type(self), self.args, self.__dict__))
-
 
 class TaskTimeoutError(WorkerCrashedError, TimeoutError):
     """The task ran past ``task_timeout``; its worker was stopped and replaced.
@@ -190,9 +193,6 @@ class WorkerInitError(PoolguardError):
         self.remote_traceback = remote_traceback
         self.pid = pid
 
-    def __reduce__(self):
-        return (_rebuild, (type(self), self.args, self.__dict__))
-
 
 class PoolThrottledError(WorkerInitError):
     """Workers kept dying before doing any work (a crashing initializer, a
@@ -215,9 +215,6 @@ class UnpicklableTaskError(PoolguardError):
         self.text = text
         self.remote_traceback = remote_traceback
         self.reason = reason
-
-    def __reduce__(self):
-        return (_rebuild, (type(self), self.args, self.__dict__))
 
 
 class PoolTerminatedError(PoolguardError):
