@@ -1,0 +1,64 @@
+"""Pools made and destroyed in a loop leave nothing behind."""
+from __future__ import annotations
+
+import functools
+import os
+
+import poolguard
+
+import tasks
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_five_hundred_pools_flat_descriptors_and_memory():
+    def cycle():
+        with poolguard.Pool(1) as pool:
+            assert pool.apply(tasks.square, (3,)) == 9
+    for _ in range(20):      # warm up allocators and imports
+        cycle()
+    fds, rss = _fds(), _rss_mib()
+    for _ in range(500):
+        cycle()
+    assert _fds() == fds
+    assert _rss_mib() - rss < 20, f"RSS grew from {rss:.0f} to {_rss_mib():.0f} MiB"
+
+
+def test_imap_unordered_under_kills_with_retries_has_no_duplicates():
+    import random
+    import signal
+    import threading
+    import time
+    rng = random.Random(3)
+    with poolguard.Pool(2, retries=20) as pool:
+        stop = threading.Event()
+        kills = []
+
+        def chaos():
+            while not stop.wait(0.05):
+                pids = pool.pids
+                if pids:
+                    try:
+                        os.kill(rng.choice(pids), signal.SIGKILL)
+                        kills.append(1)
+                    except ProcessLookupError:
+                        pass
+        thread = threading.Thread(target=chaos)
+        thread.start()
+        try:
+            start = time.monotonic()
+            work = functools.partial(tasks.sleep_then_square, seconds=0.004)
+            got = list(pool.imap_unordered(work, range(600), chunksize=3))
+            assert time.monotonic() - start < 60
+        finally:
+            stop.set()
+            thread.join()
+    assert sorted(got) == [x * x for x in range(600)]   # each once: no loss, no duplicate
+    assert len(kills) >= 10
