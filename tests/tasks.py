@@ -206,3 +206,50 @@ def record_and_square(path: str, x: int):
 def sleep_then_square(x, seconds: float = 0.001):
     time.sleep(seconds)
     return x * x
+
+
+def _die_now(*_):
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(30)
+
+
+def _refuse_in_parent():
+    import multiprocessing
+    if multiprocessing.parent_process() is None:   # we are the pool's owner
+        raise RuntimeError("this object cannot be rebuilt in the parent")
+    return "rebuilt"
+
+
+class DieWhenUnpickled:
+    """Kills the process that unpickles it: the worker, while decoding the task."""
+
+    def __reduce__(self):
+        return (_die_now, ())
+
+
+class DieWhenPickled:
+    """Kills the process that pickles it: the worker, while sending the result."""
+
+    def __reduce__(self):
+        if __import__("multiprocessing").parent_process() is not None:
+            _die_now()
+        return (str, ("pickled",))
+
+
+class FailsInParent:
+    """Pickles in the worker, but cannot be rebuilt in the parent."""
+
+    def __reduce__(self):
+        return (_refuse_in_parent, ())
+
+
+def identity(x):
+    return x
+
+
+def make_die_when_pickled(_):
+    return DieWhenPickled()
+
+
+def make_fails_in_parent(_):
+    return FailsInParent()

@@ -1,0 +1,52 @@
+"""A worker dies, or a value fails, at each stage of a task's trip."""
+from __future__ import annotations
+
+from multiprocessing.pool import MaybeEncodingError
+
+import pytest
+
+import poolguard
+from poolguard import WorkerCrashedError
+
+import tasks
+
+
+def test_death_while_decoding_the_arguments(method):
+    with poolguard.Pool(1, context=method) as pool:
+        with pytest.raises(WorkerCrashedError) as info:
+            pool.apply(tasks.identity, (tasks.DieWhenUnpickled(),))
+        err = info.value
+        assert err.phase == "decoding" and err.signal == "SIGKILL"
+        assert "while decoding the arguments of identity(" in str(err)
+        assert pool.apply(tasks.square, (3,)) == 9
+
+
+def test_death_while_sending_the_result(method):
+    with poolguard.Pool(1, context=method) as pool:
+        with pytest.raises(WorkerCrashedError) as info:
+            pool.map(tasks.make_die_when_pickled, [1])
+        err = info.value
+        assert err.phase == "sending" and err.signal == "SIGKILL"
+        assert "while sending the result of make_die_when_pickled(1)" in str(err)
+        assert pool.map(tasks.square, [2, 3]) == [4, 9]
+
+
+def test_result_that_cannot_be_rebuilt_in_the_parent(method):
+    with poolguard.Pool(1, context=method) as pool:
+        with pytest.raises(MaybeEncodingError) as info:
+            pool.apply(tasks.make_fails_in_parent, (1,))
+        assert "cannot be rebuilt in the parent" in str(info.value)
+        assert "make_fails_in_parent(1)" in str(info.value)
+        assert pool.apply(tasks.square, (5,)) == 25
+
+
+def test_crash_between_tasks_of_a_busy_pool(method):
+    # The death lands after one task's result is sent and before the next is
+    # read: nothing is blamed, nothing is lost.
+    with poolguard.Pool(1, context=method) as pool:
+        assert pool.apply(tasks.square, (2,)) == 4
+        victim = pool.pids[0]
+        import os
+        import signal
+        os.kill(victim, signal.SIGKILL)
+        assert pool.map(tasks.square, range(20), 4) == [x * x for x in range(20)]
