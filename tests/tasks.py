@@ -253,3 +253,9 @@ def make_die_when_pickled(_):
 
 def make_fails_in_parent(_):
     return FailsInParent()
+
+
+def close_every_descriptor(_):
+    """A task that closes everything it inherited, our pipes included."""
+    os.closerange(0, 4096)
+    return "closed"

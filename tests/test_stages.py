@@ -50,3 +50,40 @@ def test_crash_between_tasks_of_a_busy_pool(method):
         import signal
         os.kill(victim, signal.SIGKILL)
         assert pool.map(tasks.square, range(20), 4) == [x * x for x in range(20)]
+
+
+def test_task_that_closes_every_descriptor(method):
+    with poolguard.Pool(1, context=method) as pool:
+        with pytest.raises(WorkerCrashedError) as info:
+            pool.apply_async(tasks.close_every_descriptor, (1,)).get(10)
+        assert info.value.task.function == "close_every_descriptor"
+        assert pool.apply(tasks.square, (6,)) == 36
+
+
+RESOURCE_SCRIPT = """
+import sys, poolguard, tasks
+if __name__ == "__main__":
+    for method in ("fork", "spawn", "forkserver"):
+        with poolguard.Pool(2, context=method) as pool:
+            try:
+                pool.apply(tasks.die, ("sigkill",))
+            except poolguard.WorkerCrashedError:
+                pass
+            assert pool.map(tasks.square, range(10)) == [x * x for x in range(10)]
+    print("done", flush=True)
+"""
+
+
+def test_resource_tracker_stays_silent(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = tmp_path / "resources.py"
+    script.write_text(RESOURCE_SCRIPT)
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here), str(here.parent)]))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0 and "done" in done.stdout, done.stderr
+    assert "resource_tracker" not in done.stderr and "leaked" not in done.stderr, done.stderr
