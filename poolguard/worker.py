@@ -133,6 +133,7 @@ def _serve(slot: memoryview, send, recv, maxtasks: Optional[int], timed: bool) -
             slot[2] = clock()   # before the item word: the parent reads them in that order
         slot[0], slot[1] = task_id, DECODING
         out: list = []
+        items = None   # still unbound if decoding the task fails
         try:
             kind, func_bytes, items = pickle.loads(memoryview(data)[TASK_HEADER.size:])
             del data

@@ -259,3 +259,14 @@ def close_every_descriptor(_):
     """A task that closes everything it inherited, our pipes included."""
     os.closerange(0, 4096)
     return "closed"
+
+
+def _refuse_in_worker():
+    raise ValueError("this argument cannot be rebuilt in a worker")
+
+
+class FailsInWorker:
+    """Pickles here; unpickling it in the worker raises."""
+
+    def __reduce__(self):
+        return (_refuse_in_worker, ())

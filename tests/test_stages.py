@@ -87,3 +87,46 @@ def test_resource_tracker_stays_silent(tmp_path):
                           timeout=60, env=env)
     assert done.returncode == 0 and "done" in done.stdout, done.stderr
     assert "resource_tracker" not in done.stderr and "leaked" not in done.stderr, done.stderr
+
+
+def test_argument_that_raises_while_decoding_fails_that_task_only(method):
+    with poolguard.Pool(1, context=method) as pool:
+        with pytest.raises(ValueError, match="cannot be rebuilt in a worker"):
+            pool.apply(tasks.identity, (tasks.FailsInWorker(),))
+        assert pool.apply(tasks.square, (7,)) == 49
+
+
+def test_worker_killed_while_the_pool_closes(method, tmp_path):
+    import os
+    import signal
+    import time
+    from conftest import wait_until
+    pool = poolguard.Pool(2, context=method)
+    marker = str(tmp_path / "pid")
+    victim_task = pool.apply_async(tasks.announce_and_sleep, (marker, 30))
+    others = [pool.apply_async(tasks.sleep_then, (0.1, i)) for i in range(6)]
+    pid = int(wait_until(lambda: os.path.exists(marker) and open(marker).read(), 10))
+    pool.close()
+    os.kill(pid, signal.SIGKILL)
+    start = time.monotonic()
+    pool.join()
+    assert time.monotonic() - start < 10
+    with pytest.raises(WorkerCrashedError):
+        victim_task.get(0)
+    assert [r.get(0) for r in others] == list(range(6))
+    assert pool.pids == []
+
+
+def test_terminate_while_workers_are_dying(method):
+    import time
+    pool = poolguard.Pool(2, context=method)
+    dying = [pool.apply_async(tasks.sleep_then_die, (0.05,)) for _ in range(4)]
+    time.sleep(0.06)
+    start = time.monotonic()
+    pool.terminate()
+    pool.join()
+    assert time.monotonic() - start < 5
+    for result in dying:
+        with pytest.raises((WorkerCrashedError, poolguard.PoolTerminatedError)):
+            result.get(0)
+    assert pool.pids == []
