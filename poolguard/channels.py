@@ -208,7 +208,7 @@ class WatchSet:
 
     def wait(self, timeout: Optional[float]) -> List[int]:
         if self._poll is None:
-            return mp_connection.wait([self._wake_fd, *self.owner], timeout)
+            return mp_connection.wait([self._wake_fd, *self.owner], timeout)  # type: ignore[return-value]
         ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
         return [fd for fd, _event in self._poll.poll(ms)]
 

@@ -462,7 +462,7 @@ class Engine:
                 continue
             if timeout is not None:
                 self._check_timeout(worker, now, timeout)
-            if check_memory and worker.guard_kill is None:
+            if cap is not None and check_memory and worker.guard_kill is None:
                 rss = worker.watch.sample_rss()
                 if rss is not None and rss > cap:
                     worker.guard_kill, worker.guard_rss = "memory", rss

@@ -221,7 +221,7 @@ class PoolTerminatedError(PoolguardError):
     """The pool was terminated before this task finished."""
 
 
-def _rebuild(cls: type, args: tuple, state: dict) -> Any:
+def _rebuild(cls: Any, args: tuple, state: dict) -> Any:
     err = cls.__new__(cls)
     Exception.__init__(err, *args)
     err.__dict__.update(state)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import pickle
 import struct
 import traceback
-from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
-from typing import Any, Callable, List, Optional
+from multiprocessing.pool import (MaybeEncodingError,  # type: ignore[attr-defined]
+                                  RemoteTraceback)
+from typing import Any, Callable, List, Optional, Union
 
 from .errors import UnpicklableTaskError
 
@@ -91,7 +92,7 @@ def encode_exception(exc: BaseException) -> bytes:
     return pickle.dumps((exc_bytes, type_name, text, tb_text, reason), protocol=PROTOCOL)
 
 
-def decode_exception(body: bytes) -> BaseException:
+def decode_exception(body: Union[bytes, memoryview]) -> BaseException:
     """Parent side: never raises; a failure gives a stand-in keeping the text."""
     try:
         exc_bytes, type_name, text, tb_text, reason = pickle.loads(body)

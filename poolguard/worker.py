@@ -18,7 +18,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .messages import (APPLY, CONTROL, INIT_FAILED, MAP, OK, PROTOCOL, RAISED, READY,
                        REPLY_HEADER, RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE,
@@ -120,7 +120,8 @@ def worker_main(task_conn, result_conn, crash_conn, alive_conn, slots: "SharedSl
 def _serve(slot: memoryview, send, recv, maxtasks: Optional[int], timed: bool) -> None:
     clock = time.monotonic_ns
     done = 0
-    func_bytes_seen, func = b"", None
+    func_bytes_seen: bytes = b""
+    func: Any = None
     while maxtasks is None or done < maxtasks:
         try:
             data = recv()
