@@ -42,6 +42,7 @@ import collections
 import itertools
 import os
 import pickle
+import queue
 import signal
 import sys
 import threading
@@ -277,6 +278,8 @@ class Engine:
         self._throttle = max(5, 2 * processes)
         self._next_memory_check = 0.0
         self._spiller = Spiller()
+        self._callback_thread: Optional[threading.Thread] = None
+        self._callback_queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._kernel_log = KernelLog(diagnosis.SOURCES)
         self._next_sample = 0.0
         self.sample_interval: Optional[float] = RSS_SAMPLE_INTERVAL   # None: no sampling
@@ -357,8 +360,32 @@ class Engine:
         self._wake()
 
     def join(self, timeout: Optional[float] = None) -> None:
-        if threading.current_thread() is not self._thread:
+        # From our own threads (a callback calling terminate()) joining would
+        # wait for ourselves.
+        if threading.current_thread() not in (self._thread, self._callback_thread):
             self._thread.join(timeout)
+
+    def call_soon(self, func: Callable, *args: Any) -> None:
+        """Run a user callback on the pool's callback thread, in order."""
+        with self._lock:
+            if self._callback_thread is None:
+                self._callback_queue = queue.SimpleQueue()
+                self._callback_thread = threading.Thread(
+                    target=self._run_callbacks, name="poolguard-callbacks", daemon=True)
+                self._callback_thread.start()
+        self._callback_queue.put((func, args))
+
+    def _run_callbacks(self) -> None:
+        while True:
+            item = self._callback_queue.get()
+            if item is None:
+                return
+            func, args = item
+            try:
+                func(*args)
+            except Exception:   # a user callback raised: report it, go on
+                print("poolguard: exception in a result callback (ignored):", file=sys.stderr)
+                traceback.print_exc()
 
     @property
     def state(self) -> str:
@@ -803,6 +830,12 @@ class Engine:
         self._alive_conn.close()
         self._slots.close()
         self._kernel_log.close()
+        with self._lock:
+            callbacks = self._callback_thread
+        if callbacks is not None:   # after the last failure above was queued
+            self._callback_queue.put(None)
+            if threading.current_thread() is not callbacks:
+                callbacks.join()
         _live_engines.discard(self)
 
 

@@ -31,6 +31,7 @@ class ApplyResult(Job, Generic[T]):
         self._callback = callback
         self._error_callback = error_callback
         self._success = False
+        self._settled = False
         self._value: Any = None
 
     def ready(self) -> bool:
@@ -60,11 +61,21 @@ class ApplyResult(Job, Generic[T]):
 
     def _set(self, success: bool, value: Any) -> None:
         with self._lock:
-            if self._event.is_set():
+            if self._settled:
                 return
+            self._settled = True
             self._success, self._value = success, value
+        callback = self._callback if success else self._error_callback
+        pool = self._pool
+        if callback is not None and pool is not None and pool._engine is not None:
+            # Off the supervisor thread: a slow callback must not delay the
+            # detection of a death.  get() returns after it, as in the stdlib.
+            pool._engine.call_soon(self._finish, callback, value)
+        else:
+            self._finish(None, value)
+
+    def _finish(self, callback: Callback, value: Any) -> None:
         try:
-            callback = self._callback if success else self._error_callback
             if callback is not None:
                 callback(value)
         finally:

@@ -304,3 +304,22 @@ def test_many_threads_submitting_never_lose_a_wake_up():
         for thread in threads:
             thread.join(60)
         assert not errors and not any(t.is_alive() for t in threads)
+
+
+def test_slow_callback_does_not_delay_crash_detection(pool):
+    import time
+    slow = pool.apply_async(tasks.square, (2,), callback=lambda _: time.sleep(2))
+    start = time.monotonic()
+    with pytest.raises(poolguard.WorkerCrashedError):
+        pool.apply_async(tasks.die, ("sigkill",)).get(10)
+    assert time.monotonic() - start < 1.0
+    assert slow.get(10) == 4 and slow.ready()   # get() returned after the callback
+
+
+def test_callback_may_terminate_its_pool():
+    pool = poolguard.Pool(1)
+    done = threading.Event()
+    pool.apply_async(tasks.square, (2,), callback=lambda _: (pool.terminate(), done.set()))
+    assert done.wait(10)
+    pool.join()
+    assert pool.pids == []
