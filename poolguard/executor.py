@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
 
 from .engine import Engine, Job, Unit
@@ -16,10 +16,12 @@ class _FutureJob(Job):
     """One future: a ``submit`` call, or one chunk of ``map`` (whose items may
     come back in parts when a retry split the chunk)."""
 
-    def __init__(self, func: Callable, kind: int, call: str, future: Future,
-                 start: int = 0, count: int = 1):
+    def __init__(self, engine: Engine, func: Callable, kind: int, call: str,
+                 future: Future, start: int = 0, count: int = 1):
         super().__init__(func, kind, call)
+        self.engine = engine
         self.future = future
+        self._settled = False
         self._start = start
         self._values: List[Any] = [None] * count
         self._missing = count
@@ -30,20 +32,36 @@ class _FutureJob(Job):
         return self.future.running() or self.future.set_running_or_notify_cancel()
 
     def unit_done(self, unit: Unit, values: list) -> None:
-        if self.future.done():
+        if self._settled:
             return
         if self.kind == APPLY:
-            self.future.set_result(values[0])
+            self._settle(self.future.set_result, values[0])
             return
         lo = unit.start - self._start
         self._values[lo:lo + len(values)] = values
         self._missing -= len(values)
         if self._missing == 0:
-            self.future.set_result(self._values)
+            self._settle(self.future.set_result, self._values)
 
     def unit_failed(self, unit: Unit, exc: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
+        if not self._settled:
+            self._settle(self.future.set_exception, exc)
+
+    def _settle(self, setter: Callable[[Any], None], value: Any) -> None:
+        self._settled = True
+        # Completing a future runs its done-callbacks (user code, asyncio's
+        # hand-over): off the supervisor thread when there are any.
+        if getattr(self.future, "_done_callbacks", None):
+            self.engine.call_soon(_set_quietly, setter, value)
+        else:
+            _set_quietly(setter, value)
+
+
+def _set_quietly(setter: Callable[[Any], None], value: Any) -> None:
+    try:
+        setter(value)
+    except InvalidStateError:   # cancelled meanwhile (shutdown with cancel_futures)
+        pass
 
 
 class ProcessPoolExecutor(Executor):
@@ -76,11 +94,11 @@ class ProcessPoolExecutor(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()
-        job = _FutureJob(fn, APPLY, "submit", future)
         with self._shutdown_lock:
             engine = self._engine
             if engine is None or engine.state != "running":
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            job = _FutureJob(engine, fn, APPLY, "submit", future)
             engine.submit_items(job, [(args, kwargs)], 1)
         return future
 
@@ -100,7 +118,7 @@ class ProcessPoolExecutor(Executor):
             func_bytes = engine.encode_function(fn)
             for lo in range(0, len(arguments), chunksize):
                 future: Future = Future()
-                job = _FutureJob(fn, STARMAP, "map", future, lo,
+                job = _FutureJob(engine, fn, STARMAP, "map", future, lo,
                                  len(arguments[lo:lo + chunksize]))
                 engine.submit_items(job, arguments[lo:lo + chunksize], chunksize, lo,
                                     func_bytes)

@@ -162,3 +162,14 @@ def test_unshut_executor_at_interpreter_exit(tmp_path):
     for pid in pids:   # exited with the interpreter, not orphaned
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_slow_done_callback_does_not_delay_crash_detection():
+    with ProcessPoolExecutor(2) as executor:
+        slow = executor.submit(tasks.square, 3)
+        slow.add_done_callback(lambda _: time.sleep(2))
+        start = time.monotonic()
+        with pytest.raises(WorkerCrashedError):
+            executor.submit(tasks.die, "sigkill").result(10)
+        assert time.monotonic() - start < 1.0
+        assert slow.result(10) == 9
