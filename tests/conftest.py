@@ -1,8 +1,11 @@
 """Shared fixtures: start methods, deadlines, and a leak check after every test."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import random
+import signal
 import threading
 import time
 
@@ -94,3 +97,30 @@ def _describe_fd(fd: str) -> str:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return "?"
+
+
+@contextlib.contextmanager
+def killing_workers(pool, interval: float, seed: int):
+    """SIGKILL a random worker of *pool* (pids it started, nothing else) every
+    *interval* seconds while the block runs; yields the list of kills."""
+    rng = random.Random(seed)
+    stop = threading.Event()
+    kills: list = []
+
+    def chaos():
+        while not stop.wait(interval):
+            pids = pool.pids
+            if pids:
+                victim = rng.choice(pids)
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                    kills.append(victim)
+                except ProcessLookupError:
+                    pass
+    thread = threading.Thread(target=chaos)
+    thread.start()
+    try:
+        yield kills
+    finally:
+        stop.set()
+        thread.join()

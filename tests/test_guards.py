@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import threading
 import time
@@ -14,7 +13,7 @@ from poolguard import (PoolThrottledError, ProcessPoolExecutor, TaskTimeoutError
                        WorkerCrashedError, WorkerMemoryError)
 
 import tasks
-from conftest import wait_until
+from conftest import killing_workers, wait_until
 
 
 def test_timeout_stops_the_long_task_only(method):
@@ -179,29 +178,10 @@ def test_bad_guard_options(kwargs, error):
 
 def test_chaos_kills_with_retries_return_every_result():
     """Random SIGKILLs from outside every 100 ms during a long map."""
-    rng = random.Random(7)
     with poolguard.Pool(2, retries=20) as pool:
-        stop = threading.Event()
-        kills = []
-
-        def chaos():
-            while not stop.wait(0.1):
-                pids = pool.pids
-                if pids:
-                    victim = rng.choice(pids)
-                    try:
-                        os.kill(victim, signal.SIGKILL)
-                        kills.append(victim)
-                    except ProcessLookupError:
-                        pass
-        thread = threading.Thread(target=chaos)
-        thread.start()
-        try:
+        with killing_workers(pool, 0.1, seed=7) as kills:
             result = pool.starmap_async(tasks.sleep_then_square,
                                         [(x, 0.003) for x in range(2000)], chunksize=1)
             values = result.get(120)
-        finally:
-            stop.set()
-            thread.join()
         assert values == [x * x for x in range(2000)]
         assert len(kills) >= 15   # about 3 s of work, a kill every 100 ms

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 import poolguard
 
 import tasks
+from conftest import killing_workers
 
 
 def _fds() -> int:
@@ -32,33 +34,11 @@ def test_five_hundred_pools_flat_descriptors_and_memory():
 
 
 def test_imap_unordered_under_kills_with_retries_has_no_duplicates():
-    import random
-    import signal
-    import threading
-    import time
-    rng = random.Random(3)
     with poolguard.Pool(2, retries=20) as pool:
-        stop = threading.Event()
-        kills = []
-
-        def chaos():
-            while not stop.wait(0.05):
-                pids = pool.pids
-                if pids:
-                    try:
-                        os.kill(rng.choice(pids), signal.SIGKILL)
-                        kills.append(1)
-                    except ProcessLookupError:
-                        pass
-        thread = threading.Thread(target=chaos)
-        thread.start()
-        try:
+        with killing_workers(pool, 0.05, seed=3) as kills:
             start = time.monotonic()
             work = functools.partial(tasks.sleep_then_square, seconds=0.004)
             got = list(pool.imap_unordered(work, range(600), chunksize=3))
             assert time.monotonic() - start < 60
-        finally:
-            stop.set()
-            thread.join()
     assert sorted(got) == [x * x for x in range(600)]   # each once: no loss, no duplicate
     assert len(kills) >= 10
