@@ -384,8 +384,7 @@ class Engine:
             try:
                 func(*args)
             except Exception:   # a user callback raised: report it, go on
-                print("poolguard: exception in a result callback (ignored):", file=sys.stderr)
-                traceback.print_exc()
+                report_callback_error()
 
     @property
     def state(self) -> str:
@@ -673,8 +672,7 @@ class Engine:
         try:
             method(unit, value)
         except Exception:  # a user callback raised: report it, keep watching
-            print("poolguard: exception in a result callback (ignored):", file=sys.stderr)
-            traceback.print_exc()
+            report_callback_error()
 
     # ---- deaths --------------------------------------------------------------------
 
@@ -837,6 +835,13 @@ class Engine:
             if threading.current_thread() is not callbacks:
                 callbacks.join()
         _live_engines.discard(self)
+
+
+def report_callback_error() -> None:
+    """Print the exception being handled, raised by a user callback: the
+    standard library lets it kill its result thread; we report it and go on."""
+    print("poolguard: exception in a result callback (ignored):", file=sys.stderr)
+    traceback.print_exc()
 
 
 def _signal(process, signum: int) -> None:

@@ -9,7 +9,7 @@ from multiprocessing import TimeoutError
 from typing import (Any, Callable, Deque, Dict, Generic, Iterable, Iterator, List, Mapping,
                     Optional, Sequence, TypeVar, Union)
 
-from .engine import Engine, Job, Unit
+from .engine import Engine, Job, Unit, report_callback_error
 from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
                       resolve_workers)
 from .errors import PoolTerminatedError
@@ -78,6 +78,8 @@ class ApplyResult(Job, Generic[T]):
         try:
             if callback is not None:
                 callback(value)
+        except Exception:   # reported before get() returns
+            report_callback_error()
         finally:
             self._event.set()
             self._pool = None
