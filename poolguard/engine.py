@@ -60,7 +60,7 @@ from .errors import (PoolTerminatedError, PoolThrottledError, TaskInfo, TaskTime
 from .options import Guards
 from .messages import (APPLY, CONTROL, INIT_FAILED, OK, RAISED, READY, REPLY_HEADER,
                        RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE, decode_exception,
-                       dumps, dumps_call, encoding_error, frame)
+                       dumps_call, encode_task, encoding_error, frame)
 from .worker import DECODING, INITIALIZING, SENDING, SharedSlots, worker_main
 
 PREFETCH = 2                # units in flight per worker: one running, one waiting in its pipe
@@ -133,7 +133,7 @@ def _clip(text: str, limit: int = 200) -> str:
 class Unit:
     """A chunk of one job's items, sent to one worker as one frame."""
 
-    __slots__ = ("id", "job", "start", "items", "frame", "func_bytes", "attempts")
+    __slots__ = ("id", "job", "start", "items", "frame", "func_bytes", "attempts", "shared")
 
     def __init__(self, job: Job, start: int, items: Sequence, func_bytes: bytes,
                  attempts: Optional[List[str]] = None):
@@ -143,7 +143,13 @@ class Unit:
         self.items = items        # kept to name the culprit if the worker dies
         self.func_bytes = func_bytes
         self.attempts = attempts or []   # earlier failed attempts (retries)
-        self.frame = frame(TASK_HEADER.pack(self.id), dumps((job.kind, func_bytes, items)))
+        self.frame, self.shared = encode_task(self.id, job.kind, func_bytes, items)
+
+    def release(self) -> None:
+        """Free the shared buffers of its arguments: the unit is finished."""
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
 
     def split(self, offset: Optional[int]) -> List["Unit"]:
         """Fresh units to run this one again: with *offset*, the items before
@@ -164,7 +170,7 @@ class Unit:
         (arguments that did not pickle, an iterable that raised)."""
         unit = cls.__new__(cls)
         unit.id, unit.job, unit.start, unit.items, unit.frame = -1, job, start, items, []
-        unit.func_bytes, unit.attempts = b"", []
+        unit.func_bytes, unit.attempts, unit.shared = b"", [], None
         return unit
 
 
@@ -583,6 +589,7 @@ class Engine:
                            and (maxtasks is None or worker.sent < maxtasks)):
                         unit = self._pending.popleft()
                         if not unit.job.wanted(unit):
+                            unit.release()
                             continue
                         worker.inflight.append(unit)
                         worker.sent += 1
@@ -594,7 +601,7 @@ class Engine:
         for worker in self._workers.values():
             if not worker.stopping and not worker.inflight and not worker.terminated:
                 worker.stopping = True
-                self._spiller.write(worker.task_fd, frame(TASK_HEADER.pack(STOP)))
+                self._spiller.write(worker.task_fd, frame(TASK_HEADER.pack(STOP, 0)))
 
     def _terminate_workers(self) -> None:
         units = self.take_pending()
@@ -669,6 +676,7 @@ class Engine:
 
     @staticmethod
     def _deliver(method: Callable, unit: Unit, value: Any) -> None:
+        unit.release()
         try:
             method(unit, value)
         except Exception:  # a user callback raised: report it, keep watching
@@ -755,6 +763,7 @@ class Engine:
             return False
         culprit.attempts.append(error.summary())
         parts = culprit.split(offset)
+        culprit.release()
         with self._lock:
             self._pending.extendleft(reversed(parts))
         return True

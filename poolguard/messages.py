@@ -2,13 +2,16 @@
 
 Each worker has two pipes of its own (no lock is shared between workers):
 
-    parent --task pipe-->   worker     frame: task_id (q) | pickle((kind, func_bytes, items))
+    parent --task pipe-->   worker     frame: task_id (q) | handle size (I) | handle
+                                              | pickle((kind, func_bytes, items))
     parent <--result pipe-- worker     frame: task_id (q) | status (B) | body
 
 Frames use ``multiprocessing.connection``'s length prefix, so the worker side
 can read and write them with an ordinary ``Connection``.  The task id and the
 status sit outside the pickle: when a body cannot be decoded, the parent still
-knows which task it belongs to and delivers the failure there.
+knows which task it belongs to and delivers the failure there.  Large
+buffers among the arguments travel outside the frame (see buffers.py); the
+handle says where.
 """
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ import struct
 import traceback
 from multiprocessing.pool import (MaybeEncodingError,  # type: ignore[attr-defined]
                                   RemoteTraceback)
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
+from . import buffers
 from .errors import UnpicklableTaskError
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -38,7 +42,7 @@ READY = 3          # control: the initializer succeeded
 INIT_FAILED = 4    # control: body is an encoded exception from the initializer
 RETIRING = 5       # control: maxtasksperchild reached, a planned exit follows
 
-TASK_HEADER = struct.Struct("!q")
+TASK_HEADER = struct.Struct("!qI")
 REPLY_HEADER = struct.Struct("!qB")
 _LENGTH = struct.Struct("!i")
 _LONG_LENGTH = struct.Struct("!Q")
@@ -54,14 +58,59 @@ def frame(head: bytes, body: bytes = b"") -> List[bytes]:
     return [prefix + head, body]
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: Any, collector: Optional[buffers.Collector] = None) -> bytes:
     """Pickle with the standard pickler, falling back to cloudpickle for
     lambdas, closures and other objects only it can send by value."""
     try:
-        return pickle.dumps(obj, protocol=PROTOCOL)
+        return pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=collector)
     except (pickle.PicklingError, AttributeError, TypeError):
         import cloudpickle
-        return cloudpickle.dumps(obj, protocol=PROTOCOL)
+        if collector is not None:
+            collector.taken.clear()
+        return cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=collector)
+
+
+# Chunks of at most this many items are searched for large bytes before
+# pickling; longer ones only if their pickle turns out large (the search
+# would cost tiny tasks more than it saves).
+_SEARCH_LIMIT = 64
+
+
+def encode_task(task_id: int, kind: int, func_bytes: bytes,
+                items: Sequence) -> Tuple[List[bytes], Optional[buffers.SharedBuffers]]:
+    """The frame of a task, and the shared buffers it refers to (None if its
+    arguments had no large buffer).  The caller closes them when the task is
+    finished."""
+    collector = buffers.Collector() if buffers.AVAILABLE else None
+    payload: Any = items
+    if collector is not None and len(items) <= _SEARCH_LIMIT:
+        payload = buffers.shareable(items, kind == STARMAP, kind == APPLY) or items
+    body = dumps((kind, func_bytes, payload), collector)
+    if collector is None:
+        return frame(TASK_HEADER.pack(task_id, 0), body), None
+    if payload is items and len(body) >= buffers.MIN_SIZE and len(items) > _SEARCH_LIMIT:
+        wrapped = buffers.shareable(items, kind == STARMAP, kind == APPLY)
+        if wrapped is not None:
+            collector.taken.clear()
+            body = dumps((kind, func_bytes, wrapped), collector)
+    if not collector.taken:
+        return frame(TASK_HEADER.pack(task_id, 0), body), None
+    try:
+        shared = buffers.SharedBuffers(collector.taken)
+    except OSError:   # no memory for it, or no memfd here after all: use the pipe
+        return frame(TASK_HEADER.pack(task_id, 0), dumps((kind, func_bytes, items))), None
+    handle = pickle.dumps(shared.handle, protocol=PROTOCOL)
+    return frame(TASK_HEADER.pack(task_id, len(handle)) + handle, body), shared
+
+
+def decode_task(data: bytes, handle_size: int) -> tuple:
+    """Worker side: (kind, func_bytes, items) of a task frame (after the
+    length prefix), mapping its shared buffers if it has any."""
+    view = memoryview(data)[TASK_HEADER.size:]
+    if not handle_size:
+        return pickle.loads(view)
+    handle = pickle.loads(view[:handle_size])
+    return pickle.loads(view[handle_size:], buffers=buffers.open_buffers(handle))
 
 
 def dumps_call(func: Callable, payload: Any, by_value_main: bool) -> bytes:

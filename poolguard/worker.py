@@ -20,9 +20,10 @@ import threading
 import time
 from typing import Any, Optional, Sequence
 
+from . import buffers
 from .messages import (APPLY, CONTROL, INIT_FAILED, MAP, OK, PROTOCOL, RAISED, READY,
                        REPLY_HEADER, RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE,
-                       encode_exception)
+                       decode_task, encode_exception)
 
 # Slot values: [task id or one of these, item index or one of these].
 IDLE = -1
@@ -99,6 +100,8 @@ def worker_main(task_conn, result_conn, crash_conn, alive_conn, slots: "SharedSl
             os.close(fd)
         except OSError:
             pass
+    if buffers.AVAILABLE:
+        buffers.close_inherited()   # fork: other tasks' argument buffers
     _die_with_parent(alive_conn, parent_pid)
     slot = slots.view(index)
     send, recv = result_conn.send_bytes, task_conn.recv_bytes
@@ -127,7 +130,7 @@ def _serve(slot: memoryview, send, recv, maxtasks: Optional[int], timed: bool) -
             data = recv()
         except EOFError:
             return
-        (task_id,) = TASK_HEADER.unpack_from(data)
+        task_id, handle_size = TASK_HEADER.unpack_from(data)
         if task_id == STOP:
             return
         if timed:
@@ -136,7 +139,7 @@ def _serve(slot: memoryview, send, recv, maxtasks: Optional[int], timed: bool) -
         out: list = []
         items = None   # still unbound if decoding the task fails
         try:
-            kind, func_bytes, items = pickle.loads(memoryview(data)[TASK_HEADER.size:])
+            kind, func_bytes, items = decode_task(data, handle_size)
             del data
             if func_bytes != func_bytes_seen:
                 func, func_bytes_seen = pickle.loads(func_bytes), func_bytes

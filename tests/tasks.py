@@ -270,3 +270,28 @@ class FailsInWorker:
 
     def __reduce__(self):
         return (_refuse_in_worker, ())
+
+
+def describe_buffer(data, *more, **kwds):
+    """What a large argument looked like in the worker: type, size, first
+    byte, writable (arrays), and how many argument-buffer files this worker
+    holds open (it should hold none between decoding and returning)."""
+    held = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            held += "poolguard-args" in os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass
+    if type(data).__name__ == "ndarray":
+        data[0] += 1        # arrays arrive writable, as from an ordinary pickle
+        first = int(data[0])
+        writable = data.flags.writeable
+    else:
+        first, writable = data[0], None
+    return (type(data).__name__, len(data), first, writable, held,
+            [len(m) for m in more], sorted(kwds))
+
+
+def die_holding(data, how: str = "sigkill"):
+    """Die while a large argument is mapped."""
+    die(how)
