@@ -38,6 +38,7 @@ class Cell:
         self.samples: List[float] = []
         self.word: Optional[str] = None
         self.note = ""
+        self.paired = False     # samples[i] is round i of an interleaved run
 
     @property
     def median(self) -> Optional[float]:
@@ -52,15 +53,24 @@ class Cell:
 
 def interleaved(pools: Dict[str, type], workers: int, rounds: int,
                 run: Callable[[peers.Adapter], float]) -> Dict[str, Cell]:
-    """Start every pool, then time *run* on each in turn, *rounds* times."""
+    """Start every pool, then time *run* on each in turn, *rounds* times,
+    the order rotating by one pool each round."""
     cells = {name: Cell() for name in pools}
+    for cell in cells.values():
+        cell.paired = True
     live = {}
     try:
         for name, cls in pools.items():
             live[name] = cls(workers)
             live[name].map(work.noop, list(range(workers * 4)), 1)   # workers up, imports done
-        for _ in range(rounds):
-            for name, adapter in live.items():
+        names = list(live)
+        for round_ in range(rounds):
+            # Each round starts one pool later, so no pool always runs right
+            # after the same neighbour (a slow peer's workers may still be
+            # busy for a moment when its map returns).
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                adapter = live[name]
                 cell = cells[name]
                 if cell.samples and cell.samples[0] > SLOW:
                     continue
@@ -212,6 +222,8 @@ def _recover_one(cls, args) -> Cell:
 def startup(pools, args):
     """Pool creation to the first result."""
     cells = {name: Cell() for name in pools}
+    for cell in cells.values():
+        cell.paired = True
     for _ in range(args.rounds * 2):
         for name, cls in pools.items():
             start = time.perf_counter()
@@ -242,7 +254,22 @@ def monitoring(pools, args):
             super().__init__(workers, task_timeout=60, max_worker_memory="8GiB")
 
     variants = {"poolguard": peers.Poolguard, Off.name: Off, Guarded.name: Guarded}
-    return interleaved(variants, args.workers, args.rounds, timed_map(work.spin, items, 1))
+    # A 3 % cost is inside one round's noise: more rounds, paired ratios, and
+    # the CPU time our process spent (supervisor included), which on 2 busy
+    # cores is taken from the workers and is far less noisy than wall time.
+    timed = timed_map(work.spin, items, 1)
+    cpu: Dict[str, List[float]] = {name: [] for name in variants}
+
+    def run(adapter: peers.Adapter) -> float:
+        before = time.process_time()
+        elapsed = timed(adapter)
+        cpu[adapter.name].append(time.process_time() - before)
+        return elapsed
+
+    cells = interleaved(variants, args.workers, max(args.rounds, 9), run)
+    for name, cell in cells.items():
+        cell.note = f"our CPU {_format(statistics.median(cpu[name]))}"
+    return cells
 
 
 WORKLOADS = {
@@ -286,6 +313,14 @@ def _format(seconds: Optional[float]) -> str:
     return f"{seconds:.2f} s"
 
 
+def ratio(cell: Cell, base: Cell) -> float:
+    """*cell* over *base*: the median of the per-round ratios when both ran
+    every round (pairs share the machine's mood), else the ratio of medians."""
+    if len(cell.samples) == len(base.samples) > 1 and cell.paired and base.paired:
+        return statistics.median(c / b for c, b in zip(cell.samples, base.samples))
+    return cell.median / base.median   # type: ignore[operator]
+
+
 def table(results: Dict[str, Dict[str, Cell]], names: List[str]) -> str:
     lines = ["| workload | " + " | ".join(names) + " |",
              "|---|" + "---|" * len(names)]
@@ -306,7 +341,7 @@ def table(results: Dict[str, Dict[str, Cell]], names: List[str]) -> str:
                 text += f", {cell.note}"
             if (name != "poolguard" and base is not None and base.median and cell.median
                     and not cell.word):
-                text += f" ({cell.median / base.median:.2f}x)"
+                text += f" ({ratio(cell, base):.2f}x)"
             row.append(text)
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
