@@ -3,8 +3,12 @@
 Fronts: :class:`Pool` (a drop-in ``multiprocessing.Pool``) and
 :class:`ProcessPoolExecutor` (a ``concurrent.futures.Executor``).
 Engine: :mod:`poolguard.engine` (supervisor loop), :mod:`poolguard.worker`
-(worker loop), :mod:`poolguard.messages` (what crosses the pipes).
+(worker loop), :mod:`poolguard.messages` (what crosses the pipes),
+:mod:`poolguard.buffers` (large arguments through shared memory).
+Beside it: :mod:`poolguard.diagnosis` (why a worker died),
+:mod:`poolguard.checkpoint` (resumable steps).
 """
+from .checkpoint import Checkpoint, CheckpointWarning
 from .errors import (PoolguardError, PoolTerminatedError, PoolThrottledError, TaskInfo,
                      TaskTimeoutError, UnpicklableTaskError, WorkerCrashedError,
                      WorkerInitError, WorkerMemoryError)
@@ -15,6 +19,6 @@ __all__ = [
     "Pool", "ProcessPoolExecutor", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "PoolguardError", "WorkerCrashedError", "WorkerInitError", "UnpicklableTaskError",
     "PoolTerminatedError", "PoolThrottledError", "TaskTimeoutError", "WorkerMemoryError",
-    "TaskInfo",
+    "TaskInfo", "Checkpoint", "CheckpointWarning",
 ]
 __version__ = "0.1.0"

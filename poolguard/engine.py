@@ -98,7 +98,8 @@ class Job:
         return True
 
     def describe(self, unit: "Unit", offset: Optional[int]) -> TaskInfo:
-        name = getattr(self.func, "__qualname__", None) or repr(self.func)
+        func = getattr(self.func, "__wrapped__", self.func)   # checkpoint's wrapper
+        name = getattr(func, "__qualname__", None) or repr(func)
         items = unit.items
         if offset is None and len(items) == 1:
             offset = 0

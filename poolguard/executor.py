@@ -6,6 +6,7 @@ import time
 from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
 
+from .checkpoint import CheckpointArg, checkpointed
 from .engine import Engine, Job, Unit
 from .messages import APPLY, STARMAP
 from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
@@ -103,11 +104,14 @@ class ProcessPoolExecutor(Executor):
         return future
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
-            timeout: Optional[float] = None, chunksize: int = 1) -> Iterator[Any]:
+            timeout: Optional[float] = None, chunksize: int = 1,
+            checkpoint: CheckpointArg = None) -> Iterator[Any]:
         """Like ``Executor.map``: arguments are read at once, results come in
-        order; a chunk whose worker died raises when iteration reaches it."""
+        order; a chunk whose worker died raises when iteration reaches it.
+        *checkpoint*: see ``Pool.map``."""
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        fn = checkpointed(fn, checkpoint)
         end = None if timeout is None else time.monotonic() + timeout
         arguments = list(zip(*iterables))
         futures: List[Future] = []

@@ -9,6 +9,7 @@ from multiprocessing import TimeoutError
 from typing import (Any, Callable, Deque, Dict, Generic, Iterable, Iterator, List, Mapping,
                     Optional, Sequence, TypeVar, Union)
 
+from .checkpoint import CheckpointArg, checkpointed
 from .engine import Engine, Job, Unit, report_callback_error
 from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
                       resolve_workers)
@@ -231,29 +232,36 @@ class Pool:
     # ---- map family ----
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
-            chunksize: Optional[int] = None) -> List[T]:
-        return self._map_async(func, iterable, chunksize, MAP, "map").get()
+            chunksize: Optional[int] = None, *, checkpoint: CheckpointArg = None) -> List[T]:
+        return self._map_async(func, iterable, chunksize, MAP, "map",
+                               checkpoint=checkpoint).get()
 
     def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any],
                   chunksize: Optional[int] = None, callback: Callback = None,
-                  error_callback: Callback = None) -> MapResult[T]:
+                  error_callback: Callback = None, *,
+                  checkpoint: CheckpointArg = None) -> MapResult[T]:
         return self._map_async(func, iterable, chunksize, MAP, "map", callback,
-                               error_callback)
+                               error_callback, checkpoint)
 
     def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
-                chunksize: Optional[int] = None) -> List[T]:
-        return self._map_async(func, iterable, chunksize, STARMAP, "starmap").get()
+                chunksize: Optional[int] = None, *,
+                checkpoint: CheckpointArg = None) -> List[T]:
+        return self._map_async(func, iterable, chunksize, STARMAP, "starmap",
+                               checkpoint=checkpoint).get()
 
     def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                       chunksize: Optional[int] = None, callback: Callback = None,
-                      error_callback: Callback = None) -> MapResult[T]:
+                      error_callback: Callback = None, *,
+                      checkpoint: CheckpointArg = None) -> MapResult[T]:
         return self._map_async(func, iterable, chunksize, STARMAP, "starmap", callback,
-                               error_callback)
+                               error_callback, checkpoint)
 
     def _map_async(self, func: Callable, iterable: Iterable, chunksize: Optional[int],
                    kind: int, call: str, callback: Callback = None,
-                   error_callback: Callback = None) -> MapResult:
+                   error_callback: Callback = None,
+                   checkpoint: CheckpointArg = None) -> MapResult:
         engine = self._running()
+        func = checkpointed(func, checkpoint)
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         if chunksize is None:
             chunksize, extra = divmod(len(items), self._processes * 4)
@@ -266,16 +274,18 @@ class Pool:
         return result
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
-             chunksize: int = 1) -> IMapIterator[T]:
-        return self._imap(func, iterable, chunksize, ordered=True)
+             chunksize: int = 1, *, checkpoint: CheckpointArg = None) -> IMapIterator[T]:
+        return self._imap(func, iterable, chunksize, True, checkpoint)
 
     def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any],
-                       chunksize: int = 1) -> IMapIterator[T]:
-        return self._imap(func, iterable, chunksize, ordered=False)
+                       chunksize: int = 1, *,
+                       checkpoint: CheckpointArg = None) -> IMapIterator[T]:
+        return self._imap(func, iterable, chunksize, False, checkpoint)
 
     def _imap(self, func: Callable, iterable: Iterable, chunksize: int,
-              ordered: bool) -> IMapIterator:
+              ordered: bool, checkpoint: CheckpointArg) -> IMapIterator:
         engine = self._running()
+        func = checkpointed(func, checkpoint)
         _check_chunksize(chunksize)
         result: IMapIterator = IMapIterator(self, func, MAP,
                                             "imap" if ordered else "imap_unordered", ordered)

@@ -1,0 +1,321 @@
+"""checkpoint=PATH: resumable steps on a store that races, crashes, full
+disks and refused writes cannot corrupt or bring down."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import pytest
+
+import poolguard
+from poolguard import Checkpoint, CheckpointWarning, checkpoint as store_module
+
+import tasks
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def entries(root) -> list:
+    return sorted(p for p in store_module._files(str(root)) if p.endswith(".entry"))
+
+
+def run_script(code: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def test_rerun_after_the_parent_was_killed_runs_only_the_missing_items(tmp_path, method):
+    """The issue's measure: 1,000 items, killed after 600 results; the rerun
+    calls the function exactly 400 times and returns every result."""
+    store, log = tmp_path / "store", tmp_path / "calls"
+    first = run_script(f"""
+        import functools, os, signal, poolguard, tasks
+        func = functools.partial(tasks.logged_square, {str(log)!r})
+        with poolguard.Pool(1, context={method!r}) as pool:
+            for i, value in enumerate(pool.imap(func, range(1000), checkpoint={str(store)!r})):
+                assert value == i * i
+                if i == 599:
+                    os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    stored = len(entries(store))
+    assert stored >= 600
+    os.unlink(log)
+    func = functools.partial(tasks.logged_square, str(log))
+    with poolguard.Pool(2, context=method) as pool:
+        assert pool.map(func, range(1000), checkpoint=store) == [x * x for x in range(1000)]
+    ran = tasks.calls(str(log))
+    assert len(ran) == 1000 - stored
+    assert ran == list(range(stored, 1000))
+    # In-flight items (one running, one queued) may have finished before the
+    # worker died with its parent; the measure itself is taken with slow ones.
+
+
+def test_exactly_400_after_a_kill_at_600(tmp_path):
+    store, log = tmp_path / "store", tmp_path / "calls"
+    first = run_script(f"""
+        import functools, os, signal, poolguard, tasks
+        fast = functools.partial(tasks.logged_square, {str(log)!r})
+        slow = functools.partial(tasks.logged_square, {str(log)!r}, pause=5.0)
+        with poolguard.Pool(1) as pool:
+            step = poolguard.Checkpoint({str(store)!r}, step="squares")
+            assert pool.map(fast, range(600), checkpoint=step) == [x * x for x in range(600)]
+            it = pool.imap(slow, range(600, 1000), checkpoint=step)
+            os.kill(os.getpid(), signal.SIGKILL)   # with items 600, 601 in the worker
+    """)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    assert len(entries(store)) == 600
+    os.unlink(log)
+    func = functools.partial(tasks.logged_square, str(log))
+    with poolguard.Pool(2) as pool:
+        out = pool.map(func, range(1000), checkpoint=Checkpoint(store, step="squares"))
+    assert out == [x * x for x in range(1000)]
+    assert tasks.calls(str(log)) == list(range(600, 1000))
+
+
+def test_every_call_shape_and_front(tmp_path):
+    log = str(tmp_path / "calls")
+    func = functools.partial(tasks.logged_square, log)
+    with poolguard.Pool(2) as pool:
+        for _ in range(2):    # the second round runs nothing
+            assert pool.map(func, range(20), checkpoint=tmp_path / "a") == \
+                [x * x for x in range(20)]
+            assert list(pool.imap(func, range(20, 30), checkpoint=tmp_path / "a")) == \
+                [x * x for x in range(20, 30)]
+            assert sorted(pool.imap_unordered(func, iter(range(30, 40)),
+                                              checkpoint=tmp_path / "a")) == \
+                [x * x for x in range(30, 40)]
+            assert pool.starmap(tasks.logged_square, [(log, 40), (log, 41)],
+                                checkpoint=tmp_path / "a") == [1600, 1681]
+            assert pool.map_async(func, [42], checkpoint=tmp_path / "a").get(30) == [1764]
+        assert tasks.calls(log) == list(range(43))
+        # A changed input is computed; the unchanged ones are not.
+        assert pool.map(func, [1, 2, 99], checkpoint=tmp_path / "a") == [1, 4, 9801]
+        assert tasks.calls(log) == sorted(list(range(43)) + [99])
+    with poolguard.ProcessPoolExecutor(2) as executor:
+        assert list(executor.map(func, range(5), checkpoint=tmp_path / "a")) == \
+            [0, 1, 4, 9, 16]     # the same entries as Pool.map's
+        assert list(executor.map(func, [7, 50], checkpoint=tmp_path / "a")) == [49, 2500]
+    assert tasks.calls(log) == sorted(list(range(43)) + [50, 99])
+    steps = store_module.steps(str(tmp_path / "a"))
+    assert [(s.step.split("-")[0], s.entries) for s in steps] == [
+        ("partial(tasks.logged_square)", 43), ("tasks.logged_square", 2)]
+
+
+def test_different_partials_and_lambdas_never_share_entries(tmp_path):
+    with poolguard.Pool(2) as pool:
+        assert pool.map(functools.partial(tasks.add, 1), [1, 2], checkpoint=tmp_path) == [2, 3]
+        assert pool.map(functools.partial(tasks.add, 10), [1, 2], checkpoint=tmp_path) == \
+            [11, 12]
+        assert pool.map(lambda x: x + 100, [1], checkpoint=tmp_path) == [101]
+        assert pool.map(lambda x: x * 100, [1], checkpoint=tmp_path) == [100]
+    assert len(store_module.steps(str(tmp_path))) == 4
+
+
+def test_named_steps_are_separate(tmp_path):
+    log = str(tmp_path / "calls")
+    func = functools.partial(tasks.logged_square, log)
+    with poolguard.Pool(2) as pool:
+        pool.map(func, range(5), checkpoint=Checkpoint(tmp_path, step="one"))
+        pool.map(func, range(5), checkpoint=Checkpoint(tmp_path, step="two"))
+        pool.map(func, range(5), checkpoint=Checkpoint(tmp_path, step="one"))
+    assert tasks.calls(log) == sorted(list(range(5)) * 2)
+
+
+def test_bad_arguments_raise_at_once(tmp_path):
+    with poolguard.Pool(1) as pool:
+        with pytest.raises(TypeError, match="checkpoint must be a path"):
+            pool.map(tasks.square, [1], checkpoint=42)
+        with pytest.raises(ValueError, match="non-empty"):
+            pool.map(tasks.square, [1], checkpoint=Checkpoint(tmp_path, step=" "))
+        assert pool.map(tasks.square, [3]) == [9]   # the pool is fine
+
+
+def test_damaged_entries_are_computed_again(tmp_path):
+    log = str(tmp_path / "calls")
+    func = functools.partial(tasks.logged_square, log)
+    with poolguard.Pool(2) as pool:
+        pool.map(func, range(10), checkpoint=tmp_path / "s")
+        paths = entries(tmp_path / "s")
+        assert len(paths) == 10
+        with open(paths[0], "r+b") as f:          # truncated
+            f.truncate(os.path.getsize(paths[0]) - 3)
+        with open(paths[1], "r+b") as f:          # one byte flipped
+            data = bytearray(f.read())
+            data[-1] ^= 0xFF
+            f.seek(0)
+            f.write(data)
+        with open(paths[2], "wb"):                # empty
+            pass
+        os.unlink(log)
+        assert pool.map(func, range(10), checkpoint=tmp_path / "s") == \
+            [x * x for x in range(10)]
+    assert len(tasks.calls(log)) == 3
+    for path in entries(tmp_path / "s"):          # rewritten whole
+        with open(path, "rb") as f:
+            assert store_module.decode_entry(f.read()) is not None
+
+
+def _race(root: str, seed: int, rounds: int) -> None:
+    """One of the racing writers: the same keys, values derived from the key."""
+    rng = random.Random(seed)
+    store = store_module.Store(root, "race")
+    for _ in range(rounds):
+        key = hashlib.sha256(str(rng.randrange(20)).encode()).hexdigest()
+        if rng.random() < 0.5:
+            store.put(key, _value_of(key))
+        else:
+            found, value = store.get(key)
+            if found and value != _value_of(key):
+                os._exit(3)      # a corrupt or wrong read
+    os._exit(0)
+
+
+def _value_of(key: str) -> bytes:
+    return key.encode() * 4096       # 256 KiB: many write() calls per entry
+
+
+def test_racing_writers_never_give_a_corrupt_read(tmp_path):
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    root = str(tmp_path)
+    writers = [ctx.Process(target=_race, args=(root, seed, 150)) for seed in range(16)]
+    for p in writers:
+        p.start()
+    victims = writers[:4]
+    time.sleep(0.2)
+    for p in victims:                # killed mid-way, perhaps mid-write
+        os.kill(p.pid, signal.SIGKILL)
+    for p in writers:
+        p.join(60)
+    assert [p.exitcode for p in writers[4:]] == [0] * 12
+    store = store_module.Store(root, "race")
+    for path in entries(tmp_path):
+        key = os.path.basename(path)[:-len(".entry")]
+        assert store.get(key) == (True, _value_of(key))
+    assert len(entries(tmp_path)) == 20
+    # Writers killed mid-write may have left temporary files; they never
+    # read as entries, and clean() removes them.
+    left = [p for p in store_module._files(root) if p.endswith(".tmp")]
+    assert store_module.clean(root, older_than=0) == len(left)
+    assert not [p for p in store_module._files(root) if p.endswith(".tmp")]
+
+
+def test_sixteen_pools_share_one_store(tmp_path):
+    """The issue's measure: 16 pools on one directory, every result right."""
+    store, log = tmp_path / "store", tmp_path / "calls"
+    code = f"""
+        import functools, poolguard, tasks
+        func = functools.partial(tasks.logged_square, {str(log)!r})
+        with poolguard.Pool(1) as pool:
+            assert pool.map(func, range(300), checkpoint={str(store)!r}) == \\
+                [x * x for x in range(300)]
+        print("ok")
+    """
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(16)]
+    outs = [p.communicate(timeout=90) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 16, [err for _, err in outs]
+    assert all(out.strip() == "ok" for out, _ in outs)
+    assert len(entries(store)) == 300
+    ran = tasks.calls(str(log))
+    assert set(ran) == set(range(300))          # each item at least once
+    assert len(ran) < 16 * 300                  # and not by every pool
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A directory no write may enter: mode 0555, or for root (whom modes do
+    not stop) a read-only tmpfs."""
+    path = tmp_path / "locked"
+    path.mkdir()
+    if os.geteuid() != 0:
+        os.chmod(path, 0o555)
+        yield path
+        os.chmod(path, 0o755)
+        return
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"root, and cannot mount a read-only tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_refused_store_warns_once_a_call_and_the_work_goes_on(unwritable_dir, capfd):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with poolguard.Pool(2) as pool:
+            for _ in range(2):
+                assert pool.map(tasks.square, range(50), checkpoint=unwritable_dir / "s") \
+                    == [x * x for x in range(50)]
+    ours = [w for w in seen if issubclass(w.category, CheckpointWarning)]
+    assert len(ours) == 2, [str(w.message) for w in seen]
+    message = str(ours[0].message)
+    assert ("Permission denied" in message or "Read-only file system" in message), message
+    assert "new ones are not stored" in message
+    assert "CheckpointWarning" not in capfd.readouterr().err   # workers did not even try
+    assert entries(unwritable_dir) == []
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 256 KiB tmpfs: writes fail with ENOSPC part-way through a run."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_degrades_with_one_warning(tiny_filesystem, capfd):
+    with poolguard.Pool(1) as pool:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")     # nothing may be raised in the parent
+            sizes = [64 * 1024 + i for i in range(30)]
+            out = pool.map(tasks.make_big, sizes, chunksize=1, checkpoint=tiny_filesystem)
+    assert [len(x) for x in out] == sizes
+    stored = len(entries(tiny_filesystem))
+    assert 1 <= stored < 30
+    err = capfd.readouterr().err
+    assert err.count("CheckpointWarning") == 1, err      # the worker said it once
+    assert "No space left on device" in err
+    assert not [p for p in store_module._files(str(tiny_filesystem)) if p.endswith(".tmp")]
+
+
+def test_command_line_lists_and_clears(tmp_path):
+    with poolguard.Pool(1) as pool:
+        pool.map(tasks.square, range(7), checkpoint=Checkpoint(tmp_path, step="sq"))
+        pool.map(tasks.square, range(3), checkpoint=Checkpoint(tmp_path, step="other"))
+    listing = run_script(f"from poolguard.__main__ import main; main(['checkpoint', "
+                         f"{str(tmp_path)!r}])")
+    lines = listing.stdout.splitlines()
+    assert lines[0].split()[:3] == ["step", "entries", "size"]
+    rows = {line.split()[0]: int(line.split()[1]) for line in lines[1:]}
+    assert rows == {"sq": 7, "other": 3}
+    cleared = run_script(f"from poolguard.__main__ import main; main(['checkpoint', "
+                         f"{str(tmp_path)!r}, '--clear', 'sq'])")
+    assert "cleared sq" in cleared.stdout
+    assert [s.step for s in store_module.steps(str(tmp_path))] == ["other"]
+    missing = run_script(f"import sys; from poolguard.__main__ import main; "
+                         f"sys.exit(main(['checkpoint', {str(tmp_path)!r}, '--clear', 'nope']))")
+    assert missing.returncode == 1 and "no step 'nope'" in missing.stderr
