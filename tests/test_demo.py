@@ -87,3 +87,14 @@ def test_oom_example():
     assert "(limit 300 MiB" in out
     match = re.search(r"peak_rss=(\d+) MiB", out)
     assert match and 150 <= int(match.group(1)) <= 450, out
+
+
+def test_resume_example_runs_only_the_missing_items(tmp_path):
+    done = run("examples/resume.py", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "WorkerMemoryError" in lines[0]
+    stored = int(lines[1].split(", ")[1].split()[0])
+    assert 30 <= stored <= 40
+    assert lines[2] == (f"second run: {80 - stored} calls (the {80 - stored} missing items), "
+                        f"80 results, all right")
