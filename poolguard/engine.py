@@ -686,6 +686,7 @@ class Engine:
     # ---- deaths --------------------------------------------------------------------
 
     def _on_death(self, worker: _Worker) -> None:
+        _kill_group(worker.pid)   # what the task started dies with it
         # Everything it wrote before dying.  Not "until EOF": a grandchild may
         # hold the write end open for as long as it lives.
         while self._read_replies(worker) == "more":
@@ -824,6 +825,7 @@ class Engine:
             units.extend(worker.inflight)
             worker.inflight.clear()
             _signal(worker.process, signal.SIGKILL)
+            _kill_group(worker.pid)
             worker.process.join()
             self._forget(worker)
         if units:
@@ -859,6 +861,15 @@ def _signal(process, signum: int) -> None:
         os.kill(process.pid, signum)
     except (ProcessLookupError, TypeError):
         pass
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL the process group a worker made for itself (its pid), before
+    the worker is reaped: while its zombie exists, the id cannot be reused."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass   # no such group: nothing was left, or it never made one
 
 
 def _signal_name(exitcode: Optional[int]) -> Optional[str]:

@@ -92,6 +92,12 @@ def worker_main(task_conn, result_conn, crash_conn, alive_conn, slots: "SharedSl
                 parent_pid: Optional[int], fds_to_close: Sequence[int]) -> None:
     # Ctrl-C reaches the whole process group; the parent alone handles it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A group of our own: when we die, the pool kills the group, so children a
+    # task started (and did not move to a session of their own) die with us.
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
     # At a fatal signal, the Python stack goes to a pipe the parent reads
     # after our death (crash_conn must stay referenced: it owns the fd).
     faulthandler.enable(file=crash_conn.fileno(), all_threads=False)

@@ -6,6 +6,7 @@ import pickle
 import signal
 import time
 
+import psutil
 import pytest
 
 import poolguard
@@ -174,10 +175,20 @@ def test_death_seen_even_when_a_grandchild_holds_the_pipes(method, tmp_path):
             with pytest.raises(WorkerCrashedError):
                 pool.apply_async(tasks.fork_then_die, (str(marker),)).get(timeout=10)
             assert time.monotonic() - start < 1.0
+            # The grandchild was in the worker's process group: killed with it.
+            grandchild = int(marker.read_text())
+            wait_until(lambda: not _alive(grandchild), 2, message="grandchild still alive")
             assert pool.apply(tasks.square, (2,)) == 4
         finally:
-            if marker.exists():
+            if marker.exists() and _alive(int(marker.read_text())):
                 os.kill(int(marker.read_text()), signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_pool_made_in_a_short_lived_thread_keeps_its_workers(method):
