@@ -101,6 +101,10 @@ def worker_main(task_conn, result_conn, crash_conn, alive_conn, slots: "SharedSl
     # At a fatal signal, the Python stack goes to a pipe the parent reads
     # after our death (crash_conn must stay referenced: it owns the fd).
     faulthandler.enable(file=crash_conn.fileno(), all_threads=False)
+    # SIGUSR1: print every thread's stack to stderr and go on, to see where a
+    # task hangs (the test suite does it to each worker before a timeout).
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, file=2, all_threads=True)
     for fd in fds_to_close:  # other pools' "parent alive" write ends (fork only)
         try:
             os.close(fd)

@@ -1,6 +1,7 @@
 """Shared fixtures: start methods, deadlines, and a leak check after every test."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import os
@@ -13,6 +14,37 @@ import psutil
 import pytest
 
 START_METHODS = ["fork", "spawn", "forkserver"]
+
+# Figures for the summary line at the end of a run (README "Reliability").
+STATS: "collections.Counter[str]" = collections.Counter()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--soak", type=float, default=0.0, metavar="SECONDS",
+                     help="run the chaos matrix (tests/test_chaos.py) for this long "
+                          "per case instead of one short round")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "soak: runs longer under --soak; its timeout grows "
+                                       "with it")
+
+
+def pytest_collection_modifyitems(config, items):
+    soak = config.getoption("soak")
+    for item in items:
+        if item.get_closest_marker("soak") is not None:
+            item.add_marker(pytest.mark.timeout(60 + 1.5 * soak))
+
+
+def pytest_terminal_summary(terminalreporter):
+    passed = len(terminalreporter.stats.get("passed", []))
+    leaks = sum(1 for report in terminalreporter.stats.get("error", [])
+                if "left behind" in str(report.longrepr) or "leaked" in str(report.longrepr))
+    terminalreporter.write_line(
+        f"poolguard reliability: {passed} tests passed, {STATS['kills']} random worker "
+        f"kills survived, {STATS['results']} results checked under kills, leaks found: "
+        f"{leaks}")
 
 
 @pytest.fixture(params=START_METHODS)
@@ -75,11 +107,50 @@ def _helpers_started():
     yield
 
 
+def _test_timeout(request) -> float:
+    marker = request.node.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        return float(marker.args[0])
+    value = request.config.getoption("timeout", None) or request.config.getini("timeout")
+    return float(value or 0)
+
+
+def dump_stacks() -> None:
+    """Every thread of this process, then every live pool's workers (SIGUSR1
+    makes a worker print its threads' stacks to stderr and go on).  Only pids
+    our pools started are signalled."""
+    import faulthandler
+    import sys
+    from poolguard import engine
+    sys.stderr.write("\n=== about to time out: stacks of the test process ===\n")
+    sys.stderr.flush()
+    faulthandler.dump_traceback(all_threads=True)
+    for pool_engine in list(engine._live_engines):
+        for pid in pool_engine.pids:
+            sys.stderr.write(f"=== worker {pid} ===\n")
+            sys.stderr.flush()
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+    time.sleep(0.5)     # let the workers write before the timeout fires
+
+
 @pytest.fixture(autouse=True)
-def no_leaks():
-    """Every test must leave no child process, thread or descriptor behind."""
+def no_leaks(request):
+    """Every test must leave no child process, thread or descriptor behind;
+    one about to hit its timeout first dumps every stack (dump_stacks)."""
     fds_before = _fds()
+    timeout = _test_timeout(request)
+    guard = threading.Timer(max(timeout * 0.8, timeout - 10), dump_stacks) if timeout else None
+    if guard is not None:
+        guard.daemon = True
+        guard.name = "hang-guard"
+        guard.start()
     yield
+    if guard is not None:
+        guard.cancel()
+        guard.join()
     gc.collect()
     wait_until(lambda: not _children(), 10, 0.02,
                "child processes left behind")
@@ -124,3 +195,4 @@ def killing_workers(pool, interval: float, seed: int):
     finally:
         stop.set()
         thread.join()
+        STATS["kills"] += len(kills)

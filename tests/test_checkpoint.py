@@ -170,14 +170,20 @@ def _race(root: str, seed: int, rounds: int) -> None:
     """One of the racing writers: the same keys, values derived from the key."""
     rng = random.Random(seed)
     store = store_module.Store(root, "race")
-    for _ in range(rounds):
-        key = hashlib.sha256(str(rng.randrange(20)).encode()).hexdigest()
-        if rng.random() < 0.5:
-            store.put(key, _value_of(key))
-        else:
-            found, value = store.get(key)
-            if found and value != _value_of(key):
-                os._exit(3)      # a corrupt or wrong read
+    try:
+        for _ in range(rounds):
+            key = hashlib.sha256(str(rng.randrange(20)).encode()).hexdigest()
+            if rng.random() < 0.5:
+                if not store.put(key, _value_of(key)):
+                    os._exit(4)  # a write that failed
+            else:
+                found, value = store.get(key)
+                if found and value != _value_of(key):
+                    os._exit(3)  # a corrupt or wrong read
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        os._exit(1)
     os._exit(0)
 
 
@@ -198,12 +204,13 @@ def test_racing_writers_never_give_a_corrupt_read(tmp_path):
         os.kill(p.pid, signal.SIGKILL)
     for p in writers:
         p.join(60)
+    # 0: fine; 3: a corrupt or wrong read; 4: a failed write; 1: an exception
     assert [p.exitcode for p in writers[4:]] == [0] * 12
     store = store_module.Store(root, "race")
     for path in entries(tmp_path):
         key = os.path.basename(path)[:-len(".entry")]
         assert store.get(key) == (True, _value_of(key))
-    assert len(entries(tmp_path)) == 20
+    assert len(entries(tmp_path)) == 20, entries(tmp_path)
     # Writers killed mid-write may have left temporary files; they never
     # read as entries, and clean() removes them.
     left = [p for p in store_module._files(root) if p.endswith(".tmp")]

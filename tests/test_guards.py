@@ -13,7 +13,7 @@ from poolguard import (PoolThrottledError, ProcessPoolExecutor, TaskTimeoutError
                        WorkerCrashedError, WorkerMemoryError)
 
 import tasks
-from conftest import killing_workers, wait_until
+from conftest import STATS, killing_workers, wait_until
 
 
 def test_timeout_stops_the_long_task_only(method):
@@ -184,4 +184,5 @@ def test_chaos_kills_with_retries_return_every_result():
                                         [(x, 0.003) for x in range(2000)], chunksize=1)
             values = result.get(120)
         assert values == [x * x for x in range(2000)]
+        STATS["results"] += len(values)
         assert len(kills) >= 15   # about 3 s of work, a kill every 100 ms
