@@ -272,16 +272,22 @@ class FailsInWorker:
         return (_refuse_in_worker, ())
 
 
+def argument_buffers_held() -> int:
+    """How many argument-buffer files (poolguard.buffers) this process holds open."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += "poolguard-args" in os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass
+    return count
+
+
 def describe_buffer(data, *more, **kwds):
     """What a large argument looked like in the worker: type, size, first
     byte, writable (arrays), and how many argument-buffer files this worker
     holds open (it should hold none between decoding and returning)."""
-    held = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            held += "poolguard-args" in os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            pass
+    held = argument_buffers_held()
     if type(data).__name__ == "ndarray":
         data[0] += 1        # arrays arrive writable, as from an ordinary pickle
         first = int(data[0])

@@ -3,7 +3,6 @@ values and types on every front, one writable array, and nothing held open
 after the task, even when its worker dies."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -15,16 +14,6 @@ import tasks
 MIB = 1 << 20
 numpy = pytest.importorskip("numpy")
 pytestmark = pytest.mark.skipif(not buffers.AVAILABLE, reason="needs memfd and /proc")
-
-
-def held_by_parent() -> int:
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            count += "poolguard-args" in os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            pass
-    return count
 
 
 def test_every_front_and_kind(method):
@@ -45,12 +34,12 @@ def test_every_front_and_kind(method):
             ("bytes", 3 * MIB, 7, None, 0, [3 * MIB, 1], [])]
         assert pool.apply(tasks.describe_buffer, (blob,), {"extra": blob}) == (
             "bytes", 3 * MIB, 7, None, 0, [], ["extra"])
-    assert held_by_parent() == 0
+    assert tasks.argument_buffers_held() == 0
     with poolguard.ProcessPoolExecutor(2, mp_context=method) as executor:
         assert executor.submit(tasks.describe_buffer, array).result(timeout=30) == (
             "ndarray", MIB, 6, True, 1, [], [])
         assert list(executor.map(tasks.big_len, [blob] * 3)) == [3 * MIB] * 3
-    assert held_by_parent() == 0
+    assert tasks.argument_buffers_held() == 0
 
 
 def test_long_chunk_goes_out_of_band_too():
@@ -76,19 +65,19 @@ def test_freed_when_the_worker_dies(method):
         with pytest.raises(poolguard.WorkerCrashedError) as info:
             pool.apply(tasks.die_holding, (blob,))
         assert info.value.signal == "SIGKILL"
-        assert held_by_parent() == 0
+        assert tasks.argument_buffers_held() == 0
         # With retries the unit is encoded again; every attempt's file is freed.
         pool_retry = poolguard.Pool(1, context=method, retries=2)
         try:
             with pytest.raises(poolguard.WorkerCrashedError) as info:
                 pool_retry.apply(tasks.die_holding, (blob,))
             assert len(info.value.attempts) == 3
-            assert held_by_parent() == 0
+            assert tasks.argument_buffers_held() == 0
         finally:
             pool_retry.terminate()
             pool_retry.join()
         assert pool.map(tasks.big_len, [blob] * 4) == [2 * MIB] * 4
-    assert held_by_parent() == 0
+    assert tasks.argument_buffers_held() == 0
 
 
 def test_terminate_frees_pending_buffers():
@@ -96,11 +85,11 @@ def test_terminate_frees_pending_buffers():
     pool = poolguard.Pool(1)
     try:
         results = [pool.apply_async(tasks.sleep_then, (5, blob)) for _ in range(6)]
-        assert held_by_parent() == 6
+        assert tasks.argument_buffers_held() == 6
     finally:
         pool.terminate()
         pool.join()
-    assert held_by_parent() == 0
+    assert tasks.argument_buffers_held() == 0
     for result in results:
         with pytest.raises(poolguard.PoolTerminatedError):
             result.get(timeout=5)

@@ -253,14 +253,7 @@ def unwritable_dir(tmp_path):
         yield path
         os.chmod(path, 0o755)
         return
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"root, and cannot mount a read-only tmpfs here: {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
+    yield from mounted_tmpfs(path, "ro,size=64k")
 
 
 def test_refused_store_warns_once_a_call_and_the_work_goes_on(unwritable_dir, capfd):
@@ -284,14 +277,19 @@ def tiny_filesystem(tmp_path):
     """A 256 KiB tmpfs: writes fail with ENOSPC part-way through a run."""
     mount = tmp_path / "tiny"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+    yield from mounted_tmpfs(mount, "size=256k")
+
+
+def mounted_tmpfs(path, options: str):
+    """Fixture body: a tmpfs with *options* on *path*, or a skip saying why not."""
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {done.stderr.strip()}")
     try:
-        yield mount
+        yield path
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def test_full_disk_degrades_with_one_warning(tiny_filesystem, capfd):
