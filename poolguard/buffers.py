@@ -1,4 +1,14 @@
-"""Large task arguments through shared memory instead of the task pipe.
+"""Large task arguments outside the task pipe.
+
+Large ``bytes`` go best by one copy straight from the parent's memory into a
+fresh ``bytes`` in the worker (``process_vm_readv``): the parent does no
+work at all, so it never becomes the bottleneck.  Each worker checks at
+start that the system lets it read the parent (same user, no Yama or seccomp
+rule against it); the pool uses it only once a worker has said so.  A
+``bytes`` never changes, and the parent holds it until the task is
+finished, so what the worker reads is what was submitted.
+
+Everything else, and ``bytes`` where that is not allowed, goes as follows.
 
 A ``bytes``, ``bytearray`` or NumPy argument of at least ``MIN_SIZE`` bytes
 is taken out of the task's pickle (protocol 5 out-of-band buffers) and
@@ -16,6 +26,7 @@ everything goes through the pipe as before.
 """
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import pickle
@@ -30,8 +41,21 @@ AVAILABLE = hasattr(os, "memfd_create") and sys.platform.startswith("linux") \
 
 
 class LargeBytes:
-    """Stand-in for a large ``bytes`` while pickling: the pickler never asks
-    for a ``bytes`` object's reduction, so it is wrapped to go out of band."""
+    """Stand-in for a large ``bytes`` or ``bytearray`` while pickling: the
+    pickler never asks for their reduction (it writes them in the pickle),
+    so they are wrapped to go out of band."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: "bytes | bytearray"):
+        self.data = data
+
+    def __reduce__(self) -> tuple:
+        return type(self.data), (pickle.PickleBuffer(self.data),)
+
+
+class RemoteBytes:
+    """Stand-in for a large ``bytes`` that the worker reads from our memory."""
 
     __slots__ = ("data",)
 
@@ -39,7 +63,81 @@ class LargeBytes:
         self.data = data
 
     def __reduce__(self) -> tuple:
-        return bytes, (pickle.PickleBuffer(self.data),)
+        return read_remote, (os.getpid(), id(self.data) + _BYTES_DATA_OFFSET, len(self.data))
+
+
+def _bytes_data_offset() -> int:
+    """Where a bytes object's data starts, from its address (CPython only)."""
+    probe = b"poolguard"
+    return ctypes.cast(ctypes.c_char_p(probe), ctypes.c_void_p).value - id(probe)  # type: ignore
+
+
+_BYTES_DATA_OFFSET = _bytes_data_offset() if sys.implementation.name == "cpython" else 0
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+
+_remote_reader: Any = None
+
+
+def _reader() -> Any:
+    global _remote_reader
+    if _remote_reader is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.process_vm_readv
+        func.restype = ctypes.c_ssize_t
+        func.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong,
+                         ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_ulong]
+        new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+        new_bytes.restype = ctypes.py_object
+        new_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+        _remote_reader = (func, new_bytes)
+    return _remote_reader
+
+
+def read_remote(pid: int, address: int, size: int) -> bytes:
+    """Worker side: a new ``bytes`` of *size*, copied from *address* in process
+    *pid*, filled before anyone else can see it."""
+    readv, new_bytes = _reader()
+    out = new_bytes(None, size)
+    base = id(out) + _BYTES_DATA_OFFSET
+    done = 0
+    while done < size:
+        local = _IoVec(base + done, size - done)
+        remote = _IoVec(address + done, size - done)
+        n = readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if n <= 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"cannot read a task argument from the pool's process "
+                               f"{pid}: {os.strerror(err)}")
+        done += n
+    return out
+
+
+# The parent keeps this object for the workers' check that they can read it.
+PROBE = b"poolguard can read its parent" * 8
+
+
+def probe_handle() -> Optional[tuple]:
+    if not REMOTE_POSSIBLE:
+        return None
+    return os.getpid(), id(PROBE) + _BYTES_DATA_OFFSET, len(PROBE)
+
+
+def can_read_parent(handle: Optional[tuple]) -> bool:
+    """Worker side, at start: can we read the parent's memory?"""
+    if handle is None:
+        return False
+    try:
+        return read_remote(*handle) == PROBE
+    except (OSError, AttributeError, ValueError):
+        return False
+
+
+REMOTE_POSSIBLE = (sys.implementation.name == "cpython" and sys.platform.startswith("linux")
+                   and _BYTES_DATA_OFFSET > 0)
 
 
 class SharedBuffers:
@@ -125,17 +223,22 @@ def close_inherited() -> None:
             pass
 
 
-def shareable(items: Any, star: bool, apply: bool, min_size: int = MIN_SIZE) -> Optional[list]:
-    """*items* with each large ``bytes`` argument wrapped in LargeBytes, or
-    None if there is none.  Only the arguments themselves are looked at,
-    not what they contain."""
+def shareable(items: Any, star: bool, apply: bool, remote: bool,
+              min_size: int = MIN_SIZE) -> Optional[list]:
+    """*items* with each large ``bytes`` argument wrapped (RemoteBytes when
+    *remote*, else LargeBytes) and each large ``bytearray`` in LargeBytes, or
+    None if there is none.  Only the
+    arguments themselves are looked at, not what they contain."""
     found = False
+    wrapper = RemoteBytes if remote else LargeBytes
 
     def wrap(value: Any) -> Any:
         nonlocal found
-        if type(value) is bytes and len(value) >= min_size:
+        kind = type(value)
+        if (kind is bytes or kind is bytearray) and len(value) >= min_size:
             found = True
-            return LargeBytes(value)
+            # A bytearray may change after submission: it is copied now.
+            return wrapper(value) if kind is bytes else LargeBytes(value)
         return value
 
     out: list = []

@@ -52,7 +52,7 @@ import weakref
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence
 
-from . import diagnosis
+from . import buffers, diagnosis
 from .channels import FrameReader, Spiller, WatchSet, grow_pipe
 from .diagnosis import KernelLog, WorkerWatch, diagnose, zombie_exit_status
 from .errors import (PoolTerminatedError, PoolThrottledError, TaskInfo, TaskTimeoutError,
@@ -134,17 +134,21 @@ def _clip(text: str, limit: int = 200) -> str:
 class Unit:
     """A chunk of one job's items, sent to one worker as one frame."""
 
-    __slots__ = ("id", "job", "start", "items", "frame", "func_bytes", "attempts", "shared")
+    __slots__ = ("id", "job", "start", "items", "frame", "func_bytes", "attempts", "shared",
+                 "remote")
 
     def __init__(self, job: Job, start: int, items: Sequence, func_bytes: bytes,
-                 attempts: Optional[List[str]] = None):
+                 attempts: Optional[List[str]] = None, remote: bool = False):
         self.id = next(_unit_ids)
         self.job = job
         self.start = start        # index of items[0] in the job's input
-        self.items = items        # kept to name the culprit if the worker dies
+        # Kept to name the culprit if the worker dies, and because workers may
+        # read large bytes among them straight from our memory (remote).
+        self.items = items
         self.func_bytes = func_bytes
         self.attempts = attempts or []   # earlier failed attempts (retries)
-        self.frame, self.shared = encode_task(self.id, job.kind, func_bytes, items)
+        self.remote = remote
+        self.frame, self.shared = encode_task(self.id, job.kind, func_bytes, items, remote)
 
     def release(self) -> None:
         """Free the shared buffers of its arguments: the unit is finished."""
@@ -157,12 +161,14 @@ class Unit:
         it, the item at it (which keeps the attempts) and those after, so only
         the culprit item counts as retried; without, the whole unit."""
         if offset is None:
-            return [Unit(self.job, self.start, self.items, self.func_bytes, self.attempts)]
+            return [Unit(self.job, self.start, self.items, self.func_bytes, self.attempts,
+                         self.remote)]
         parts = []
         for lo, hi in ((0, offset), (offset, offset + 1), (offset + 1, len(self.items))):
             if lo < hi:
                 parts.append(Unit(self.job, self.start + lo, self.items[lo:hi],
-                                  self.func_bytes, self.attempts if lo == offset else None))
+                                  self.func_bytes, self.attempts if lo == offset else None,
+                                  self.remote))
         return parts
 
     @classmethod
@@ -171,7 +177,7 @@ class Unit:
         (arguments that did not pickle, an iterable that raised)."""
         unit = cls.__new__(cls)
         unit.id, unit.job, unit.start, unit.items, unit.frame = -1, job, start, items, []
-        unit.func_bytes, unit.attempts, unit.shared = b"", [], None
+        unit.func_bytes, unit.attempts, unit.shared, unit.remote = b"", [], None, False
         return unit
 
 
@@ -285,6 +291,11 @@ class Engine:
         self._throttle = max(5, 2 * processes)
         self._next_memory_check = 0.0
         self._spiller = Spiller()
+        # Workers can read large bytes arguments from our memory: unknown
+        # (False) until the first worker has checked, False for good if one
+        # could not.
+        self.remote_reads = False
+        self._remote_refused = False
         self._callback_thread: Optional[threading.Thread] = None
         self._callback_queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._kernel_log = KernelLog(diagnosis.SOURCES)
@@ -313,7 +324,7 @@ class Engine:
         for lo in range(0, len(items), chunksize):
             chunk = items[lo:lo + chunksize]
             try:
-                batch.append(Unit(job, start + lo, chunk, func_bytes))
+                batch.append(Unit(job, start + lo, chunk, func_bytes, remote=self.remote_reads))
             except Exception as exc:
                 job.unit_failed(Unit.placeholder(job, start + lo, chunk), exc)
             if len(batch) >= batch_size:
@@ -552,7 +563,7 @@ class Engine:
             args=(task_conn, result_conn, crash_conn, self._alive_conn, self._slots, index,
                   self._init_bytes, self._maxtasks, self.guards.task_timeout is not None,
                   os.getpid() if self.start_method != "forkserver" else None,
-                  sorted(_alive_write_fds) if fork else []))
+                  sorted(_alive_write_fds) if fork else [], buffers.probe_handle()))
         try:
             process.start()
         finally:
@@ -636,6 +647,9 @@ class Engine:
         if task_id == CONTROL:
             if status == READY:
                 worker.ready = True
+                if bytes(body[:1]) != b"\x01":
+                    self._remote_refused = True
+                self.remote_reads = not self._remote_refused
                 worker.watch.sample()   # its cgroup and OOM counter, before any task
             elif status == RETIRING:
                 worker.retiring = True

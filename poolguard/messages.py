@@ -76,20 +76,21 @@ def dumps(obj: Any, collector: Optional[buffers.Collector] = None) -> bytes:
 _SEARCH_LIMIT = 64
 
 
-def encode_task(task_id: int, kind: int, func_bytes: bytes,
-                items: Sequence) -> Tuple[List[bytes], Optional[buffers.SharedBuffers]]:
+def encode_task(task_id: int, kind: int, func_bytes: bytes, items: Sequence,
+                remote: bool = False) -> Tuple[List[bytes], Optional[buffers.SharedBuffers]]:
     """The frame of a task, and the shared buffers it refers to (None if its
     arguments had no large buffer).  The caller closes them when the task is
-    finished."""
+    finished, and keeps *items* until then.  *remote*: workers can read large
+    ``bytes`` from our memory (see buffers.py)."""
     collector = buffers.Collector() if buffers.AVAILABLE else None
     payload: Any = items
     if collector is not None and len(items) <= _SEARCH_LIMIT:
-        payload = buffers.shareable(items, kind == STARMAP, kind == APPLY) or items
+        payload = buffers.shareable(items, kind == STARMAP, kind == APPLY, remote) or items
     body = dumps((kind, func_bytes, payload), collector)
     if collector is None:
         return frame(TASK_HEADER.pack(task_id, 0), body), None
     if payload is items and len(body) >= buffers.MIN_SIZE and len(items) > _SEARCH_LIMIT:
-        wrapped = buffers.shareable(items, kind == STARMAP, kind == APPLY)
+        wrapped = buffers.shareable(items, kind == STARMAP, kind == APPLY, remote)
         if wrapped is not None:
             collector.taken.clear()
             body = dumps((kind, func_bytes, wrapped), collector)

@@ -89,7 +89,8 @@ def _anonymous_file(size: int) -> int:
 
 def worker_main(task_conn, result_conn, crash_conn, alive_conn, slots: "SharedSlots",
                 index: int, init_bytes: Optional[bytes], maxtasks: Optional[int], timed: bool,
-                parent_pid: Optional[int], fds_to_close: Sequence[int]) -> None:
+                parent_pid: Optional[int], fds_to_close: Sequence[int],
+                probe: Optional[tuple] = None) -> None:
     # Ctrl-C reaches the whole process group; the parent alone handles it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A group of our own: when we die, the pool kills the group, so children a
@@ -124,7 +125,9 @@ def worker_main(task_conn, result_conn, crash_conn, alive_conn, slots: "SharedSl
                 send(REPLY_HEADER.pack(CONTROL, INIT_FAILED) + encode_exception(exc))
                 return
         slot[0] = IDLE
-        send(REPLY_HEADER.pack(CONTROL, READY))
+        # READY says whether we may read large arguments from the parent's memory.
+        readable = b"\x01" if buffers.can_read_parent(probe) else b"\x00"
+        send(REPLY_HEADER.pack(CONTROL, READY) + readable)
         _serve(slot, send, recv, maxtasks, timed)
     except OSError:
         return  # the parent closed our pipes: it is gone or terminating us

@@ -321,3 +321,9 @@ def calls(log: str) -> list:
             return sorted(int(line) for line in f if line.strip())
     except FileNotFoundError:
         return []
+
+
+def digest(data: bytes) -> str:
+    import hashlib
+    assert type(data) is bytes, type(data)
+    return hashlib.sha256(data).hexdigest()

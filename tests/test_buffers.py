@@ -1,8 +1,12 @@
-"""Large arguments go through shared memory (poolguard/buffers.py): right
-values and types on every front, one writable array, and nothing held open
-after the task, even when its worker dies."""
+"""Large arguments skip the pipe (poolguard/buffers.py): read from the
+parent's memory (bytes) or through shared memory; right values and types on
+every front, one writable array, and nothing held open after the task, even
+when its worker dies."""
 from __future__ import annotations
 
+
+import hashlib
+import os
 
 import pytest
 
@@ -81,7 +85,7 @@ def test_freed_when_the_worker_dies(method):
 
 
 def test_terminate_frees_pending_buffers():
-    blob = b"\x02" * MIB
+    blob = bytearray(b"\x02" * MIB)    # mutable: always copied to shared memory
     pool = poolguard.Pool(1)
     try:
         results = [pool.apply_async(tasks.sleep_then, (5, blob)) for _ in range(6)]
@@ -93,3 +97,28 @@ def test_terminate_frees_pending_buffers():
     for result in results:
         with pytest.raises(poolguard.PoolTerminatedError):
             result.get(timeout=5)
+
+
+@pytest.mark.parametrize("remote", [True, False], ids=["read-from-parent", "shared-memory"])
+def test_content_arrives_exact_both_ways(method, remote):
+    blobs = [os.urandom(MIB + i) for i in range(6)]
+    with poolguard.Pool(2, context=method) as pool:
+        engine = pool._engine
+        assert pool.map(tasks.square, [1, 2]) == [1, 4]    # workers up and checked
+        if not remote:
+            engine._remote_refused = True       # as if a worker could not read us
+            engine.remote_reads = False
+        elif not engine.remote_reads:
+            pytest.skip("this system does not let a worker read its parent's memory")
+        digests = pool.map(tasks.digest, blobs, chunksize=2)
+        assert digests == [hashlib.sha256(b).hexdigest() for b in blobs]
+        assert pool.starmap(tasks.digest, [(blobs[0],)]) == [digests[0]]
+    assert tasks.argument_buffers_held() == 0
+
+
+def test_reading_the_parent_is_checked_by_each_worker():
+    from poolguard import buffers
+    assert buffers.can_read_parent(buffers.probe_handle()) is buffers.REMOTE_POSSIBLE
+    assert buffers.can_read_parent(None) is False
+    # An address nothing is mapped at: refused, never a crash.
+    assert buffers.can_read_parent((os.getpid(), 4096, 16)) is False
