@@ -4,7 +4,7 @@ Fronts: :class:`Pool` (a drop-in ``multiprocessing.Pool``) and
 :class:`ProcessPoolExecutor` (a ``concurrent.futures.Executor``).
 Engine: :mod:`poolguard.engine` (supervisor loop), :mod:`poolguard.worker`
 (worker loop), :mod:`poolguard.messages` (what crosses the pipes),
-:mod:`poolguard.buffers` (large arguments through shared memory).
+:mod:`poolguard.buffers` (large arguments outside the pipes).
 Beside it: :mod:`poolguard.diagnosis` (why a worker died),
 :mod:`poolguard.checkpoint` (resumable steps).
 """

@@ -11,6 +11,7 @@ Data flow::
                                    timeout: next guard deadline or memory sample)
                                   |
                                   | dispatch: at most PREFETCH units a worker
+                                  |   (large arguments go outside the pipe, buffers.py)
                                   |   non-blocking write ---- task pipe ----> worker_main
                                   |   (what a full pipe cannot take            | writes [task id, item,
                                   |    now, the Spiller thread writes)         |  start] to its slot in
