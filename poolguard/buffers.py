@@ -166,7 +166,7 @@ class SharedBuffers:
         self.fd = fd
 
     def close(self) -> None:
-        if self.fd >= 0:
+        if getattr(self, "fd", -1) >= 0:   # unset if __init__ failed
             os.close(self.fd)
             self.fd = -1
 
