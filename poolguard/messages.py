@@ -118,7 +118,9 @@ def dumps_call(func: Callable, payload: Any, by_value_main: bool) -> bytes:
     """Pickle *payload*, which holds *func*.  If *func* lives in ``__main__``
     and the worker does not share our ``__main__`` (spawn, forkserver), it goes
     by value with cloudpickle; the standard pickler would send a name the
-    worker may not be able to import."""
+    worker may not be able to import.  A wrapper (checkpoint's) is judged by
+    the function it wraps."""
+    func = getattr(func, "__wrapped__", func)
     if by_value_main and getattr(func, "__module__", None) == "__main__":
         import cloudpickle
         return cloudpickle.dumps(payload, protocol=PROTOCOL)

@@ -324,3 +324,22 @@ def test_command_line_lists_and_clears(tmp_path):
     missing = run_script(f"import sys; from poolguard.__main__ import main; "
                          f"sys.exit(main(['checkpoint', {str(tmp_path)!r}, '--clear', 'nope']))")
     assert missing.returncode == 1 and "no step 'nope'" in missing.stderr
+
+
+@pytest.mark.parametrize("context", ["spawn", "forkserver"])
+def test_a_function_of_main_works_where_workers_cannot_import_main(tmp_path, context):
+    # python -c: the workers have no file to import __main__ from, so the
+    # function inside the checkpoint wrapper must go by value.
+    done = run_script(f"""
+        import poolguard
+        def cube(x):
+            return x ** 3
+        if __name__ == "__main__":
+            with poolguard.Pool(2, context={context!r}) as pool:
+                for _ in range(2):
+                    assert pool.map(cube, range(5), checkpoint={str(tmp_path)!r}) == \\
+                        [0, 1, 8, 27, 64]
+            print("ok")
+    """)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert len(entries(tmp_path)) == 5
