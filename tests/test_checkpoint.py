@@ -343,3 +343,17 @@ def test_a_function_of_main_works_where_workers_cannot_import_main(tmp_path, con
     """)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
     assert len(entries(tmp_path)) == 5
+
+
+def test_a_crash_names_the_users_function_and_stores_nothing_for_it(tmp_path, method):
+    with poolguard.Pool(2, context=method) as pool:
+        with pytest.raises(poolguard.WorkerCrashedError) as info:
+            pool.starmap(tasks.die_at, [(x, 3) for x in range(6)], chunksize=1,
+                         checkpoint=tmp_path)
+        assert info.value.task.function == "die_at"
+        assert info.value.task.arguments == "3, 3"
+        pool.close()      # the other items still run, as in the standard library
+        pool.join()
+    store = store_module.Store(str(tmp_path), store_module.default_step(tasks.die_at))
+    assert [store.get(store.key((x, 3), {}))[0] for x in range(6)] == \
+        [True, True, True, False, True, True]
