@@ -195,15 +195,19 @@ def test_racing_writers_never_give_a_corrupt_read(tmp_path):
     import multiprocessing
     ctx = multiprocessing.get_context("fork")
     root = str(tmp_path)
-    writers = [ctx.Process(target=_race, args=(root, seed, 150)) for seed in range(16)]
+    # The first 4 would go on for long: they are SIGKILLed mid-way, perhaps
+    # mid-write (and cannot have finished and been reaped before the kill).
+    writers = [ctx.Process(target=_race, args=(root, seed, 10**6 if seed < 4 else 150))
+               for seed in range(16)]
     for p in writers:
         p.start()
     victims = writers[:4]
     time.sleep(0.2)
-    for p in victims:                # killed mid-way, perhaps mid-write
+    for p in victims:
         os.kill(p.pid, signal.SIGKILL)
     for p in writers:
         p.join(60)
+    assert [p.exitcode for p in victims] == [-signal.SIGKILL] * 4
     # 0: fine; 3: a corrupt or wrong read; 4: a failed write; 1: an exception
     assert [p.exitcode for p in writers[4:]] == [0] * 12
     store = store_module.Store(root, "race")
