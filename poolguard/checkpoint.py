@@ -97,7 +97,8 @@ class Checkpointed:
     def __init__(self, func: Callable, store: "Store"):
         self.func = func
         self.store = store
-        self.__wrapped__ = func     # crash reports name the user's function
+        self.__wrapped__ = func     # crash reports name the user's function (pickled once:
+                                    # the pickler's memo sees it is self.func)
 
     def __call__(self, *args: Any, **kwds: Any) -> Any:
         key = self.store.key(args, kwds)
@@ -109,13 +110,6 @@ class Checkpointed:
         if key is not None:
             self.store.put(key, value)
         return value
-
-    def __getstate__(self) -> dict:
-        return {"func": self.func, "store": self.store}
-
-    def __setstate__(self, state: dict) -> None:
-        self.func, self.store = state["func"], state["store"]
-        self.__wrapped__ = self.func
 
 
 class Store:
@@ -140,8 +134,8 @@ class Store:
     # ---- keys and entries ------------------------------------------------------
 
     def key(self, args: tuple, kwds: dict) -> Optional[str]:
-        """SHA-256 of the pickled arguments; None if they do not pickle the
-        same way twice in a row (then the item is simply not stored)."""
+        """SHA-256 of the pickled arguments; None if they do not pickle (then
+        the item is simply run, and not stored)."""
         try:
             data = pickle.dumps((args, sorted(kwds.items())) if kwds else args,
                                 protocol=_PROTOCOL)
@@ -253,11 +247,15 @@ def write_atomically(path: str, data: bytes) -> None:
     """Write *data* to a temporary file beside *path*, then rename it over
     *path*: readers see the old file or the new one, never a part."""
     directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}."
                                   f"{os.urandom(6).hex()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(tmp, flags, 0o644)
+    except FileNotFoundError:   # first entry of its directory: make it (races are fine)
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(tmp, flags, 0o644)
+    try:
         try:
             view = memoryview(data)
             while view:
@@ -370,9 +368,7 @@ def clean(root: str, older_than: float = _STALE_TEMP) -> int:
                 if now - os.stat(path).st_mtime > older_than:
                     os.unlink(path)
                     removed += 1
-            except FileNotFoundError:
-                pass
-            except OSError:
+            except OSError:   # gone already (another cleaner, or renamed into place)
                 pass
     return removed
 
