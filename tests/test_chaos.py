@@ -47,7 +47,7 @@ def test_chaos(front, request):
         else (lambda: poolguard.Pool(2, retries=50))
     rounds = 0
     with make() as pool:
-        with killing_workers(pool, 0.03, seed=rounds + len(front)) as kills:
+        with killing_workers(pool, 0.03, seed=len(front)) as kills:
             while True:
                 items = list(range(rounds * ITEMS, (rounds + 1) * ITEMS))
                 started = time.monotonic()
