@@ -121,7 +121,7 @@ def dump_stacks() -> None:
     our pools started are signalled."""
     import faulthandler
     import sys
-    from poolguard import engine
+    from poolguard.engine import supervisor as engine
     sys.stderr.write("\n=== about to time out: stacks of the test process ===\n")
     sys.stderr.flush()
     faulthandler.dump_traceback(all_threads=True)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import itertools
 import os
 import pickle
 import queue
@@ -53,16 +52,18 @@ import weakref
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence
 
-from . import buffers, diagnosis
-from .channels import FrameReader, Spiller, WatchSet, grow_pipe
-from .diagnosis import KernelLog, WorkerWatch, diagnose, zombie_exit_status
-from .errors import (PoolTerminatedError, PoolThrottledError, TaskInfo, TaskTimeoutError,
-                     WorkerCrashedError, WorkerInitError, WorkerMemoryError)
-from .options import Guards
-from .messages import (APPLY, CONTROL, INIT_FAILED, OK, RAISED, READY, REPLY_HEADER,
-                       RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE, decode_exception,
-                       dumps_call, encode_task, encoding_error, frame)
-from .worker import DECODING, INITIALIZING, SENDING, SharedSlots, worker_main
+from .. import buffers, diagnosis
+from ..channels import Spiller, WatchSet, grow_pipe
+from ..diagnosis import KernelLog, diagnose, zombie_exit_status
+from ..errors import (PoolTerminatedError, PoolThrottledError, TaskTimeoutError,
+                      WorkerCrashedError, WorkerInitError, WorkerMemoryError, signal_name)
+from ..options import Guards
+from ..messages import (CONTROL, INIT_FAILED, OK, RAISED, READY, REPLY_HEADER, RETIRING,
+                        STOP, TASK_HEADER, UNENCODABLE, decode_exception, dumps_call,
+                        encoding_error, frame)
+from ..worker import DECODING, INITIALIZING, SENDING, SharedSlots, worker_main
+from .jobs import Job, Unit
+from .workers import Worker, kill_group, signal_process
 
 PREFETCH = 2                # units in flight per worker: one running, one waiting in its pipe
 RSS_SAMPLE_INTERVAL = 0.1   # seconds between memory samples of busy workers
@@ -72,183 +73,8 @@ MEMORY_SAMPLE_INTERVAL = 0.01   # seconds between RSS checks when max_worker_mem
 
 RUNNING, CLOSING, TERMINATING, FINISHED = "running", "closing", "terminating", "finished"
 
-_unit_ids = itertools.count()
-_WORKER_FILE = f'"{worker_main.__code__.co_filename}"'   # as faulthandler quotes it
 _live_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 _alive_write_fds: set = set()    # every engine's "parent alive" write end, closed in forked workers
-
-
-class Job:
-    """One call of a front (an ``apply_async``, a ``map``, a ``submit``): the sink
-    its units report to.  Fronts subclass it; the supervisor calls
-    ``unit_done``/``unit_failed`` exactly once per unit."""
-
-    def __init__(self, func: Callable, kind: int, call: str):
-        self.func = func
-        self.kind = kind
-        self.call = call
-
-    def unit_done(self, unit: "Unit", values: list) -> None:
-        raise NotImplementedError
-
-    def unit_failed(self, unit: "Unit", exc: BaseException) -> None:
-        raise NotImplementedError
-
-    def wanted(self, unit: "Unit") -> bool:
-        """False when the unit should be dropped before it is sent (cancelled)."""
-        return True
-
-    def describe(self, unit: "Unit", offset: Optional[int]) -> TaskInfo:
-        func = getattr(self.func, "__wrapped__", self.func)   # checkpoint's wrapper
-        name = getattr(func, "__qualname__", None) or repr(func)
-        items = unit.items
-        if offset is None and len(items) == 1:
-            offset = 0
-        if offset is None or offset >= len(items):
-            return TaskInfo(name, f"<{len(items)} items from {unit.start}>", unit.start, self.call)
-        item = items[offset]
-        if self.kind == APPLY:
-            args, kwds = item
-            parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwds.items()]
-            return TaskInfo(name, _clip(", ".join(parts)), None, self.call)
-        if self.kind == STARMAP:
-            try:
-                text = ", ".join(_short(a) for a in item)
-            except TypeError:
-                text = _short(item)
-            return TaskInfo(name, _clip(text), unit.start + offset, self.call)
-        return TaskInfo(name, _short(item), unit.start + offset, self.call)
-
-
-def _short(obj: Any) -> str:
-    import reprlib
-    try:
-        return reprlib.repr(obj)
-    except Exception:
-        return f"<{type(obj).__name__} with failing repr>"
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-class Unit:
-    """A chunk of one job's items, sent to one worker as one frame."""
-
-    __slots__ = ("id", "job", "start", "items", "frame", "func_bytes", "attempts", "shared",
-                 "remote")
-
-    def __init__(self, job: Job, start: int, items: Sequence, func_bytes: bytes,
-                 attempts: Optional[List[str]] = None, remote: bool = False):
-        self.id = next(_unit_ids)
-        self.job = job
-        self.start = start        # index of items[0] in the job's input
-        # Kept to name the culprit if the worker dies, and because workers may
-        # read large bytes among them straight from our memory (remote).
-        self.items = items
-        self.func_bytes = func_bytes
-        self.attempts = attempts or []   # earlier failed attempts (retries)
-        self.remote = remote
-        self.frame, self.shared = encode_task(self.id, job.kind, func_bytes, items, remote)
-
-    def release(self) -> None:
-        """Free the shared buffers of its arguments: the unit is finished."""
-        if self.shared is not None:
-            self.shared.close()
-            self.shared = None
-
-    def split(self, offset: Optional[int]) -> List["Unit"]:
-        """Fresh units to run this one again: with *offset*, the items before
-        it, the item at it (which keeps the attempts) and those after, so only
-        the culprit item counts as retried; without, the whole unit."""
-        if offset is None:
-            return [Unit(self.job, self.start, self.items, self.func_bytes, self.attempts,
-                         self.remote)]
-        parts = []
-        for lo, hi in ((0, offset), (offset, offset + 1), (offset + 1, len(self.items))):
-            if lo < hi:
-                parts.append(Unit(self.job, self.start + lo, self.items[lo:hi],
-                                  self.func_bytes, self.attempts if lo == offset else None,
-                                  self.remote))
-        return parts
-
-    @classmethod
-    def placeholder(cls, job: Job, start: int, items: Sequence) -> "Unit":
-        """A unit that is never sent: it only carries a failure to its job
-        (arguments that did not pickle, an iterable that raised)."""
-        unit = cls.__new__(cls)
-        unit.id, unit.job, unit.start, unit.items, unit.frame = -1, job, start, items, []
-        unit.func_bytes, unit.attempts, unit.shared, unit.remote = b"", [], None, False
-        return unit
-
-
-class _Worker:
-    """The supervisor's record of one worker process."""
-
-    def __init__(self, index: int, process, task_fd: int, result_fd: int, crash_fd: int):
-        self.index = index                  # its slot in the shared array
-        self.process = process
-        self.pid: int = process.pid
-        self.task_fd = task_fd
-        self.reader = FrameReader(result_fd)
-        self.crash_fd = crash_fd            # faulthandler's output at a fatal signal
-        os.set_blocking(crash_fd, False)
-        self.watch = WorkerWatch(self.pid, diagnosis.SOURCES)
-        self.death_fd, self.pidfd = _death_fd(process)
-        self.inflight: Deque[Unit] = collections.deque()
-        self.sent = 0                       # units ever sent (maxtasksperchild)
-        self.ready = False                  # initializer done
-        self.init_failed = False
-        self.retiring = False               # announced a planned exit
-        self.stopping = False               # we sent STOP
-        self.terminated = False             # we sent SIGTERM (terminate)
-        self.kill_deadline: Optional[float] = None   # when SIGKILL follows; None once sent
-        self.guard_kill: Optional[str] = None   # "timeout" or "memory": our guard killed it
-        self.guard_text: Optional[str] = None   # what the guard saw, for the message
-        self.guard_rss: Optional[int] = None
-        self.item_deadline: Optional[float] = None   # task_timeout expiry of the running item
-        self.seen_item: tuple = ()              # (task id, item, start) last read from the slot
-
-    def crash_stack(self) -> Optional[str]:
-        """What faulthandler wrote before the process died, if anything."""
-        chunks = []
-        while True:
-            try:
-                data = os.read(self.crash_fd, 65536)
-            except OSError:   # BlockingIOError included: nothing more
-                break
-            if not data:
-                break
-            chunks.append(data)
-        text = b"".join(chunks).decode("utf-8", "replace").strip()
-        # Frames from the worker loop down are ours, the same in every crash.
-        lines = text.splitlines()
-        for i, line in enumerate(lines):
-            if _WORKER_FILE in line:
-                lines = lines[:i]
-                break
-        return "\n".join(lines)[-8000:] or None
-
-    def pop_unit(self, unit_id: int) -> Optional[Unit]:
-        for unit in self.inflight:
-            if unit.id == unit_id:
-                self.inflight.remove(unit)
-                return unit
-        return None
-
-
-def _death_fd(process) -> tuple:
-    """A descriptor readable once the process has exited.
-
-    A pidfd says so the moment the kernel marks the process dead, even if a
-    grandchild still holds the write end of the sentinel pipe."""
-    if hasattr(os, "pidfd_open"):
-        try:
-            fd = os.pidfd_open(process.pid)
-            return fd, fd
-        except OSError:
-            pass
-    return process.sentinel, None
 
 
 class Engine:
@@ -283,7 +109,7 @@ class Engine:
         _alive_write_fds.add(self._alive_w)
         self._alive_conn = Connection(alive_r, writable=False)
         self._slots = SharedSlots(processes)
-        self._workers: Dict[int, _Worker] = {}      # slot index -> worker
+        self._workers: Dict[int, Worker] = {}      # slot index -> worker
         self._watch = WatchSet(self._wake_r)
         # Set when workers cannot be started (initializer failed, or the
         # throttle tripped): no respawning, waiting units fail with it.
@@ -501,7 +327,7 @@ class Engine:
         for worker in self._workers.values():
             if worker.kill_deadline is not None and now >= worker.kill_deadline:
                 worker.kill_deadline = None     # SIGTERM was not enough
-                _signal(worker.process, signal.SIGKILL)
+                signal_process(worker.process, signal.SIGKILL)
             if worker.guard_kill is not None or not worker.inflight:
                 worker.item_deadline = None
                 continue
@@ -514,9 +340,9 @@ class Engine:
                     worker.guard_text = (f"was killed by poolguard: its RSS reached "
                                          f"{rss / 2**20:.0f} MiB, over max_worker_memory="
                                          f"{cap / 2**20:.0f} MiB,")
-                    _signal(worker.process, signal.SIGKILL)
+                    signal_process(worker.process, signal.SIGKILL)
 
-    def _check_timeout(self, worker: _Worker, now: float, timeout: float) -> None:
+    def _check_timeout(self, worker: Worker, now: float, timeout: float) -> None:
         """The worker writes each item's start time (CLOCK_MONOTONIC, shared by
         all processes) to its slot; queued time is not counted."""
         seen = self._slots.read(worker.index)
@@ -533,7 +359,7 @@ class Engine:
                                  f"task_timeout={timeout:g} s")
             worker.item_deadline = None
             worker.kill_deadline = now + TIMEOUT_GRACE
-            _signal(worker.process, signal.SIGTERM)
+            signal_process(worker.process, signal.SIGTERM)
 
     # ---- workers -------------------------------------------------------------------
 
@@ -572,12 +398,12 @@ class Engine:
             result_conn.close()
             crash_conn.close()
         os.set_blocking(task_w, False)
-        worker = _Worker(index, process, task_w, result_r, crash_r)
+        worker = Worker(index, process, task_w, result_r, crash_r)
         self._workers[index] = worker
         self._watch.add(worker.reader.fd, worker, "result")
         self._watch.add(worker.death_fd, worker, "death")
 
-    def _usable_workers(self) -> List[_Worker]:
+    def _usable_workers(self) -> List[Worker]:
         return [w for w in self._workers.values()
                 if w.ready and not (w.retiring or w.stopping or w.init_failed or w.terminated
                                     or w.guard_kill)]
@@ -630,11 +456,11 @@ class Engine:
             if not worker.terminated:   # SIGKILL follows at the deadline (_enforce_guards)
                 worker.terminated = True
                 worker.kill_deadline = now + TERMINATE_GRACE
-                _signal(worker.process, signal.SIGTERM)
+                signal_process(worker.process, signal.SIGTERM)
 
     # ---- replies -------------------------------------------------------------------
 
-    def _read_replies(self, worker: _Worker) -> str:
+    def _read_replies(self, worker: Worker) -> str:
         frames, state = worker.reader.read()
         for data in frames:
             self._on_reply(worker, data)
@@ -642,7 +468,7 @@ class Engine:
             self._watch.discard(worker.reader.fd)
         return state
 
-    def _on_reply(self, worker: _Worker, data: bytes) -> None:
+    def _on_reply(self, worker: Worker, data: bytes) -> None:
         task_id, status = REPLY_HEADER.unpack_from(data)
         body = memoryview(data)[REPLY_HEADER.size:]
         if task_id == CONTROL:
@@ -700,8 +526,8 @@ class Engine:
 
     # ---- deaths --------------------------------------------------------------------
 
-    def _on_death(self, worker: _Worker) -> None:
-        _kill_group(worker.pid)   # what the task started dies with it
+    def _on_death(self, worker: Worker) -> None:
+        kill_group(worker.pid)   # what the task started dies with it
         # Everything it wrote before dying.  Not "until EOF": a grandchild may
         # hold the write end open for as long as it lives.
         while self._read_replies(worker) == "more":
@@ -744,7 +570,7 @@ class Engine:
                   or worker.retiring or worker.guard_kill):
             self._on_fruitless_death(worker, task_id, exitcode, known)
 
-    def _crash_error(self, worker: _Worker, culprit: Unit, offset: Optional[int], item: int,
+    def _crash_error(self, worker: Worker, culprit: Unit, offset: Optional[int], item: int,
                      exitcode: Optional[int], known: bool,
                      crash_stack: Optional[str]) -> WorkerCrashedError:
         phase = {DECODING: "decoding", SENDING: "sending"}.get(item, "running")
@@ -785,7 +611,7 @@ class Engine:
             self._pending.extendleft(reversed(parts))
         return True
 
-    def _on_fruitless_death(self, worker: _Worker, task_id: int, exitcode: Optional[int],
+    def _on_fruitless_death(self, worker: Worker, task_id: int, exitcode: Optional[int],
                             known: bool) -> None:
         """A death with no task to blame (while starting, or idle).  Replaced,
         unless workers keep dying without doing any work: then stop."""
@@ -804,7 +630,7 @@ class Engine:
             f"Last: {how}", pid=worker.pid), how)
         self._fruitless_deaths = 0
 
-    def _forget(self, worker: _Worker) -> None:
+    def _forget(self, worker: Worker) -> None:
         self._watch.discard(worker.reader.fd)
         self._watch.discard(worker.death_fd)
         del self._workers[worker.index]
@@ -839,8 +665,8 @@ class Engine:
         for worker in list(self._workers.values()):
             units.extend(worker.inflight)
             worker.inflight.clear()
-            _signal(worker.process, signal.SIGKILL)
-            _kill_group(worker.pid)
+            signal_process(worker.process, signal.SIGKILL)
+            kill_group(worker.pid)
             worker.process.join()
             self._forget(worker)
         if units:
@@ -871,24 +697,8 @@ def report_callback_error() -> None:
     traceback.print_exc()
 
 
-def _signal(process, signum: int) -> None:
-    try:
-        os.kill(process.pid, signum)
-    except (ProcessLookupError, TypeError):
-        pass
-
-
-def _kill_group(pid: int) -> None:
-    """SIGKILL the process group a worker made for itself (its pid), before
-    the worker is reaped: while its zombie exists, the id cannot be reused."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass   # no such group: nothing was left, or it never made one
-
 
 def _signal_name(exitcode: Optional[int]) -> Optional[str]:
-    from .errors import signal_name
     return signal_name(-exitcode) if exitcode is not None and exitcode < 0 else None
 
 

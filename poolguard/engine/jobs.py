@@ -1,0 +1,120 @@
+"""Jobs and units: what a call of a front becomes on its way to the workers.
+
+A *job* is one call of a front (an ``apply_async``, a ``map``, a ``submit``);
+the supervisor cuts it into *units*, each sent to one worker as one frame and
+answered by one reply.  The job is the sink its units report to.
+"""
+from __future__ import annotations
+
+import itertools
+import reprlib
+from typing import Any, Callable, List, Optional, Sequence
+
+from ..errors import TaskInfo
+from ..messages import APPLY, STARMAP, encode_task
+
+_unit_ids = itertools.count()
+
+
+class Job:
+    """One call of a front (an ``apply_async``, a ``map``, a ``submit``): the sink
+    its units report to.  Fronts subclass it; the supervisor calls
+    ``unit_done``/``unit_failed`` exactly once per unit."""
+
+    def __init__(self, func: Callable, kind: int, call: str):
+        self.func = func
+        self.kind = kind
+        self.call = call
+
+    def unit_done(self, unit: "Unit", values: list) -> None:
+        raise NotImplementedError
+
+    def unit_failed(self, unit: "Unit", exc: BaseException) -> None:
+        raise NotImplementedError
+
+    def wanted(self, unit: "Unit") -> bool:
+        """False when the unit should be dropped before it is sent (cancelled)."""
+        return True
+
+    def describe(self, unit: "Unit", offset: Optional[int]) -> TaskInfo:
+        func = getattr(self.func, "__wrapped__", self.func)   # checkpoint's wrapper
+        name = getattr(func, "__qualname__", None) or repr(func)
+        items = unit.items
+        if offset is None and len(items) == 1:
+            offset = 0
+        if offset is None or offset >= len(items):
+            return TaskInfo(name, f"<{len(items)} items from {unit.start}>", unit.start, self.call)
+        item = items[offset]
+        if self.kind == APPLY:
+            args, kwds = item
+            parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwds.items()]
+            return TaskInfo(name, _clip(", ".join(parts)), None, self.call)
+        if self.kind == STARMAP:
+            try:
+                text = ", ".join(_short(a) for a in item)
+            except TypeError:
+                text = _short(item)
+            return TaskInfo(name, _clip(text), unit.start + offset, self.call)
+        return TaskInfo(name, _short(item), unit.start + offset, self.call)
+
+
+def _short(obj: Any) -> str:
+    try:
+        return reprlib.repr(obj)
+    except Exception:
+        return f"<{type(obj).__name__} with failing repr>"
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class Unit:
+    """A chunk of one job's items, sent to one worker as one frame."""
+
+    __slots__ = ("id", "job", "start", "items", "frame", "func_bytes", "attempts", "shared",
+                 "remote")
+
+    def __init__(self, job: Job, start: int, items: Sequence, func_bytes: bytes,
+                 attempts: Optional[List[str]] = None, remote: bool = False):
+        self.id = next(_unit_ids)
+        self.job = job
+        self.start = start        # index of items[0] in the job's input
+        # Kept to name the culprit if the worker dies, and because workers may
+        # read large bytes among them straight from our memory (remote).
+        self.items = items
+        self.func_bytes = func_bytes
+        self.attempts = attempts or []   # earlier failed attempts (retries)
+        self.remote = remote
+        self.frame, self.shared = encode_task(self.id, job.kind, func_bytes, items, remote)
+
+    def release(self) -> None:
+        """Free the shared buffers of its arguments: the unit is finished."""
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
+
+    def split(self, offset: Optional[int]) -> List["Unit"]:
+        """Fresh units to run this one again: with *offset*, the items before
+        it, the item at it (which keeps the attempts) and those after, so only
+        the culprit item counts as retried; without, the whole unit."""
+        if offset is None:
+            return [Unit(self.job, self.start, self.items, self.func_bytes, self.attempts,
+                         self.remote)]
+        parts = []
+        for lo, hi in ((0, offset), (offset, offset + 1), (offset + 1, len(self.items))):
+            if lo < hi:
+                parts.append(Unit(self.job, self.start + lo, self.items[lo:hi],
+                                  self.func_bytes, self.attempts if lo == offset else None,
+                                  self.remote))
+        return parts
+
+    @classmethod
+    def placeholder(cls, job: Job, start: int, items: Sequence) -> "Unit":
+        """A unit that is never sent: it only carries a failure to its job
+        (arguments that did not pickle, an iterable that raised)."""
+        unit = cls.__new__(cls)
+        unit.id, unit.job, unit.start, unit.items, unit.frame = -1, job, start, items, []
+        unit.func_bytes, unit.attempts, unit.shared, unit.remote = b"", [], None, False
+        return unit
+

@@ -1,0 +1,102 @@
+"""The supervisor's side of one worker process: its pipes, its death
+descriptor, and how it is signalled."""
+from __future__ import annotations
+
+import collections
+import os
+import signal
+from typing import Deque, Optional
+
+from .. import diagnosis
+from ..channels import FrameReader
+from ..diagnosis import WorkerWatch
+from ..worker import worker_main
+from .jobs import Unit
+
+_WORKER_FILE = f'"{worker_main.__code__.co_filename}"'   # as faulthandler quotes it
+
+
+class Worker:
+    """The supervisor's record of one worker process."""
+
+    def __init__(self, index: int, process, task_fd: int, result_fd: int, crash_fd: int):
+        self.index = index                  # its slot in the shared array
+        self.process = process
+        self.pid: int = process.pid
+        self.task_fd = task_fd
+        self.reader = FrameReader(result_fd)
+        self.crash_fd = crash_fd            # faulthandler's output at a fatal signal
+        os.set_blocking(crash_fd, False)
+        self.watch = WorkerWatch(self.pid, diagnosis.SOURCES)
+        self.death_fd, self.pidfd = _death_fd(process)
+        self.inflight: Deque[Unit] = collections.deque()
+        self.sent = 0                       # units ever sent (maxtasksperchild)
+        self.ready = False                  # initializer done
+        self.init_failed = False
+        self.retiring = False               # announced a planned exit
+        self.stopping = False               # we sent STOP
+        self.terminated = False             # we sent SIGTERM (terminate)
+        self.kill_deadline: Optional[float] = None   # when SIGKILL follows; None once sent
+        self.guard_kill: Optional[str] = None   # "timeout" or "memory": our guard killed it
+        self.guard_text: Optional[str] = None   # what the guard saw, for the message
+        self.guard_rss: Optional[int] = None
+        self.item_deadline: Optional[float] = None   # task_timeout expiry of the running item
+        self.seen_item: tuple = ()              # (task id, item, start) last read from the slot
+
+    def crash_stack(self) -> Optional[str]:
+        """What faulthandler wrote before the process died, if anything."""
+        chunks = []
+        while True:
+            try:
+                data = os.read(self.crash_fd, 65536)
+            except OSError:   # BlockingIOError included: nothing more
+                break
+            if not data:
+                break
+            chunks.append(data)
+        text = b"".join(chunks).decode("utf-8", "replace").strip()
+        # Frames from the worker loop down are ours, the same in every crash.
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            if _WORKER_FILE in line:
+                lines = lines[:i]
+                break
+        return "\n".join(lines)[-8000:] or None
+
+    def pop_unit(self, unit_id: int) -> Optional[Unit]:
+        for unit in self.inflight:
+            if unit.id == unit_id:
+                self.inflight.remove(unit)
+                return unit
+        return None
+
+
+def _death_fd(process) -> tuple:
+    """A descriptor readable once the process has exited.
+
+    A pidfd says so the moment the kernel marks the process dead, even if a
+    grandchild still holds the write end of the sentinel pipe."""
+    if hasattr(os, "pidfd_open"):
+        try:
+            fd = os.pidfd_open(process.pid)
+            return fd, fd
+        except OSError:
+            pass
+    return process.sentinel, None
+
+
+def signal_process(process, signum: int) -> None:
+    try:
+        os.kill(process.pid, signum)
+    except (ProcessLookupError, TypeError):
+        pass
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group a worker made for itself (its pid), before
+    the worker is reaped: while its zombie exists, the id cannot be reused."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass   # no such group: nothing was left, or it never made one
+
