@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import collections
+import fcntl
 import os
 import select
 import struct
@@ -215,7 +216,6 @@ class WatchSet:
 
 def grow_pipe(fd: int) -> None:
     try:
-        import fcntl
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except (ImportError, AttributeError, OSError):
+    except (AttributeError, OSError):
         pass  # the default size works, with more trips through the spiller

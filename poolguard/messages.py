@@ -22,6 +22,8 @@ from multiprocessing.pool import (MaybeEncodingError,  # type: ignore[attr-defin
                                   RemoteTraceback)
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
+import cloudpickle
+
 from . import buffers
 from .errors import UnpicklableTaskError
 
@@ -64,7 +66,6 @@ def dumps(obj: Any, collector: Optional[buffers.Collector] = None) -> bytes:
     try:
         return pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=collector)
     except (pickle.PicklingError, AttributeError, TypeError):
-        import cloudpickle
         if collector is not None:
             collector.taken.clear()
         return cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=collector)
@@ -122,7 +123,6 @@ def dumps_call(func: Callable, payload: Any, by_value_main: bool) -> bytes:
     the function it wraps."""
     func = getattr(func, "__wrapped__", func)
     if by_value_main and getattr(func, "__module__", None) == "__main__":
-        import cloudpickle
         return cloudpickle.dumps(payload, protocol=PROTOCOL)
     return dumps(payload)
 

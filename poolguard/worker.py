@@ -18,6 +18,7 @@ import struct
 import sys
 import threading
 import time
+from multiprocessing import reduction
 from typing import Any, Optional, Sequence
 
 from . import buffers
@@ -53,7 +54,6 @@ class SharedSlots:
         self.map = mmap.mmap(fd, self.size)
 
     def __reduce__(self):
-        from multiprocessing import reduction
         return (_attach, (reduction.DupFd(self.fd), self.size // _SLOT.size))
 
     def read(self, index: int) -> tuple:
@@ -87,10 +87,11 @@ def _anonymous_file(size: int) -> int:
     return fd
 
 
-def worker_main(task_conn, result_conn, crash_conn, alive_conn, slots: "SharedSlots",
-                index: int, init_bytes: Optional[bytes], maxtasks: Optional[int], timed: bool,
-                parent_pid: Optional[int], fds_to_close: Sequence[int],
-                probe: Optional[tuple] = None) -> None:
+def worker_main(spec: Any, index: int, task_conn, result_conn, crash_conn,
+                parent_pid: Optional[int], fds_to_close: Sequence[int]) -> None:
+    """The worker process: *spec* is the pool's ``WorkerSpec`` (engine/launch.py),
+    the three connections its own pipes, *parent_pid* the process whose death
+    must end it (None: unknown), *fds_to_close* what it must not hold."""
     # Ctrl-C reaches the whole process group; the parent alone handles it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A group of our own: when we die, the pool kills the group, so children a
@@ -106,29 +107,28 @@ def worker_main(task_conn, result_conn, crash_conn, alive_conn, slots: "SharedSl
     # task hangs (the test suite does it to each worker before a timeout).
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, file=2, all_threads=True)
-    for fd in fds_to_close:  # other pools' "parent alive" write ends (fork only)
+    for fd in fds_to_close:  # "parent alive" write ends, the zygote's socket (fork)
         try:
             os.close(fd)
         except OSError:
             pass
     if buffers.AVAILABLE:
         buffers.close_inherited()   # fork: other tasks' argument buffers
-    _die_with_parent(alive_conn, parent_pid)
-    slot = slots.view(index)
+    _die_with_parent(spec.alive_conn, parent_pid)
+    slot = spec.slots.view(index)
     send, recv = result_conn.send_bytes, task_conn.recv_bytes
     try:
-        if init_bytes is not None:
+        if spec.initializer is not None:
             try:
-                initializer, initargs = pickle.loads(init_bytes)
-                initializer(*initargs)
+                spec.load_initializer()(*spec.initargs)
             except BaseException as exc:
                 send(REPLY_HEADER.pack(CONTROL, INIT_FAILED) + encode_exception(exc))
                 return
         slot[0] = IDLE
         # READY says whether we may read large arguments from the parent's memory.
-        readable = b"\x01" if buffers.can_read_parent(probe) else b"\x00"
+        readable = b"\x01" if buffers.can_read_parent(spec.probe) else b"\x00"
         send(REPLY_HEADER.pack(CONTROL, READY) + readable)
-        _serve(slot, send, recv, maxtasks, timed)
+        _serve(slot, send, recv, spec.maxtasks, spec.timed)
     except OSError:
         return  # the parent closed our pipes: it is gone or terminating us
 
@@ -202,8 +202,8 @@ def _run_timed(slot: memoryview, clock, func, items, star: bool) -> list:
 def _die_with_parent(alive_conn, parent_pid: Optional[int]) -> None:
     """Exit when the pool's process dies, even by SIGKILL.
 
-    Linux: PR_SET_PDEATHSIG, valid while the supervisor thread that started us
-    lives, which is as long as the pool.  Everywhere: a thread blocked on a
+    Linux: PR_SET_PDEATHSIG, valid while the thread that forked us lives: the
+    zygote's only thread (fork), or the supervisor thread (spawn).  Everywhere: a thread blocked on a
     pipe whose only write end the pool process holds; EOF means it is gone.
     """
     if parent_pid is not None and sys.platform.startswith("linux"):

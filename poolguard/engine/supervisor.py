@@ -4,12 +4,16 @@ Data flow::
 
   caller threads               supervisor thread (owns all state)         worker processes
   --------------               ----------------------------------         ----------------
-  Pool / ProcessPoolExecutor
-    | Engine.submit(units)
-    v
+  Pool() / ProcessPoolExecutor()
+    | (fork) fork the zygote, single-threaded -------------------------> zygote (launch.py,
+    |   before any thread of ours exists                                  zygote.py)
+    | Engine.submit(units)                                                  | forks each worker
+    v                                                                       v on request
   pending deque --wake pipe--> wait(wake pipe, every result pipe, every death fd;
                                    timeout: next guard deadline or memory sample)
                                   |
+                                  | start a worker: launcher.start (zygote under fork,
+                                  |   multiprocessing under spawn/forkserver)
                                   | dispatch: at most PREFETCH units a worker
                                   |   (large arguments go outside the pipe, buffers.py)
                                   |   non-blocking write ---- task pipe ----> worker_main
@@ -20,13 +24,15 @@ Data flow::
                                   | decode (guarded) -> job.unit_done / unit_failed
                                   |
                                   | death fd readable (pidfd, else sentinel):
-                                  |   drain the result pipe, reap, read the slot,
+                                  |   drain the result pipe, reap (through the
+                                  |   zygote under fork), read the slot,
                                   |   diagnose (diagnosis.py), fail exactly the
                                   |   unit that was running or retry it,
                                   |   requeue the units it had not started,
                                   |   start a replacement
                                   |
-                                  | guards: a slot past task_timeout -> SIGTERM;
+                                  | guards: a slot past task_timeout -> SIGUSR2 (the
+                                  |   worker's stacks to its crash pipe), then SIGTERM;
                                   |   RSS over max_worker_memory -> SIGKILL
 
 Every state change happens in the supervisor loop, whose only blocking point
@@ -54,14 +60,16 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequenc
 
 from .. import buffers, diagnosis
 from ..channels import Spiller, WatchSet, grow_pipe
-from ..diagnosis import KernelLog, diagnose, zombie_exit_status
+from ..diagnosis import KernelLog, diagnose
 from ..errors import (PoolTerminatedError, PoolThrottledError, TaskTimeoutError,
                       WorkerCrashedError, WorkerInitError, WorkerMemoryError, signal_name)
 from ..options import Guards
 from ..messages import (CONTROL, INIT_FAILED, OK, RAISED, READY, REPLY_HEADER, RETIRING,
                         STOP, TASK_HEADER, UNENCODABLE, decode_exception, dumps_call,
                         encoding_error, frame)
-from ..worker import DECODING, INITIALIZING, SENDING, SharedSlots, worker_main
+from ..worker import DECODING, INITIALIZING, SENDING, SharedSlots
+from .launch import (StartError, WorkerSpec, ZygoteLauncher, make_launcher, parent_only,
+                     release_parent_only)
 from .jobs import Job, Unit
 from .workers import Worker, kill_group, signal_process
 
@@ -74,7 +82,6 @@ MEMORY_SAMPLE_INTERVAL = 0.01   # seconds between RSS checks when max_worker_mem
 RUNNING, CLOSING, TERMINATING, FINISHED = "running", "closing", "terminating", "finished"
 
 _live_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
-_alive_write_fds: set = set()    # every engine's "parent alive" write end, closed in forked workers
 
 
 class Engine:
@@ -93,11 +100,6 @@ class Engine:
         self.start_method = context.get_start_method()
         self._maxtasks = maxtasks
         self._initializer = initializer
-        # Functions of __main__ go by value where the worker has another __main__.
-        self._by_value = self.start_method != "fork"
-        self._init_bytes = (dumps_call(initializer, (initializer, tuple(initargs)),
-                                       self._by_value)
-                            if initializer is not None else None)
         self._lock = threading.Lock()
         self._pending: Deque[Unit] = collections.deque()
         self._state = RUNNING
@@ -106,9 +108,15 @@ class Engine:
         os.set_blocking(self._wake_r, False)
         self._woken = False
         alive_r, self._alive_w = os.pipe()
-        _alive_write_fds.add(self._alive_w)
+        parent_only(self._alive_w)
         self._alive_conn = Connection(alive_r, writable=False)
         self._slots = SharedSlots(processes)
+        # Before any thread of ours exists: under fork this forks the zygote.
+        self._launcher = make_launcher(context, self._worker_spec(initializer, initargs))
+        # Under fork, workers have the __main__ of this moment: a function
+        # of __main__ defined later goes by value, as under spawn.
+        self._main_at_start = ({k: v for k, v in vars(sys.modules["__main__"]).items()
+                                if callable(v)} if isinstance(self._launcher, ZygoteLauncher) else None)
         self._workers: Dict[int, Worker] = {}      # slot index -> worker
         self._watch = WatchSet(self._wake_r)
         # Set when workers cannot be started (initializer failed, or the
@@ -128,6 +136,8 @@ class Engine:
         self._kernel_log = KernelLog(diagnosis.SOURCES)
         self._next_sample = 0.0
         self.sample_interval: Optional[float] = RSS_SAMPLE_INTERVAL   # None: no sampling
+        if self._launcher.death_fd is not None:
+            self._watch.add(self._launcher.death_fd, self._launcher, "launcher")
         self._thread = threading.Thread(target=self._run, name="poolguard-supervisor",
                                         daemon=True)
         _live_engines.add(self)
@@ -135,8 +145,25 @@ class Engine:
 
     # ---- called from other threads -------------------------------------------------
 
+    def _worker_spec(self, initializer: Optional[Callable], initargs: Iterable) -> WorkerSpec:
+        if initializer is not None and self.start_method != "fork":
+            initializer = dumps_call(initializer, initializer, True)   # type: ignore[assignment]
+        return WorkerSpec(self._alive_conn, self._slots, initializer, tuple(initargs),
+                          self._maxtasks, self.guards.task_timeout is not None,
+                          buffers.probe_handle())
+
     def encode_function(self, func: Callable) -> bytes:
-        return dumps_call(func, func, self._by_value)
+        return dumps_call(func, func, self._by_value(func))
+
+    def _by_value(self, func: Callable) -> bool:
+        """Must a function of __main__ go by value (the worker may not have it)?"""
+        if self.start_method != "fork":
+            return True
+        main = self._main_at_start
+        if main is None:   # workers are forked from this process as it is now
+            return False
+        func = getattr(func, "__wrapped__", func)
+        return main.get(getattr(func, "__name__", None)) is not func
 
     def submit_items(self, job: Job, items: Sequence, chunksize: int, start: int = 0,
                      func_bytes: Optional[bytes] = None, open_call: bool = False) -> None:
@@ -292,7 +319,9 @@ class Engine:
                 self._woken = False
                 continue
             worker, what = self._watch.owner[fd]
-            if what == "result":
+            if what == "launcher":
+                self._on_launcher_death()
+            elif what == "result":
                 self._read_replies(worker)
             else:
                 deaths.append(worker)
@@ -381,22 +410,14 @@ class Engine:
         for fd in (task_w, result_w):
             grow_pipe(fd)
         self._slots.write(index, INITIALIZING, 0)
-        task_conn = Connection(task_r, writable=False)
-        result_conn = Connection(result_w, readable=False)
-        crash_conn = Connection(crash_w, readable=False)
-        fork = self.start_method == "fork"
-        process = self.context.Process(
-            target=worker_main, name=f"poolguard-worker-{index}",
-            args=(task_conn, result_conn, crash_conn, self._alive_conn, self._slots, index,
-                  self._init_bytes, self._maxtasks, self.guards.task_timeout is not None,
-                  os.getpid() if self.start_method != "forkserver" else None,
-                  sorted(_alive_write_fds) if fork else [], buffers.probe_handle()))
-        try:
-            process.start()
-        finally:
-            task_conn.close()      # the child has its own copies now
-            result_conn.close()
-            crash_conn.close()
+        try:   # the launcher closes the child's ends
+            process = self._launcher.start(index, task_r, result_w, crash_w)
+        except StartError as exc:
+            for fd in (task_w, result_r, crash_r):
+                os.close(fd)
+            self._set_init_error(WorkerInitError(f"could not start a worker: {exc}"),
+                                 exc.__cause__)
+            return
         os.set_blocking(task_w, False)
         worker = Worker(index, process, task_w, result_r, crash_r)
         self._workers[index] = worker
@@ -532,17 +553,7 @@ class Engine:
         # hold the write end open for as long as it lives.
         while self._read_replies(worker) == "more":
             pass
-        exitcode = None
-        if self.start_method == "forkserver":
-            # Not our child: its status comes through the fork server, which
-            # reports 255 when it cannot read it.  Read it ourselves first.
-            exitcode = zombie_exit_status(worker.pid, diagnosis.SOURCES)
-            worker.process.join(1.0)
-            if exitcode is None and worker.process.exitcode != 255:
-                exitcode = worker.process.exitcode
-        else:
-            worker.process.join()
-            exitcode = worker.process.exitcode
+        exitcode = worker.process.reap()
         known = exitcode is not None
         task_id, item, _started = self._slots.read(worker.index)
         culprit = None
@@ -611,6 +622,12 @@ class Engine:
             self._pending.extendleft(reversed(parts))
         return True
 
+    def _on_launcher_death(self) -> None:
+        """The zygote died: its workers die with it (their deaths come as
+        usual), and no new one can start; waiting and later tasks fail."""
+        self._watch.discard(self._launcher.death_fd)
+        self._set_init_error(WorkerInitError(self._launcher.died()), None)
+
     def _on_fruitless_death(self, worker: Worker, task_id: int, exitcode: Optional[int],
                             known: bool) -> None:
         """A death with no task to blame (while starting, or idle).  Replaced,
@@ -637,13 +654,8 @@ class Engine:
         os.close(worker.reader.fd)
         os.close(worker.crash_fd)
         self._spiller.close_fd(worker.task_fd)
-        if worker.pidfd is not None:
-            os.close(worker.pidfd)
         worker.watch.close()
-        try:
-            worker.process.close()
-        except ValueError:
-            pass  # forkserver did not report the status in time; it reaps the process
+        worker.process.close()
 
     def _sample_memory(self) -> None:
         now = time.monotonic()
@@ -667,15 +679,16 @@ class Engine:
             worker.inflight.clear()
             signal_process(worker.process, signal.SIGKILL)
             kill_group(worker.pid)
-            worker.process.join()
+            worker.process.reap()
             self._forget(worker)
+        self._launcher.close()
         if units:
             failure = error if error is not None else PoolTerminatedError(
                 "the pool shut down before this task finished")
             for unit in units:
                 self._deliver_failure(unit, failure)
         self._spiller.stop()
-        _alive_write_fds.discard(self._alive_w)
+        release_parent_only(self._alive_w)
         for fd in (self._alive_w, self._wake_r, self._wake_w):
             os.close(fd)
         self._alive_conn.close()

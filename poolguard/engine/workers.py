@@ -1,5 +1,5 @@
-"""The supervisor's side of one worker process: its pipes, its death
-descriptor, and how it is signalled."""
+"""The supervisor's record of one worker: its process handle (see
+launch.py), its pipes, what it has in flight, and what the guards did to it."""
 from __future__ import annotations
 
 import collections
@@ -8,6 +8,7 @@ import signal
 from typing import Deque, Optional
 
 from .. import diagnosis
+from .launch import WorkerProcess
 from ..channels import FrameReader
 from ..diagnosis import WorkerWatch
 from ..worker import worker_main
@@ -19,7 +20,7 @@ _WORKER_FILE = f'"{worker_main.__code__.co_filename}"'   # as faulthandler quote
 class Worker:
     """The supervisor's record of one worker process."""
 
-    def __init__(self, index: int, process, task_fd: int, result_fd: int, crash_fd: int):
+    def __init__(self, index: int, process: WorkerProcess, task_fd: int, result_fd: int, crash_fd: int):
         self.index = index                  # its slot in the shared array
         self.process = process
         self.pid: int = process.pid
@@ -28,7 +29,7 @@ class Worker:
         self.crash_fd = crash_fd            # faulthandler's output at a fatal signal
         os.set_blocking(crash_fd, False)
         self.watch = WorkerWatch(self.pid, diagnosis.SOURCES)
-        self.death_fd, self.pidfd = _death_fd(process)
+        self.death_fd = process.death_fd
         self.inflight: Deque[Unit] = collections.deque()
         self.sent = 0                       # units ever sent (maxtasksperchild)
         self.ready = False                  # initializer done
@@ -71,21 +72,8 @@ class Worker:
         return None
 
 
-def _death_fd(process) -> tuple:
-    """A descriptor readable once the process has exited.
-
-    A pidfd says so the moment the kernel marks the process dead, even if a
-    grandchild still holds the write end of the sentinel pipe."""
-    if hasattr(os, "pidfd_open"):
-        try:
-            fd = os.pidfd_open(process.pid)
-            return fd, fd
-        except OSError:
-            pass
-    return process.sentinel, None
-
-
 def signal_process(process, signum: int) -> None:
+    """Signal a worker not yet reaped (so its pid cannot have been reused)."""
     try:
         os.kill(process.pid, signum)
     except (ProcessLookupError, TypeError):

@@ -1,0 +1,286 @@
+"""How worker processes are started, reaped and signalled, per start method.
+
+Two launchers, one interface (``start``, then ``reap`` through the handle):
+
+* :class:`ZygoteLauncher` -- ``fork``.  Workers are forked by the pool's
+  zygote (zygote.py), a process forked from the caller's thread inside
+  ``Pool()`` before any thread of the pool exists.  It stays single-threaded,
+  so no worker, first or replacement, can inherit a lock that another thread
+  held at the instant of the fork.  Workers see the program as it was at
+  ``Pool()``, as with ``multiprocessing.Pool``.
+* :class:`ContextLauncher` -- ``spawn`` and ``forkserver`` (and ``fork``
+  where the zygote cannot watch its workers: no pidfd): ``multiprocessing``
+  starts the process; a fresh interpreter has no inherited locks.
+
+Either way the supervisor watches a *death fd* per worker (a pidfd: readable
+the moment the process exits, even if a grandchild holds its pipes) and
+learns the exit status from whoever is its parent.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import socket
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Callable, List, Optional, Set
+
+from .. import diagnosis
+from ..diagnosis import zombie_exit_status
+from ..errors import signal_name
+from ..worker import SharedSlots, worker_main
+from . import zygote
+
+# Descriptors only the pool's own process may hold ("parent alive" write ends,
+# zygote sockets): a child that kept one would hide the owner's death.
+_parent_only_fds: Set[int] = set()
+ZYGOTE_REPLY_TIMEOUT = 30.0   # a fork of a very large process can take a while
+
+
+def parent_only(fd: int) -> int:
+    _parent_only_fds.add(fd)
+    return fd
+
+
+def release_parent_only(fd: int) -> None:
+    _parent_only_fds.discard(fd)
+
+
+def close_parent_only_fds() -> None:
+    """In a process forked from the pool's: close what only the pool may hold."""
+    for fd in list(_parent_only_fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _parent_only_fds.clear()
+
+
+class StartError(Exception):
+    """A worker could not be started (the message says why)."""
+
+
+@dataclass
+class WorkerSpec:
+    """What every worker of one pool starts with: one parameters object
+    instead of a dozen arguments.  Under fork the zygote holds it as live
+    objects; under spawn and forkserver it is pickled with the process, which
+    lets ``initargs`` carry locks, events and queues as the stdlib does."""
+
+    alive_conn: Connection            # EOF when the pool's process is gone
+    slots: SharedSlots
+    initializer: Any                  # callable (fork) or its pickle (spawn/forkserver)
+    initargs: tuple
+    maxtasks: Optional[int]
+    timed: bool                       # write each item's start time (task_timeout)
+    probe: Optional[tuple]            # may the worker read our memory? (buffers.py)
+
+    def load_initializer(self) -> Optional[Callable]:
+        init = self.initializer
+        return pickle.loads(init) if isinstance(init, bytes) else init
+
+
+class WorkerProcess:
+    """A started worker as the supervisor handles it."""
+
+    pid: int
+    death_fd: int      # readable once the process has exited
+
+    def reap(self) -> Optional[int]:
+        """Collect the dead process; its exit code as ``Process.exitcode``
+        reports it, or None when it cannot be known."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class ContextProcess(WorkerProcess):
+    """A worker that ``multiprocessing`` started in our process."""
+
+    def __init__(self, process: Any, forkserver: bool):
+        self.process = process
+        self.pid = process.pid
+        self._forkserver = forkserver
+        self.pidfd = _pidfd(self.pid)
+        self.death_fd = self.pidfd if self.pidfd is not None else process.sentinel
+
+    def reap(self) -> Optional[int]:
+        if not self._forkserver:
+            self.process.join()
+            return self.process.exitcode
+        # Not our child: its status comes through the fork server, which
+        # reports 255 when it cannot read it.  Read it ourselves first.
+        exitcode = zombie_exit_status(self.pid, diagnosis.SOURCES)
+        self.process.join(1.0)
+        if exitcode is None and self.process.exitcode != 255:
+            exitcode = self.process.exitcode
+        return exitcode
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        try:
+            self.process.close()
+        except ValueError:
+            pass  # forkserver did not report the status in time; it reaps the process
+
+
+class ContextLauncher:
+    """Workers started by ``multiprocessing`` (spawn, forkserver)."""
+
+    death_fd: Optional[int] = None   # nothing of ours besides the workers can die
+
+    def __init__(self, context: Any, spec: WorkerSpec):
+        self.context = context
+        self.spec = spec
+        self._method = context.get_start_method()
+
+    def start(self, index: int, task_r: int, result_w: int, crash_w: int) -> WorkerProcess:
+        conns = (Connection(task_r, writable=False), Connection(result_w, readable=False),
+                 Connection(crash_w, readable=False))
+        fork = self._method == "fork"
+        process = self.context.Process(
+            target=worker_main, name=f"poolguard-worker-{index}",
+            args=(self.spec, index, *conns,
+                  os.getpid() if self._method != "forkserver" else None,
+                  sorted(_parent_only_fds) if fork else []))
+        try:
+            process.start()
+        except Exception as exc:
+            raise StartError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            for conn in conns:     # the child has its own copies now
+                conn.close()
+        return ContextProcess(process, self._method == "forkserver")
+
+    def close(self) -> None:
+        pass
+
+
+class ZygoteProcess(WorkerProcess):
+    """A worker forked by the zygote: its child, not ours."""
+
+    def __init__(self, pid: int, pidfd: int, launcher: "ZygoteLauncher"):
+        self.pid = pid
+        self.pidfd: Optional[int] = pidfd
+        self.death_fd = pidfd
+        self._launcher = launcher
+
+    def reap(self) -> Optional[int]:
+        return self._launcher.reap(self.pid)
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+class ZygoteLauncher:
+    """Workers forked by a single-threaded zygote (fork start method).
+
+    Made in ``Pool()``, on the caller's thread, before the supervisor thread
+    starts.  The supervisor asks it to fork a worker (passing the worker's
+    pipe ends over a Unix socket) and, after the worker's pidfd says it died,
+    to reap it: one short request and reply each.  Until then the worker is
+    a zombie, so its pid and process group id cannot be reused.
+    """
+
+    def __init__(self, context: Any, spec: WorkerSpec):
+        self.spec = spec
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent_only(ours.fileno())
+        self.pid = zygote.fork_zygote(theirs, spec, _parent_only_fds)
+        theirs.close()
+        self._sock = ours
+        self.pidfd = os.pidfd_open(self.pid)
+        self.death_fd: Optional[int] = self.pidfd   # the supervisor watches it
+        self.exitcode: Optional[int] = None
+
+    def start(self, index: int, task_r: int, result_w: int, crash_w: int) -> WorkerProcess:
+        try:
+            reply = self._ask(("fork", index), [task_r, result_w, crash_w])
+        finally:
+            for fd in (task_r, result_w, crash_w):
+                os.close(fd)
+        if reply[0] != "ok":
+            raise StartError(reply[1])
+        pid = reply[1]
+        try:
+            return ZygoteProcess(pid, os.pidfd_open(pid), self)
+        except OSError as exc:   # cannot be: the zygote has not reaped it
+            raise StartError(f"cannot watch worker {pid}: {exc}") from exc
+
+    def reap(self, pid: int) -> Optional[int]:
+        try:
+            reply = self._ask(("reap", pid))
+        except StartError:
+            return None    # the zygote is gone: nobody can read the status now
+        return reply[1]
+
+    def _ask(self, request: tuple, fds: List[int] = ()) -> tuple:  # type: ignore[assignment]
+        if self.exitcode is not None:
+            raise StartError(self.describe_death())
+        try:
+            socket.send_fds(self._sock, [pickle.dumps(request)], list(fds))
+            ready, _, _ = select.select([self._sock], [], [], ZYGOTE_REPLY_TIMEOUT)
+            data = self._sock.recv(65536) if ready else None
+        except OSError as exc:
+            data = None
+            why = f"{exc}"
+        else:
+            why = "no answer" if data is None else "it closed its socket"
+        if not data:
+            raise StartError(f"the pool's zygote (pid {self.pid}) did not answer: {why}")
+        return pickle.loads(data)
+
+    def died(self) -> str:
+        """Called once its pidfd is readable: reap it, and say what happened."""
+        _, status = os.waitpid(self.pid, 0)
+        self.exitcode = os.waitstatus_to_exitcode(status)
+        return self.describe_death()
+
+    def describe_death(self) -> str:
+        code = self.exitcode
+        how = (f"was killed by {signal_name(-code)}" if code is not None and code < 0
+               else f"exited with code {code}")
+        return (f"the pool's zygote, the process that forks its workers (pid {self.pid}), "
+                f"{how}; no new worker can be started. Create a new pool")
+
+    def close(self) -> None:
+        """Closing the socket tells the zygote to kill what is left and exit."""
+        release_parent_only(self._sock.fileno())
+        self._sock.close()
+        if self.exitcode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self.exitcode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                pass
+        os.close(self.pidfd)
+
+
+def _pidfd(pid: int) -> Optional[int]:
+    if hasattr(os, "pidfd_open"):
+        try:
+            return os.pidfd_open(pid)
+        except OSError:
+            pass
+    return None
+
+
+def can_use_zygote() -> bool:
+    """The zygote needs pidfds to watch workers that are not our children."""
+    fd = _pidfd(os.getpid())
+    if fd is None:
+        return False
+    os.close(fd)
+    return hasattr(socket, "send_fds")
+
+
+def make_launcher(context: Any, spec: WorkerSpec):
+    if context.get_start_method() == "fork" and can_use_zygote():
+        return ZygoteLauncher(context, spec)
+    return ContextLauncher(context, spec)
