@@ -12,6 +12,7 @@ from .checkpoint import Checkpoint, CheckpointWarning
 from .errors import (PoolguardError, PoolTerminatedError, PoolThrottledError, TaskInfo,
                      TaskTimeoutError, UnpicklableTaskError, WorkerCrashedError,
                      WorkerInitError, WorkerMemoryError)
+from .engine.workers import WorkerStatus
 from .executor import ProcessPoolExecutor
 from .pool import ApplyResult, AsyncResult, IMapIterator, MapResult, Pool
 
@@ -19,6 +20,6 @@ __all__ = [
     "Pool", "ProcessPoolExecutor", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "PoolguardError", "WorkerCrashedError", "WorkerInitError", "UnpicklableTaskError",
     "PoolTerminatedError", "PoolThrottledError", "TaskTimeoutError", "WorkerMemoryError",
-    "TaskInfo", "Checkpoint", "CheckpointWarning",
+    "TaskInfo", "WorkerStatus", "Checkpoint", "CheckpointWarning",
 ]
 __version__ = "0.1.0"

@@ -195,6 +195,30 @@ class MemoryCgroup:
         return os.path.join(self.directory, "cgroup.procs")
 
 
+def _stat_fields(pid: int, sources: Sources) -> List[str]:
+    """/proc/PID/stat from field 3 (the state) on; empty when unreadable."""
+    text = read_text(f"{sources.proc}/{pid}/stat")
+    if not text or ")" not in text:
+        return []
+    return text.rsplit(")", 1)[1].split()
+
+
+def process_state(pid: int, sources: Sources = SOURCES) -> Optional[str]:
+    """The state letter of /proc/PID/stat (R, S, D, T, t, Z...), or None."""
+    fields = _stat_fields(pid, sources)
+    return fields[0] if fields else None
+
+
+def rss_of(pid: int, sources: Sources = SOURCES) -> Optional[int]:
+    """Resident memory of a live process in bytes, or None."""
+    text = read_text(f"{sources.proc}/{pid}/statm")
+    try:
+        rss = int(text.split()[1]) * _PAGE if text else 0
+    except (ValueError, IndexError):
+        return None
+    return rss or None
+
+
 # ---- per-worker record -------------------------------------------------------------
 
 @dataclass
@@ -217,6 +241,8 @@ class WorkerWatch:
                 self._statm = os.open(f"{self.sources.proc}/{self.pid}/statm", os.O_RDONLY)
             rss = int(os.pread(self._statm, 128, 0).split()[1]) * _PAGE
         except (OSError, ValueError, IndexError):
+            return None
+        if rss == 0:   # an exited process (a zombie) reads as zeros: not a sample
             return None
         self.rss_last = rss
         self.task_peak = rss if self.task_peak is None else max(self.task_peak, rss)
@@ -399,10 +425,7 @@ def zombie_exit_status(pid: int, sources: Sources = SOURCES) -> Optional[int]:
     """The exit status of a dead process not yet reaped, as Process.exitcode
     reports it (negative for a signal); for workers we are not the parent of
     (forkserver), whose status reaches us second-hand."""
-    text = read_text(f"{sources.proc}/{pid}/stat")
-    if not text or ")" not in text:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid, sources)
     if len(fields) < 50 or fields[0] != "Z":
         return None
     try:

@@ -87,6 +87,8 @@ class WorkerCrashedError(PoolguardError):
     - ``attempts``: with ``retries``, one line per earlier failed attempt.
     """
 
+    stack_title = "Python stack at the crash, as faulthandler wrote it"
+
     def __init__(self, message: str, *, pid: Optional[int] = None,
                  exitcode: Optional[int] = None, signal: Optional[str] = None,
                  task: Optional[TaskInfo] = None, oom: Optional[bool] = None,
@@ -141,7 +143,9 @@ class WorkerCrashedError(PoolguardError):
             how = f"exited with code {exitcode}"
         what = _PHASES.get(phase, f"while {phase}")
         message = f"worker {pid} {how} {what}" + (f" {task}" if task is not None else "")
-        if diagnosis is not None and diagnosis.verdict in ("confirmed", "likely", "possible"):
+        if guard is not None:
+            pass   # poolguard stopped it itself: no guessing at other causes
+        elif diagnosis is not None and diagnosis.verdict in ("confirmed", "likely", "possible"):
             message += f". OOM {diagnosis.verdict}: {diagnosis.evidence}"
         elif diagnosis is not None and diagnosis.outside_kill:
             message += f". {diagnosis.evidence[0].upper()}{diagnosis.evidence[1:]}"
@@ -153,7 +157,7 @@ class WorkerCrashedError(PoolguardError):
         if peak_rss is not None and "RSS peaked" not in message:
             message += f" (RSS peaked at {peak_rss / 2**20:.0f} MiB during the task)"
         if crash_stack:
-            message += "\nPython stack at the crash, as faulthandler wrote it:\n" + crash_stack
+            message += f"\n{cls.stack_title}:\n{crash_stack}"
         oom = diagnosis.oom if diagnosis is not None else (
             False if signame in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT") else None)
         return cls(message, pid=pid, exitcode=exitcode, signal=signame, task=task, oom=oom,
@@ -165,8 +169,10 @@ class WorkerCrashedError(PoolguardError):
 
 class TaskTimeoutError(WorkerCrashedError, TimeoutError):
     """The task ran past ``task_timeout``; its worker was stopped and replaced.
-    ``limit`` is the timeout in seconds."""
+    ``limit`` is the timeout in seconds; ``crash_stack`` holds where every
+    thread of the worker was when the timeout fired."""
 
+    stack_title = "Where the worker was when task_timeout fired (every thread)"
     limit: Optional[float] = None
 
 

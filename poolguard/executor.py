@@ -7,6 +7,7 @@ from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
 
 from .checkpoint import CheckpointArg, checkpointed
+from .engine.workers import WorkerStatus
 from .engine import Engine, Job, Unit
 from .messages import APPLY, STARMAP
 from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
@@ -151,6 +152,18 @@ class ProcessPoolExecutor(Executor):
     def pids(self) -> List[int]:
         """Pids of the live worker processes (a snapshot)."""
         return self._engine.pids if self._engine is not None else []
+
+    def status(self) -> List[WorkerStatus]:
+        """What each worker is doing now: pid, state ("starting", "idle",
+        "busy", "stopped"), task, seconds on it, RSS.  For a stuck pool with
+        no task_timeout: ``print(*pool.status(), sep="\\n")``."""
+        return self._engine.status() if self._engine is not None else []
+
+    def dump_stacks(self) -> None:
+        """Make each worker print every thread's Python stack to its stderr
+        (the tasks go on): where a task is stuck."""
+        if self._engine is not None:
+            self._engine.dump_stacks()
 
 
 def _results_in_order(futures: List[Future], end: Optional[float]) -> Iterator[Any]:

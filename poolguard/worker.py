@@ -41,10 +41,10 @@ _SLOT = struct.Struct("qqq")
 
 
 class SharedSlots:
-    """One [task id, item, item start time] triple of int64 per worker slot,
-    in shared memory the pool owns and frees (a memfd; passed to spawned
-    workers as a descriptor).  The start time (CLOCK_MONOTONIC ns) is written
-    only when the pool has a task_timeout."""
+    """One [task id, item, start time] triple of int64 per worker slot, in
+    shared memory the pool owns and frees (a memfd; passed to spawned workers
+    as a descriptor).  The start time (CLOCK_MONOTONIC ns) is the unit's, or
+    each item's when the pool has a task_timeout."""
 
     def __init__(self, count: int, fd: Optional[int] = None):
         self.size = _SLOT.size * count
@@ -107,6 +107,10 @@ def worker_main(spec: Any, index: int, task_conn, result_conn, crash_conn,
     # task hangs (the test suite does it to each worker before a timeout).
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, file=2, all_threads=True)
+    # SIGUSR2: the same to the crash pipe, where the pool reads it after the
+    # worker's end (task_timeout: where the task hung).
+    if hasattr(signal, "SIGUSR2"):
+        faulthandler.register(signal.SIGUSR2, file=crash_conn.fileno(), all_threads=True)
     for fd in fds_to_close:  # "parent alive" write ends, the zygote's socket (fork)
         try:
             os.close(fd)
@@ -146,8 +150,7 @@ def _serve(slot: memoryview, send, recv, maxtasks: Optional[int], timed: bool) -
         task_id, handle_size = TASK_HEADER.unpack_from(data)
         if task_id == STOP:
             return
-        if timed:
-            slot[2] = clock()   # before the item word: the parent reads them in that order
+        slot[2] = clock()   # before the item word: the parent reads them in that order
         slot[0], slot[1] = task_id, DECODING
         out: list = []
         items = None   # still unbound if decoding the task fails
@@ -215,11 +218,11 @@ def _die_with_parent(alive_conn, parent_pid: Optional[int]) -> None:
         if os.getppid() != parent_pid:  # died before prctl took effect
             os._exit(1)
 
-    def watch() -> None:
+    def _watch_parent() -> None:
         try:
             alive_conn.recv_bytes()
         except (EOFError, OSError):
             pass
         os._exit(1)
 
-    threading.Thread(target=watch, name="poolguard-parent-watch", daemon=True).start()
+    threading.Thread(target=_watch_parent, name="poolguard-parent-watch", daemon=True).start()

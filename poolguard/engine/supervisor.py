@@ -71,12 +71,13 @@ from ..worker import DECODING, INITIALIZING, SENDING, SharedSlots
 from .launch import (StartError, WorkerSpec, ZygoteLauncher, make_launcher, parent_only,
                      release_parent_only)
 from .jobs import Job, Unit
-from .workers import Worker, kill_group, signal_process
+from .workers import Worker, WorkerStatus, kill_group, signal_process
 
 PREFETCH = 2                # units in flight per worker: one running, one waiting in its pipe
 RSS_SAMPLE_INTERVAL = 0.1   # seconds between memory samples of busy workers
 TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
 TIMEOUT_GRACE = 0.2         # seconds between SIGTERM and SIGKILL for a task past its timeout
+STACK_GRACE = 0.05          # seconds for a worker past its timeout to write its stacks
 MEMORY_SAMPLE_INTERVAL = 0.01   # seconds between RSS checks when max_worker_memory is set
 
 RUNNING, CLOSING, TERMINATING, FINISHED = "running", "closing", "terminating", "finished"
@@ -267,6 +268,34 @@ class Engine:
         """Pids of the live workers (a snapshot)."""
         return [w.pid for w in list(self._workers.values())]
 
+    def status(self) -> List[WorkerStatus]:
+        """What each worker is doing now; safe from any thread (it reads the
+        workers' slots and /proc, and copies what it looks at)."""
+        out = []
+        now = time.monotonic_ns()
+        for worker in list(self._workers.values()):
+            task_id, item, started = self._slots.read(worker.index)
+            task, elapsed, state = None, None, "idle"
+            if task_id == INITIALIZING:
+                state = "starting"
+            elif task_id >= 0:
+                state = "busy"
+                elapsed = (now - started) / 1e9 if started else None
+                unit = next((u for u in list(worker.inflight) if u.id == task_id), None)
+                if unit is not None:
+                    task = unit.job.describe(unit, item if item >= 0 else None)
+            if diagnosis.process_state(worker.pid) in ("T", "t"):
+                state = "stopped"
+            out.append(WorkerStatus(worker.pid, state, task, elapsed,
+                                    diagnosis.rss_of(worker.pid)))
+        return out
+
+    def dump_stacks(self) -> None:
+        """Make every worker print the stack of each of its threads to its
+        stderr (SIGUSR1, handled by faulthandler); the tasks go on."""
+        for worker in list(self._workers.values()):
+            signal_process(worker.process, signal.SIGUSR1)
+
     def _wake(self) -> None:
         if self._woken:
             return
@@ -339,7 +368,7 @@ class Engine:
                 any(w.inflight for w in self._workers.values()):
             timeouts.append(max(0.0, self._next_memory_check - time.monotonic()))
         deadlines = [d for w in self._workers.values()
-                     for d in (w.kill_deadline, w.item_deadline) if d is not None]
+                     for d in (w.next_signal_at(), w.item_deadline) if d is not None]
         if deadlines:
             timeouts.append(max(0.0, min(deadlines) - time.monotonic()))
         return min(timeouts) if timeouts else None
@@ -354,9 +383,7 @@ class Engine:
         if check_memory:
             self._next_memory_check = now + MEMORY_SAMPLE_INTERVAL
         for worker in self._workers.values():
-            if worker.kill_deadline is not None and now >= worker.kill_deadline:
-                worker.kill_deadline = None     # SIGTERM was not enough
-                signal_process(worker.process, signal.SIGKILL)
+            worker.send_due_signals(now)
             if worker.guard_kill is not None or not worker.inflight:
                 worker.item_deadline = None
                 continue
@@ -387,8 +414,11 @@ class Engine:
             worker.guard_text = (f"was stopped by poolguard after the task ran past "
                                  f"task_timeout={timeout:g} s")
             worker.item_deadline = None
-            worker.kill_deadline = now + TIMEOUT_GRACE
-            signal_process(worker.process, signal.SIGTERM)
+            # First its stacks (faulthandler, to the crash pipe), then the
+            # end: a SIGTERM arriving during the dump would cut it short.
+            signal_process(worker.process, signal.SIGUSR2)
+            worker.escalate([(now + STACK_GRACE, signal.SIGTERM),
+                             (now + STACK_GRACE + TIMEOUT_GRACE, signal.SIGKILL)])
 
     # ---- workers -------------------------------------------------------------------
 
@@ -474,10 +504,10 @@ class Engine:
                 self._deliver_failure(unit, error)
         now = time.monotonic()
         for worker in self._workers.values():
-            if not worker.terminated:   # SIGKILL follows at the deadline (_enforce_guards)
+            if not worker.terminated:
                 worker.terminated = True
-                worker.kill_deadline = now + TERMINATE_GRACE
                 signal_process(worker.process, signal.SIGTERM)
+                worker.escalate([(now + TERMINATE_GRACE, signal.SIGKILL)])
 
     # ---- replies -------------------------------------------------------------------
 
@@ -590,7 +620,7 @@ class Engine:
         if worker.guard_kill == "memory":
             verdict = diagnosis.Diagnosis(diagnosis.CONFIRMED, "poolguard's memory guard "
                                           "killed it", ["max_worker_memory"])
-        elif known:
+        elif known and worker.guard_kill is None:
             verdict = diagnose(_signal_name(exitcode), worker.watch, self._kernel_log,
                                diagnosis.SOURCES)
         else:

@@ -3,14 +3,17 @@ launch.py), its pipes, what it has in flight, and what the guards did to it."""
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass
 import os
+import re
 import signal
-from typing import Deque, Optional
+from typing import Deque, List, Optional, Tuple
 
 from .. import diagnosis
 from .launch import WorkerProcess
 from ..channels import FrameReader
 from ..diagnosis import WorkerWatch
+from ..errors import TaskInfo
 from ..worker import worker_main
 from .jobs import Unit
 
@@ -37,7 +40,7 @@ class Worker:
         self.retiring = False               # announced a planned exit
         self.stopping = False               # we sent STOP
         self.terminated = False             # we sent SIGTERM (terminate)
-        self.kill_deadline: Optional[float] = None   # when SIGKILL follows; None once sent
+        self._escalation: List[Tuple[float, int]] = []   # (when, signal) still to send
         self.guard_kill: Optional[str] = None   # "timeout" or "memory": our guard killed it
         self.guard_text: Optional[str] = None   # what the guard saw, for the message
         self.guard_rss: Optional[int] = None
@@ -56,13 +59,18 @@ class Worker:
                 break
             chunks.append(data)
         text = b"".join(chunks).decode("utf-8", "replace").strip()
-        # Frames from the worker loop down are ours, the same in every crash.
-        lines = text.splitlines()
-        for i, line in enumerate(lines):
-            if _WORKER_FILE in line:
-                lines = lines[:i]
-                break
-        return "\n".join(lines)[-8000:] or None
+        return trim_stack(text)[-8000:] or None
+
+    def escalate(self, steps: List[Tuple[float, int]]) -> None:
+        """Signals to send at the given monotonic times, unless it dies first."""
+        self._escalation = sorted(steps)
+
+    def next_signal_at(self) -> Optional[float]:
+        return self._escalation[0][0] if self._escalation else None
+
+    def send_due_signals(self, now: float) -> None:
+        while self._escalation and now >= self._escalation[0][0]:
+            signal_process(self.process, self._escalation.pop(0)[1])
 
     def pop_unit(self, unit_id: int) -> Optional[Unit]:
         for unit in self.inflight:
@@ -70,6 +78,49 @@ class Worker:
                 self.inflight.remove(unit)
                 return unit
         return None
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """What one worker is doing, as ``Pool.status()`` reports it."""
+
+    pid: int
+    state: str                  # "starting", "idle", "busy", or "stopped" (SIGSTOP, debugger)
+    task: Optional[TaskInfo]    # what it runs, when busy
+    elapsed: Optional[float]    # seconds since that item (or its chunk) started
+    rss: Optional[int]          # resident memory in bytes
+
+    def __str__(self) -> str:
+        text = f"worker {self.pid}: {self.state}"
+        if self.task is not None:
+            text += f" {self.task}"
+        if self.elapsed is not None:
+            text += f" for {self.elapsed:.1f} s"
+        if self.rss is not None:
+            text += f", RSS {self.rss / 2**20:.0f} MiB"
+        return text
+
+
+def trim_stack(text: str) -> str:
+    """faulthandler's output without our frames: in each thread's block, the
+    frames from the worker loop down (the same in every crash); the block of
+    the worker's own parent-watching thread goes entirely."""
+    blocks = re.split(r"\n\s*\n|\n(?=(?:Current thread|Thread) 0x)", text)
+    kept = []
+    for block in blocks:
+        if _HELPER_FRAME in block:
+            continue
+        lines = block.splitlines()
+        for i, line in enumerate(lines):
+            if _WORKER_FILE in line:
+                lines = lines[:i]
+                break
+        if lines:
+            kept.append("\n".join(lines))
+    return "\n\n".join(kept)
+
+
+_HELPER_FRAME = "in _watch_parent"
 
 
 def signal_process(process, signum: int) -> None:

@@ -1,0 +1,316 @@
+"""Fork safety: each case runs in a fresh interpreter, where nothing is imported
+beforehand, because the hazards depend on import state (a lazy import on the
+first call, a module being imported by another thread at the instant of a
+fork).  A hung script prints its stacks (faulthandler) and exits; the test
+kills its whole process group if even that fails."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_until
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+SCRIPT_LIMIT = 45      # seconds a script may run before it dumps its stacks and exits
+
+PRELUDE = f"""
+import faulthandler, os, sys, threading, time
+import poolguard
+if __name__ == "__main__":
+    faulthandler.dump_traceback_later({SCRIPT_LIMIT}, exit=True)
+    METHOD = sys.argv[1]
+"""
+
+SLOW_MODULE = "import time\ntime.sleep({delay})\nVALUE = {value}\n"
+
+TASKS = """
+import importlib, os, time
+
+def use_module(args):
+    name, x = args
+    return importlib.import_module(name).VALUE + x
+
+def pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+def square(x):
+    return x * x
+"""
+
+
+def run(tmp_path: Path, body: str, method: str, timeout: float = SCRIPT_LIMIT + 15,
+        modules: dict = {}) -> str:
+    """Run PRELUDE + *body* as a script; return its stdout, failing with its
+    output when it fails or hangs."""
+    (tmp_path / "tasks_mod.py").write_text(TASKS)
+    for name, text in modules.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    script = tmp_path / "prog.py"
+    # Under the main guard: spawn and forkserver import the script again.
+    script.write_text(PRELUDE + 'if __name__ == "__main__":\n'
+                      + textwrap.indent(textwrap.dedent(body), "    "))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, str(tmp_path)]))
+    proc = subprocess.Popen([sys.executable, str(script), method], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)   # the group we created: script, zygote, workers
+        out, err = proc.communicate()
+        pytest.fail(f"script hung\nstdout:\n{out}\nstderr:\n{err}")
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    return out
+
+
+@pytest.mark.parametrize("front", ["pool", "executor"])
+def test_lambda_as_the_first_call(tmp_path, method, front):
+    """The issue's first program: hung under fork when the supervisor forked
+    workers while the caller was importing cloudpickle to pickle the lambda."""
+    body = {
+        "pool": """
+            k = 1
+            with poolguard.Pool(2, context=METHOD) as p:
+                print(p.map(lambda x: x + k, range(4)))
+        """,
+        "executor": """
+            k = 1
+            with poolguard.ProcessPoolExecutor(2, mp_context=METHOD) as ex:
+                print(list(ex.map(lambda x: x + k, range(4))))
+        """}[front]
+    assert run(tmp_path, body, method).split() == ["[1,", "2,", "3,", "4]"]
+
+
+def test_caller_imports_a_slow_module_right_after_pool(tmp_path, method):
+    out = run(tmp_path, """
+        import tasks_mod
+        p = poolguard.Pool(2, context=METHOD)
+        import slowmod            # its body sleeps while workers start
+        print(p.map(tasks_mod.use_module, [("slowmod", i) for i in range(6)]))
+        p.terminate()
+    """, method, modules={"slowmod": SLOW_MODULE.format(delay=0.5, value=100)})
+    assert out.strip() == "[100, 101, 102, 103, 104, 105]"
+
+
+def test_thread_importing_while_workers_are_replaced_and_killed(tmp_path, method):
+    """A user thread imports module after module (slow bodies) while every
+    task ends its worker (maxtasksperchild=1) and a killer SIGKILLs workers;
+    each task imports one of those modules."""
+    modules = {f"slow_{i}": SLOW_MODULE.format(delay=0.05, value=i * 10) for i in range(16)}
+    out = run(tmp_path, """
+        import importlib, random, signal
+        import tasks_mod
+        p = poolguard.Pool(2, maxtasksperchild=1, retries=20, context=METHOD)
+        def importer():
+            for i in range(16):
+                importlib.import_module(f"slow_{i}")
+        def killer(stop):
+            rng = random.Random(5)
+            while not stop.wait(0.15):
+                pids = p.pids
+                if pids:
+                    try:
+                        os.kill(rng.choice(pids), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        stop = threading.Event()
+        threads = [threading.Thread(target=importer), threading.Thread(target=killer, args=(stop,))]
+        for t in threads:
+            t.start()
+        work = [(f"slow_{i % 16}", i) for i in range(40)]
+        result = p.map(tasks_mod.use_module, work, chunksize=1)
+        stop.set()
+        for t in threads:
+            t.join()
+        p.terminate()
+        print(result == [(i % 16) * 10 + i for i in range(40)])
+    """, method, modules=modules)
+    assert out.strip() == "True"
+
+
+def test_second_pool_while_the_first_is_busy(tmp_path, method):
+    out = run(tmp_path, """
+        import tasks_mod
+        first = poolguard.Pool(2, context=METHOD)
+        busy = first.map_async(tasks_mod.pid_after, [0.5] * 4, chunksize=1)
+        with poolguard.Pool(2, context=METHOD) as second:
+            print(second.map(lambda x: x * 2, range(5)))
+            print(second.map(tasks_mod.square, range(5)))
+        print(len(busy.get()))
+        first.terminate()
+    """, method)
+    assert out.split("\n")[:3] == ["[0, 2, 4, 6, 8]", "[0, 1, 4, 9, 16]", "4"]
+
+
+def test_subprocess_run_while_workers_are_replaced(tmp_path, method):
+    """A worker forked from the caller while it runs subprocess.run() kept
+    the child's error pipe open, and Popen() waited for it forever."""
+    out = run(tmp_path, """
+        import subprocess
+        import tasks_mod
+        p = poolguard.Pool(2, maxtasksperchild=1, context=METHOD)
+        pending = p.map_async(tasks_mod.square, range(150), chunksize=1)
+        for _ in range(25):
+            subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=30)
+        print(sum(pending.get()))
+        p.terminate()
+    """, method)
+    assert out.strip() == str(sum(x * x for x in range(150)))
+
+
+@pytest.mark.parametrize("front", ["pool", "executor"])
+def test_initargs_carry_lock_event_and_queue(tmp_path, method, front):
+    """As with the stdlib: initargs travel with the process, so they may hold
+    synchronisation objects; first and replacement workers all get them."""
+    make = {"pool": "poolguard.Pool(2, initializer=tasks_init.init, initargs=args, "
+                    "maxtasksperchild=1, context=ctx)",
+            "executor": "poolguard.ProcessPoolExecutor(2, mp_context=ctx, "
+                        "initializer=tasks_init.init, initargs=args, max_tasks_per_child=1)"}
+    call = {"pool": "pool.map(tasks_init.task, range(6), chunksize=1)",
+            "executor": "list(pool.map(tasks_init.task, range(6)))"}
+    out = run(tmp_path, f"""
+        import multiprocessing
+        import tasks_init
+        ctx = multiprocessing.get_context(METHOD)
+        lock, event, queue = ctx.Lock(), ctx.Event(), ctx.Queue()
+        args = (lock, event, queue)
+        pool = {make[front]}
+        event.set()               # after the start: workers see the shared event
+        results = {call[front]}
+        pids = {{queue.get(timeout=20) for _ in range(6)}}
+        print(results, len(pids))
+        pool.__exit__(None, None, None)
+    """, method, modules={"tasks_init": """
+import os
+state = {}
+def init(lock, event, queue):
+    state.update(lock=lock, event=event, queue=queue)
+def task(x):
+    with state["lock"]:
+        state["queue"].put(os.getpid())
+    return state["event"].is_set()
+"""})
+    assert out.strip() == "[True, True, True, True, True, True] 6"
+
+
+def test_every_fork_comes_from_a_single_threaded_process(tmp_path):
+    """Under fork, the zygote is forked before any thread of the pool starts,
+    and forks every worker, first and replacement, from its one thread.
+    (spawn and forkserver never fork the caller: not applicable.)"""
+    log = tmp_path / "forks.log"
+    out = run(tmp_path, f"""
+        import signal
+        import tasks_mod
+        fd = os.open({str(log)!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.register_at_fork(before=lambda: os.write(
+            fd, f"{{os.getpid()}} {{threading.active_count()}}\\n".encode()))
+        with poolguard.Pool(2, maxtasksperchild=2, retries=5, context=METHOD) as p:
+            print(p.map(tasks_mod.square, range(10), chunksize=1) == [x * x for x in range(10)])
+            os.kill(p.pids[0], signal.SIGKILL)
+            print(p.map(lambda x: x + 1, range(6), chunksize=1))
+    """, "fork")
+    assert out.split("\n")[:2] == ["True", "[1, 2, 3, 4, 5, 6]"]
+    forks = [line.split() for line in log.read_text().splitlines()]
+    assert len(forks) >= 1 + 5 + 1, forks     # the zygote, 5+ workers, a replacement
+    assert {count for _pid, count in forks} == {"1"}, forks
+    assert len({pid for pid, _count in forks}) == 2, forks   # the caller, then the zygote
+
+
+def test_a_task_stuck_past_its_timeout_names_the_nested_function(tmp_path, method):
+    out = run(tmp_path, """
+        def innermost_wait(n):
+            time.sleep(n)
+        def outer(n):
+            innermost_wait(n)
+        with poolguard.Pool(1, task_timeout=0.5, context=METHOD) as p:
+            try:
+                p.apply(outer, (30,))
+            except poolguard.TaskTimeoutError as exc:
+                print(exc)
+    """, method)
+    head, _, stack = out.partition("when task_timeout fired (every thread):")
+    assert "outer(30)" in head and "task_timeout=0.5 s" in head, out
+    assert "came from outside" not in out and "Likely cause" not in out, out
+    assert "in innermost_wait" in stack and "in outer" in stack, out
+    assert "_watch_parent" not in stack and "worker.py" not in stack, out
+
+
+@pytest.mark.parametrize("method", ["fork"])
+def test_the_zygote_killed_gives_a_clear_error_not_a_hang(tmp_path, method):
+    out = run(tmp_path, """
+        import signal
+        import tasks_mod
+        p = poolguard.Pool(2, context=METHOD)
+        print(p.map(tasks_mod.square, range(4)))
+        zygote = p._engine._launcher.pid
+        os.kill(zygote, signal.SIGKILL)
+        for attempt in range(2):
+            try:
+                p.map(tasks_mod.pid_after, [0.2] * 4)
+            except poolguard.PoolguardError as exc:
+                print(type(exc).__name__, "|", exc)
+        p.terminate()
+        print("done")
+    """, method)
+    lines = out.splitlines()
+    assert lines[0] == "[0, 1, 4, 9]"
+    assert lines[-1] == "done"
+    errors = [line for line in lines if "|" in line]
+    assert len(errors) == 2, out
+    assert any("zygote" in line and "SIGKILL" in line for line in errors), out
+
+
+def test_no_zygote_or_worker_outlives_a_killed_owner(tmp_path):
+    """The owner SIGKILLed: the zygote and the workers are gone within 2 s,
+    and so is a grandchild that ignores SIGTERM."""
+    pids_file = tmp_path / "pids"
+    script = tmp_path / "owner.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        import poolguard
+        def spawn_grandchild(_):
+            child = subprocess.Popen([sys.executable, "-c",
+                "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"])
+            return child.pid
+        p = poolguard.Pool(2, context="fork")
+        grandchild = p.apply(spawn_grandchild, (0,))
+        with open({str(pids_file)!r}, "w") as f:
+            f.write(" ".join(map(str, [p._engine._launcher.pid, *p.pids, grandchild])))
+        time.sleep(120)
+    """))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    owner = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (pids_file.exists() and pids_file.read_text()):
+            assert time.monotonic() < deadline, "owner did not start its pool"
+            time.sleep(0.05)
+        pids = [int(x) for x in pids_file.read_text().split()]
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        wait_until(lambda: not [pid for pid in pids if _alive(pid)], 2.0, 0.02,
+                   f"left alive 2 s after the owner's death: "
+                   f"{[pid for pid in pids if _alive(pid)]}")
+    finally:
+        try:
+            os.killpg(owner.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        owner.wait(10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
