@@ -296,7 +296,7 @@ def default_step(func: Callable) -> str:
     plain = (inspect.isfunction(func) or inspect.isbuiltin(func)) and "<" not in name
     if plain:
         return name
-    from .messages import dumps
+    from .wire.messages import dumps
     try:
         digest = hashlib.sha256(dumps(func)).hexdigest()[:12]
     except Exception as exc:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
 from .checkpoint import CheckpointArg, checkpointed
 from .engine.workers import WorkerStatus
 from .engine import Engine, Job, Unit
-from .messages import APPLY, STARMAP
+from .wire.messages import APPLY, STARMAP
 from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
                       resolve_workers)
 

@@ -15,7 +15,7 @@ from .engine import Engine, Job, Unit, report_callback_error
 from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
                       resolve_workers)
 from .errors import PoolTerminatedError
-from .messages import APPLY, MAP, STARMAP
+from .wire.messages import APPLY, MAP, STARMAP
 
 T = TypeVar("T")
 Callback = Optional[Callable[[Any], object]]

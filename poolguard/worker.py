@@ -9,82 +9,24 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
-import mmap
 import os
 import pickle
 import reprlib
 import signal
-import struct
 import sys
 import threading
 import time
-from multiprocessing import reduction
 from typing import Any, Optional, Sequence
 
-from . import buffers
-from .messages import (APPLY, CONTROL, INIT_FAILED, MAP, OK, PROTOCOL, RAISED, READY,
+from .wire import buffers
+from .wire.slots import DECODING, IDLE, SENDING
+from .wire.messages import (APPLY, CONTROL, INIT_FAILED, MAP, OK, PROTOCOL, RAISED, READY,
                        REPLY_HEADER, RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE,
                        decode_task, encode_exception)
 
-# Slot values: [task id or one of these, item index or one of these].
-IDLE = -1
-INITIALIZING = -2
-DECODING = -1      # item word: the task frame is being unpickled
-SENDING = -2       # item word: the result is being pickled and written
-
-_PR_SET_PDEATHSIG = 1
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = _short_repr.maxother = 200
-
-
-_SLOT = struct.Struct("qqq")
-
-
-class SharedSlots:
-    """One [task id, item, start time] triple of int64 per worker slot, in
-    shared memory the pool owns and frees (a memfd; passed to spawned workers
-    as a descriptor).  The start time (CLOCK_MONOTONIC ns) is the unit's, or
-    each item's when the pool has a task_timeout."""
-
-    def __init__(self, count: int, fd: Optional[int] = None):
-        self.size = _SLOT.size * count
-        if fd is None:
-            fd = _anonymous_file(self.size)
-        self.fd = fd
-        self.map = mmap.mmap(fd, self.size)
-
-    def __reduce__(self):
-        return (_attach, (reduction.DupFd(self.fd), self.size // _SLOT.size))
-
-    def read(self, index: int) -> tuple:
-        return _SLOT.unpack_from(self.map, _SLOT.size * index)
-
-    def write(self, index: int, task_id: int, item: int) -> None:
-        _SLOT.pack_into(self.map, _SLOT.size * index, task_id, item, 0)
-
-    def view(self, index: int) -> memoryview:
-        """The worker's fast handle on its own slot."""
-        start = _SLOT.size * index
-        return memoryview(self.map)[start:start + _SLOT.size].cast("q")
-
-    def close(self) -> None:
-        self.map.close()
-        os.close(self.fd)
-
-
-def _attach(dup_fd, count: int) -> SharedSlots:
-    return SharedSlots(count, dup_fd.detach())
-
-
-def _anonymous_file(size: int) -> int:
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("poolguard-slots", os.MFD_CLOEXEC)
-    else:
-        import tempfile
-        fd, path = tempfile.mkstemp(prefix="poolguard-slots-")
-        os.unlink(path)
-    os.ftruncate(fd, size)
-    return fd
+_PR_SET_PDEATHSIG = 1
 
 
 def worker_main(spec: Any, index: int, task_conn, result_conn, crash_conn,

@@ -11,7 +11,7 @@ import os
 import pytest
 
 import poolguard
-from poolguard import buffers, messages
+from poolguard.wire import buffers, messages
 
 import tasks
 
@@ -117,7 +117,7 @@ def test_content_arrives_exact_both_ways(method, remote):
 
 
 def test_reading_the_parent_is_checked_by_each_worker():
-    from poolguard import buffers
+    from poolguard.wire import buffers
     assert buffers.can_read_parent(buffers.probe_handle()) is buffers.REMOTE_POSSIBLE
     assert buffers.can_read_parent(None) is False
     # An address nothing is mapped at: refused, never a crash.

@@ -11,7 +11,7 @@ import reprlib
 from typing import Any, Callable, List, Optional, Sequence
 
 from ..errors import TaskInfo
-from ..messages import APPLY, STARMAP, encode_task
+from ..wire.messages import APPLY, STARMAP, encode_task
 
 _unit_ids = itertools.count()
 

@@ -29,7 +29,8 @@ from typing import Any, Callable, List, Optional, Set
 from .. import diagnosis
 from ..diagnosis import zombie_exit_status
 from ..errors import signal_name
-from ..worker import SharedSlots, worker_main
+from ..wire.slots import SharedSlots
+from ..worker import worker_main
 from . import zygote
 
 # Descriptors only the pool's own process may hold ("parent alive" write ends,

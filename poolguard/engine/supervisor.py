@@ -58,16 +58,17 @@ import weakref
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence
 
-from .. import buffers, diagnosis
-from ..channels import Spiller, WatchSet, grow_pipe
+from .. import diagnosis
+from ..wire import buffers
+from ..wire.channels import Spiller, WakePipe, WatchSet, grow_pipe
 from ..diagnosis import KernelLog, diagnose
 from ..errors import (PoolTerminatedError, PoolThrottledError, TaskTimeoutError,
                       WorkerCrashedError, WorkerInitError, WorkerMemoryError, signal_name)
 from ..options import Guards
-from ..messages import (CONTROL, INIT_FAILED, OK, RAISED, READY, REPLY_HEADER, RETIRING,
+from ..wire.messages import (CONTROL, INIT_FAILED, OK, RAISED, READY, REPLY_HEADER, RETIRING,
                         STOP, TASK_HEADER, UNENCODABLE, decode_exception, dumps_call,
                         encoding_error, frame)
-from ..worker import DECODING, INITIALIZING, SENDING, SharedSlots
+from ..wire.slots import DECODING, INITIALIZING, SENDING, SharedSlots
 from .launch import (StartError, WorkerSpec, ZygoteLauncher, make_launcher, parent_only,
                      release_parent_only)
 from .jobs import Job, Unit
@@ -105,9 +106,7 @@ class Engine:
         self._pending: Deque[Unit] = collections.deque()
         self._state = RUNNING
         self._open_calls = 0           # calls still producing units (lazy imap)
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self._woken = False
+        self._wakeup = WakePipe()
         alive_r, self._alive_w = os.pipe()
         parent_only(self._alive_w)
         self._alive_conn = Connection(alive_r, writable=False)
@@ -119,7 +118,7 @@ class Engine:
         self._main_at_start = ({k: v for k, v in vars(sys.modules["__main__"]).items()
                                 if callable(v)} if isinstance(self._launcher, ZygoteLauncher) else None)
         self._workers: Dict[int, Worker] = {}      # slot index -> worker
-        self._watch = WatchSet(self._wake_r)
+        self._watch = WatchSet(self._wakeup.fd)
         # Set when workers cannot be started (initializer failed, or the
         # throttle tripped): no respawning, waiting units fail with it.
         self._init_error: Optional[WorkerInitError] = None
@@ -297,13 +296,7 @@ class Engine:
             signal_process(worker.process, signal.SIGUSR1)
 
     def _wake(self) -> None:
-        if self._woken:
-            return
-        self._woken = True
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._wakeup.wake()
 
     # ---- the supervisor loop -------------------------------------------------------
 
@@ -337,15 +330,8 @@ class Engine:
         ready = self._watch.wait(self._timeout())
         deaths = []
         for fd in ready:
-            if fd == self._wake_r:
-                # Drain, then clear the flag: the other order could drain a
-                # caller's byte while its flag stays set, and no later caller
-                # would write again.  The next turn sees what woke us.
-                try:
-                    os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
-                self._woken = False
+            if fd == self._wakeup.fd:
+                self._wakeup.drain()   # the next turn sees what woke us
                 continue
             worker, what = self._watch.owner[fd]
             if what == "launcher":
@@ -719,8 +705,8 @@ class Engine:
                 self._deliver_failure(unit, failure)
         self._spiller.stop()
         release_parent_only(self._alive_w)
-        for fd in (self._alive_w, self._wake_r, self._wake_w):
-            os.close(fd)
+        os.close(self._alive_w)
+        self._wakeup.close()
         self._alive_conn.close()
         self._slots.close()
         self._kernel_log.close()

@@ -11,7 +11,7 @@ from typing import Deque, List, Optional, Tuple
 
 from .. import diagnosis
 from .launch import WorkerProcess
-from ..channels import FrameReader
+from ..wire.channels import FrameReader
 from ..diagnosis import WorkerWatch
 from ..errors import TaskInfo
 from ..worker import worker_main

@@ -18,46 +18,48 @@ from __future__ import annotations
 import pickle
 import struct
 import traceback
+from enum import IntEnum
 from multiprocessing.pool import (MaybeEncodingError,  # type: ignore[attr-defined]
                                   RemoteTraceback)
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import cloudpickle
 
+from ..errors import UnpicklableTaskError
 from . import buffers
-from .errors import UnpicklableTaskError
+from .framing import frame
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
-# Task ids below zero are control words.
-STOP = -1          # parent -> worker: leave the loop and exit
-CONTROL = -1       # worker -> parent: a message about the worker, not a task
-
-# Kinds of call a task frame asks for.
-APPLY, MAP, STARMAP = 0, 1, 2
-
-# Reply statuses (worker -> parent).
-OK = 0             # body: pickled list of results, one per item
-RAISED = 1         # body: encoded exception (see encode_exception)
-UNENCODABLE = 2    # body: pickle((repr(error), repr(result))): the result did not pickle
-READY = 3          # control: the initializer succeeded
-INIT_FAILED = 4    # control: body is an encoded exception from the initializer
-RETIRING = 5       # control: maxtasksperchild reached, a planned exit follows
-
-TASK_HEADER = struct.Struct("!qI")
-REPLY_HEADER = struct.Struct("!qB")
-_LENGTH = struct.Struct("!i")
-_LONG_LENGTH = struct.Struct("!Q")
+class Kind(IntEnum):
+    """What a task frame asks the worker to do with its items."""
+    APPLY = 0          # one item: (args, kwargs)
+    MAP = 1            # func(item) for each item
+    STARMAP = 2        # func(*item) for each item
 
 
-def frame(head: bytes, body: bytes = b"") -> List[bytes]:
-    """*head* + *body* length-prefixed as ``Connection.send_bytes`` does, as
-    buffers for one ``os.writev``: a large body is not copied to join them."""
-    n = len(head) + len(body)
-    prefix = _LENGTH.pack(-1) + _LONG_LENGTH.pack(n) if n > 0x7FFFFFFF else _LENGTH.pack(n)
-    if len(body) < 1 << 16:
-        return [prefix + head + body]
-    return [prefix + head, body]
+class Status(IntEnum):
+    """The status byte of a reply (worker -> parent)."""
+    OK = 0             # body: pickled list of results, one per item
+    RAISED = 1         # body: encoded exception (see encode_exception)
+    UNENCODABLE = 2    # body: pickle((repr(error), repr(result))): the result did not pickle
+    READY = 3          # control: the initializer succeeded
+    INIT_FAILED = 4    # control: body is an encoded exception from the initializer
+    RETIRING = 5       # control: maxtasksperchild reached, a planned exit follows
+
+
+class Control(IntEnum):
+    """Task ids below zero are control words, not tasks."""
+    STOP = -1          # parent -> worker: leave the loop and exit
+    WORKER = -2        # worker -> parent: a message about the worker itself
+
+
+APPLY, MAP, STARMAP = Kind
+OK, RAISED, UNENCODABLE, READY, INIT_FAILED, RETIRING = Status
+STOP, CONTROL = Control
+
+TASK_HEADER = struct.Struct("!qI")     # task id | size of the shared-buffer handle
+REPLY_HEADER = struct.Struct("!qB")    # task id | status
 
 
 def dumps(obj: Any, collector: Optional[buffers.Collector] = None) -> bytes:

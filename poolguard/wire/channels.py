@@ -12,13 +12,13 @@ import collections
 import fcntl
 import os
 import select
-import struct
 import threading
 from multiprocessing import connection as mp_connection
 from typing import Any, Deque, Dict, List, Optional
 
+from .framing import split_frames
+
 PIPE_SIZE = 1 << 20         # asked for; Linux caps it at /proc/sys/fs/pipe-max-size
-_I32, _U64 = struct.Struct("!i"), struct.Struct("!Q")
 
 
 class FrameReader:
@@ -47,23 +47,45 @@ class FrameReader:
                 state = "eof"
                 break
             self.buf += data
-        frames = []
-        buf, pos = self.buf, 0
-        while len(buf) - pos >= 4:
-            (n,) = _I32.unpack_from(buf, pos)
-            head = 4
-            if n == -1:
-                if len(buf) - pos < 12:
-                    break
-                (n,) = _U64.unpack_from(buf, pos + 4)
-                head = 12
-            if len(buf) - pos - head < n:
-                break
-            frames.append(bytes(buf[pos + head:pos + head + n]))
-            pos += head + n
+        frames, pos = split_frames(self.buf)
         if pos:
-            del buf[:pos]
+            del self.buf[:pos]
         return frames, state
+
+
+class WakePipe:
+    """A pipe whose read end a loop polls; other threads ``wake()`` it.
+
+    Only the first wake-up between two drains writes a byte: with one byte
+    per submitted batch, the writes cost more than the rest of a tiny task."""
+
+    def __init__(self) -> None:
+        self.fd, self._write_fd = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._woken = False
+
+    def wake(self) -> None:
+        if self._woken:
+            return
+        self._woken = True
+        try:
+            os.write(self._write_fd, b"x")
+        except OSError:
+            pass   # full (the loop will wake anyway) or closed (it has ended)
+
+    def drain(self) -> None:
+        """Read, then clear the flag: the other order could drain a waker's
+        byte while its flag stays set, and no later waker would write again."""
+        try:
+            os.read(self.fd, 4096)
+        except BlockingIOError:
+            pass
+        self._woken = False
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self._write_fd)
 
 
 class Spiller:
@@ -79,7 +101,7 @@ class Spiller:
         self._queues: Dict[int, Deque[memoryview]] = {}
         self._to_close: set = set()
         self._thread: Optional[threading.Thread] = None
-        self._wake_r, self._wake_w = os.pipe()
+        self._wakeup = WakePipe()
         self._stopping = False
 
     def write(self, fd: int, parts: List[bytes]) -> None:
@@ -100,7 +122,7 @@ class Spiller:
                 self._thread = threading.Thread(target=self._run, name="poolguard-spiller",
                                                 daemon=True)
                 self._thread.start()
-        self._wake()
+        self._wakeup.wake()
 
     def close_fd(self, fd: int) -> None:
         """Close a task pipe; if the thread may be polling it, let it close it."""
@@ -111,23 +133,16 @@ class Spiller:
         if fd >= 0:
             os.close(fd)
         else:
-            self._wake()
+            self._wakeup.wake()
 
     def stop(self) -> None:
         with self._lock:
             self._stopping = True
             thread = self._thread
         if thread is not None:
-            self._wake()
+            self._wakeup.wake()
             thread.join()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._wakeup.close()
 
     def _run(self) -> None:
         while True:
@@ -142,12 +157,12 @@ class Spiller:
                     return
                 fds = list(self._queues)
             poller = select.poll()
-            poller.register(self._wake_r, select.POLLIN)
+            poller.register(self._wakeup.fd, select.POLLIN)
             for fd in fds:
                 poller.register(fd, select.POLLOUT)
             for fd, _event in poller.poll():
-                if fd == self._wake_r:
-                    os.read(self._wake_r, 4096)
+                if fd == self._wakeup.fd:
+                    self._wakeup.drain()
                     continue
                 with self._lock:
                     queue = self._queues.get(fd)
