@@ -245,7 +245,7 @@ def monitoring(pools, args):
 
         def __init__(self, workers):
             super().__init__(workers)
-            self.pool._engine.sample_interval = None
+            self.pool._engine.guard_keeper.sample_interval = None
 
     class Guarded(peers.Poolguard):
         name = "poolguard, guards on"

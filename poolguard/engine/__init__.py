@@ -3,10 +3,16 @@
 * :mod:`.supervisor` -- the one thread per pool that owns all state: queues,
   dispatch, replies, deaths, guards, shutdown (its docstring has the data flow);
 * :mod:`.jobs` -- what a front's call becomes: a job cut into units;
-* :mod:`.workers` -- one worker process as the supervisor sees it, and how
-  worker processes are started under each start method.
+* :mod:`.workers` -- one worker as the supervisor sees it: its state machine,
+  its pipes, what it has in flight;
+* :mod:`.launch` and :mod:`.zygote` -- how workers are started, reaped and
+  signalled under each start method (the zygote forks them under fork);
+* :mod:`.postmortem` -- after a death: the culprit, its error, what runs again;
+* :mod:`.guards` -- task_timeout and max_worker_memory: when to stop a worker;
+* :mod:`.callbacks` -- the thread user callbacks run on.
 """
 from .jobs import Job, Unit
-from .supervisor import Engine, report_callback_error
+from .callbacks import report_callback_error
+from .supervisor import Engine
 
 __all__ = ["Engine", "Job", "Unit", "report_callback_error"]

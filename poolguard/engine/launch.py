@@ -22,13 +22,15 @@ import os
 import pickle
 import select
 import socket
+import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Callable, List, Optional, Set
+from typing import Any, Callable, List, Optional, Set, Union
 
 from .. import diagnosis
 from ..diagnosis import zombie_exit_status
 from ..errors import signal_name
+from ..wire.messages import dumps_call
 from ..wire.slots import SharedSlots
 from ..worker import worker_main
 from . import zygote
@@ -139,6 +141,12 @@ class ContextLauncher:
         self.spec = spec
         self._method = context.get_start_method()
 
+    def main_by_value(self, func: Callable) -> bool:
+        """Must a function of __main__ go by value?  Under spawn and
+        forkserver the worker has another __main__; under fork (no zygote)
+        workers are forked from our process as it is when they start."""
+        return self._method != "fork"
+
     def start(self, index: int, task_r: int, result_w: int, crash_w: int) -> WorkerProcess:
         conns = (Connection(task_r, writable=False), Connection(result_w, readable=False),
                  Connection(crash_w, readable=False))
@@ -199,6 +207,13 @@ class ZygoteLauncher:
         self.pidfd = os.pidfd_open(self.pid)
         self.death_fd: Optional[int] = self.pidfd   # the supervisor watches it
         self.exitcode: Optional[int] = None
+        # Workers have the __main__ of this moment (the zygote's).
+        self._main = {k: v for k, v in vars(sys.modules["__main__"]).items() if callable(v)}
+
+    def main_by_value(self, func: Callable) -> bool:
+        """A function of __main__ defined after the zygote was forked is not
+        in the workers' __main__: it goes by value, as under spawn."""
+        return self._main.get(getattr(func, "__name__", None)) is not func
 
     def start(self, index: int, task_r: int, result_w: int, crash_w: int) -> WorkerProcess:
         try:
@@ -281,7 +296,15 @@ def can_use_zygote() -> bool:
     return hasattr(socket, "send_fds")
 
 
-def make_launcher(context: Any, spec: WorkerSpec):
+def make_launcher(context: Any, spec: WorkerSpec) -> "Launcher":
+    """The launcher for *context*'s start method.  Under fork this forks the
+    zygote: call it before the pool starts any thread."""
     if context.get_start_method() == "fork" and can_use_zygote():
         return ZygoteLauncher(context, spec)
+    if spec.initializer is not None and context.get_start_method() != "fork":
+        # By value if it lives in __main__, which the worker does not share.
+        spec.initializer = dumps_call(spec.initializer, spec.initializer, True)
     return ContextLauncher(context, spec)
+
+
+Launcher = Union[ContextLauncher, ZygoteLauncher]

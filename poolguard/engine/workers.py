@@ -3,27 +3,54 @@ launch.py), its pipes, what it has in flight, and what the guards did to it."""
 from __future__ import annotations
 
 import collections
+import enum
 from dataclasses import dataclass
 import os
 import re
 import signal
-from typing import Deque, List, Optional, Tuple
+import time
+from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
 
 from .. import diagnosis
-from .launch import WorkerProcess
-from ..wire.channels import FrameReader
+from ..wire.channels import FrameReader, Spiller, WatchSet, grow_pipe
+from ..wire.slots import INITIALIZING, SharedSlots
 from ..diagnosis import WorkerWatch
 from ..errors import TaskInfo
 from ..worker import worker_main
 from .jobs import Unit
+from .launch import StartError, WorkerProcess
 
 _WORKER_FILE = f'"{worker_main.__code__.co_filename}"'   # as faulthandler quotes it
+
+
+class State(enum.IntEnum):
+    """Where a worker is in its life.  It only ever moves forward (a later
+    state in this order), so a late message cannot undo a decision: a READY
+    arriving after we sent STOP leaves the worker stopping."""
+
+    STARTING = 0        # started; its initializer has not reported yet
+    READY = 1           # takes tasks
+    RETIRING = 2        # announced a planned exit (maxtasksperchild)
+    STOPPING = 3        # we sent STOP: it exits when its tasks are done
+    GUARD_STOPPED = 4   # a guard is stopping it (see ``guard``)
+    INIT_FAILED = 5     # its initializer raised
+    TERMINATING = 6     # terminate(): SIGTERM sent, SIGKILL follows
+
+
+@dataclass(frozen=True)
+class GuardStop:
+    """Why a guard stopped a worker, for its task's error."""
+
+    kind: str                   # "timeout" or "memory"
+    text: str                   # how it was stopped, said in the error's first line
+    rss: Optional[int] = None   # what the memory guard saw
 
 
 class Worker:
     """The supervisor's record of one worker process."""
 
-    def __init__(self, index: int, process: WorkerProcess, task_fd: int, result_fd: int, crash_fd: int):
+    def __init__(self, index: int, process: WorkerProcess, task_fd: int, result_fd: int,
+                 crash_fd: int):
         self.index = index                  # its slot in the shared array
         self.process = process
         self.pid: int = process.pid
@@ -35,17 +62,31 @@ class Worker:
         self.death_fd = process.death_fd
         self.inflight: Deque[Unit] = collections.deque()
         self.sent = 0                       # units ever sent (maxtasksperchild)
-        self.ready = False                  # initializer done
-        self.init_failed = False
-        self.retiring = False               # announced a planned exit
-        self.stopping = False               # we sent STOP
-        self.terminated = False             # we sent SIGTERM (terminate)
+        self.state = State.STARTING
+        self.guard: Optional[GuardStop] = None
         self._escalation: List[Tuple[float, int]] = []   # (when, signal) still to send
-        self.guard_kill: Optional[str] = None   # "timeout" or "memory": our guard killed it
-        self.guard_text: Optional[str] = None   # what the guard saw, for the message
-        self.guard_rss: Optional[int] = None
         self.item_deadline: Optional[float] = None   # task_timeout expiry of the running item
-        self.seen_item: tuple = ()              # (task id, item, start) last read from the slot
+        self.seen_item: tuple = ()              # the slot as the timeout guard last read it
+
+    def advance(self, state: State) -> bool:
+        """Move to *state* if it is further on; True if it moved."""
+        if state > self.state:
+            self.state = state
+            return True
+        return False
+
+    @property
+    def usable(self) -> bool:
+        return self.state is State.READY
+
+    @property
+    def left_on_purpose(self) -> bool:
+        """Its death, without a task to blame, is no failure of the pool's."""
+        return self.state >= State.RETIRING
+
+    def stop_by_guard(self, guard: GuardStop) -> None:
+        self.guard = guard
+        self.advance(State.GUARD_STOPPED)
 
     def crash_stack(self) -> Optional[str]:
         """What faulthandler wrote before the process died, if anything."""
@@ -139,3 +180,99 @@ def kill_group(pid: int) -> None:
     except OSError:
         pass   # no such group: nothing was left, or it never made one
 
+
+class WorkerSet:
+    """The pool's workers, one per slot: started through the launcher, their
+    pipes and death fds in the supervisor's watch set, forgotten after death.
+    Only the supervisor thread changes it; the reports (pids, status) copy
+    what they read and may be called from any thread."""
+
+    def __init__(self, count: int, slots: SharedSlots, launcher: Any, watch: WatchSet,
+                 spiller: Spiller):
+        self.count = count
+        self.by_slot: Dict[int, Worker] = {}
+        self._slots = slots
+        self._launcher = launcher
+        self._watch = watch
+        self._spiller = spiller
+
+    def __iter__(self) -> Iterator[Worker]:
+        return iter(list(self.by_slot.values()))
+
+    def __len__(self) -> int:
+        return len(self.by_slot)
+
+    def empty_slots(self) -> List[int]:
+        return [i for i in range(self.count) if i not in self.by_slot]
+
+    def start(self, index: int) -> Worker:
+        """Start the worker of slot *index*; StartError if it cannot be."""
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        crash_r, crash_w = os.pipe()
+        for fd in (task_w, result_w):
+            grow_pipe(fd)
+        self._slots.write(index, INITIALIZING, 0)
+        try:   # the launcher closes the child's ends
+            process = self._launcher.start(index, task_r, result_w, crash_w)
+        except StartError:
+            for fd in (task_w, result_r, crash_r):
+                os.close(fd)
+            raise
+        os.set_blocking(task_w, False)
+        worker = Worker(index, process, task_w, result_r, crash_r)
+        self.by_slot[index] = worker
+        self._watch.add(worker.reader.fd, worker, "result")
+        self._watch.add(worker.death_fd, worker, "death")
+        return worker
+
+    def send(self, worker: Worker, parts: List[bytes]) -> None:
+        self._spiller.write(worker.task_fd, parts)
+
+    def forget(self, worker: Worker) -> None:
+        """After its death: close all that was its."""
+        self._watch.discard(worker.reader.fd)
+        self._watch.discard(worker.death_fd)
+        del self.by_slot[worker.index]
+        os.close(worker.reader.fd)
+        os.close(worker.crash_fd)
+        self._spiller.close_fd(worker.task_fd)
+        worker.watch.close()
+        worker.process.close()
+
+    def kill_all(self) -> None:
+        """SIGKILL every worker and its group, reap and forget it."""
+        for worker in self:
+            signal_process(worker.process, signal.SIGKILL)
+            kill_group(worker.pid)
+            worker.process.reap()
+            self.forget(worker)
+
+    def pids(self) -> List[int]:
+        return [w.pid for w in self]
+
+    def status(self) -> List[WorkerStatus]:
+        """What each worker is doing now (its slot, its units, /proc)."""
+        out = []
+        now = time.monotonic_ns()
+        for worker in self:
+            slot = self._slots.read(worker.index)
+            task, elapsed, state = None, None, "idle"
+            if slot.task_id == INITIALIZING:
+                state = "starting"
+            elif slot.task_id >= 0:
+                state = "busy"
+                elapsed = (now - slot.started) / 1e9 if slot.started else None
+                unit = next((u for u in list(worker.inflight) if u.id == slot.task_id), None)
+                if unit is not None:
+                    task = unit.job.describe(unit, slot.item if slot.item >= 0 else None)
+            if diagnosis.process_state(worker.pid) in ("T", "t"):
+                state = "stopped"
+            out.append(WorkerStatus(worker.pid, state, task, elapsed,
+                                    diagnosis.rss_of(worker.pid)))
+        return out
+
+    def dump_stacks(self) -> None:
+        """Each worker prints every thread's stack to its stderr (SIGUSR1)."""
+        for worker in self:
+            signal_process(worker.process, signal.SIGUSR1)
