@@ -136,7 +136,7 @@ class ProcessPoolExecutor(Executor):
             if engine is None:
                 return
             if cancel_futures:
-                for unit in engine.take_pending():
+                for unit in engine.inbox.take_pending():
                     if not unit.job.future.cancel():   # type: ignore[attr-defined]
                         unit.job.unit_failed(unit, RuntimeError("not run: executor shut down"))
             engine.close()

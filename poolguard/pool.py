@@ -297,7 +297,7 @@ class Pool:
             # Like the standard library, read a lazy iterable on a thread of its
             # own so that imap returns at once (and an endless one works).
             func_bytes = engine.encode_function(func)   # an unpicklable func raises here
-            engine.open_call()
+            engine.inbox.open_call()
             threading.Thread(target=_produce,
                              args=(engine, result, iter(iterable), chunksize, func_bytes),
                              name="poolguard-imap-producer", daemon=True).start()
@@ -395,5 +395,5 @@ def _produce(engine: Engine, job: IMapIterator, items: Iterator, chunksize: int,
             count += len(chunk)
     finally:
         job._set_length(count)
-        engine.close_call()
+        engine.inbox.close_call()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import reprlib
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from ..errors import TaskInfo
 from ..wire.messages import APPLY, STARMAP, encode_task
@@ -118,3 +118,23 @@ class Unit:
         unit.func_bytes, unit.attempts, unit.shared, unit.remote = b"", [], None, False
         return unit
 
+
+def cut_units(job: Job, items: Sequence, chunksize: int, start: int, func_bytes: bytes,
+              remote: bool) -> Iterator[List[Unit]]:
+    """*items* as units of *chunksize*, in batches of doubling size, so that
+    workers start on the first while later ones are still being pickled.  A
+    unit whose items cannot be pickled fails at once with the pickling error,
+    as in the standard library."""
+    batch: List[Unit] = []
+    batch_size = 1
+    for lo in range(0, len(items), chunksize):
+        chunk = items[lo:lo + chunksize]
+        try:
+            batch.append(Unit(job, start + lo, chunk, func_bytes, remote=remote))
+        except Exception as exc:
+            job.unit_failed(Unit.placeholder(job, start + lo, chunk), exc)
+        if len(batch) >= batch_size:
+            yield batch
+            batch, batch_size = [], batch_size * 2
+    if batch:
+        yield batch

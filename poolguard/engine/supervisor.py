@@ -37,15 +37,14 @@ Data flow::
 
 Every state change happens in the supervisor loop, whose only blocking point
 is the poll in ``WatchSet.wait`` (``multiprocessing.connection.wait``'s, kept
-between turns).  Other threads talk to it by putting work in ``_pending``
-(under ``_lock``) or setting ``_state`` and writing a byte to the wake pipe.
+between turns).  Other threads talk to it only through the inbox (inbox.py):
+they queue units or change the pool's state under its lock, and wake it.
 No lock is shared with a worker: each has its own pipes and its own slot, so
 a worker killed at any instant cannot block anyone else.
 """
 from __future__ import annotations
 
 import atexit
-import collections
 import os
 import pickle
 import signal
@@ -54,14 +53,14 @@ import time
 import traceback
 import weakref
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Deque, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 from .. import diagnosis
 from ..diagnosis import KernelLog
 from ..errors import PoolTerminatedError, WorkerInitError
 from ..options import Guards
 from ..wire import buffers
-from ..wire.channels import Spiller, WakePipe, WatchSet
+from ..wire.channels import Spiller, WatchSet
 from ..wire.framing import frame
 from ..wire.messages import (CONTROL, INIT_FAILED, OK, RAISED, READY, REPLY_HEADER, RETIRING,
                              STOP, TASK_HEADER, UNENCODABLE, decode_exception, dumps_call,
@@ -69,7 +68,8 @@ from ..wire.messages import (CONTROL, INIT_FAILED, OK, RAISED, READY, REPLY_HEAD
 from ..wire.slots import SharedSlots
 from .callbacks import CallbackThread, report_callback_error
 from .guards import GuardKeeper
-from .jobs import Job, Unit
+from .inbox import CLOSING, RUNNING, TERMINATING, Inbox
+from .jobs import Job, Unit, cut_units
 from .launch import (StartError, WorkerSpec, make_launcher, parent_only,
                      release_parent_only)
 from .postmortem import Postmortem, name_of
@@ -78,7 +78,6 @@ from .workers import State, Worker, WorkerSet, WorkerStatus, kill_group, signal_
 PREFETCH = 2                # units in flight per worker: one running, one waiting in its pipe
 TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
 
-RUNNING, CLOSING, TERMINATING, FINISHED = "running", "closing", "terminating", "finished"
 
 _live_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
@@ -94,16 +93,11 @@ class Engine:
         # At interpreter exit: finish the submitted work (executors, as the
         # standard library's do) or terminate (pools, as multiprocessing's do).
         self.finish_at_exit = finish_at_exit
-        self._owner_pid = os.getpid()
         self.context = context
         self.start_method = context.get_start_method()
         self._maxtasks = maxtasks
         self._initializer = initializer
-        self._lock = threading.Lock()
-        self._pending: Deque[Unit] = collections.deque()
-        self._state = RUNNING
-        self._open_calls = 0           # calls still producing units (lazy imap)
-        self._wakeup = WakePipe()
+        self.inbox = inbox = Inbox()
         alive_r, self._alive_w = os.pipe()
         parent_only(self._alive_w)
         self._alive_conn = Connection(alive_r, writable=False)
@@ -113,7 +107,7 @@ class Engine:
             self._alive_conn, self._slots, initializer, tuple(initargs), maxtasks,
             guards.task_timeout is not None, buffers.probe_handle()))
         self._launcher = launcher
-        self._watch = WatchSet(self._wakeup.fd)
+        self._watch = WatchSet(inbox.wakeup.fd)
         self._spiller = Spiller()
         self._workers = WorkerSet(processes, self._slots, launcher, self._watch, self._spiller)
         # Set when workers cannot be started (initializer failed, or the
@@ -143,69 +137,19 @@ class Engine:
 
     def submit_items(self, job: Job, items: Sequence, chunksize: int, start: int = 0,
                      func_bytes: Optional[bytes] = None, open_call: bool = False) -> None:
-        """Cut *items* into units and queue them.  Units are queued in batches of
-        doubling size, so workers start on the first while later ones are still
-        being pickled.  A unit whose items cannot be pickled fails at once with
-        the pickling error, as in the standard library."""
+        """Cut *items* into units (jobs.py) and queue them batch by batch."""
         if func_bytes is None:
             func_bytes = self.encode_function(job.func)
-        batch: List[Unit] = []
-        batch_size = 1
-        for lo in range(0, len(items), chunksize):
-            chunk = items[lo:lo + chunksize]
-            try:
-                batch.append(Unit(job, start + lo, chunk, func_bytes, remote=self.remote_reads))
-            except Exception as exc:
-                job.unit_failed(Unit.placeholder(job, start + lo, chunk), exc)
-            if len(batch) >= batch_size:
-                self.submit(batch, open_call)
-                batch, batch_size = [], batch_size * 2
-        if batch:
-            self.submit(batch, open_call)
-
-    def submit(self, units: Sequence[Unit], open_call: bool = False) -> None:
-        """Queue units.  *open_call*: they belong to a call that began before
-        close() (a lazy imap still reading its input), so closing waits for them."""
-        if os.getpid() != self._owner_pid:
-            raise RuntimeError("this pool belongs to process %d; a forked child cannot "
-                               "use it (its supervisor thread did not survive the fork)"
-                               % self._owner_pid)
-        with self._lock:
-            if not (self._state == RUNNING or (open_call and self._state == CLOSING)):
-                raise ValueError("Pool not running")
-            self._pending.extend(units)
-            self._init_error = None   # a new call gets a new chance to start workers
-        self._wake()
-
-    def take_pending(self) -> List[Unit]:
-        """Remove and return the units not yet sent to any worker."""
-        with self._lock:
-            units = list(self._pending)
-            self._pending.clear()
-        return units
-
-    def open_call(self) -> None:
-        with self._lock:
-            if self._state != RUNNING:
-                raise ValueError("Pool not running")
-            self._open_calls += 1
-
-    def close_call(self) -> None:
-        with self._lock:
-            self._open_calls -= 1
-        self._wake()
+        for batch in cut_units(job, items, chunksize, start, func_bytes, self.remote_reads):
+            self.inbox.submit(batch, open_call)
 
     def close(self) -> None:
-        with self._lock:
-            if self._state == RUNNING:
-                self._state = CLOSING
-        self._wake()
+        """No more calls; workers exit once the queued work is done."""
+        self.inbox.close()
 
     def terminate(self) -> None:
-        with self._lock:
-            if self._state in (RUNNING, CLOSING):
-                self._state = TERMINATING
-        self._wake()
+        """Stop now: unfinished units fail, workers are killed."""
+        self.inbox.terminate()
 
     def join(self, timeout: Optional[float] = None) -> None:
         # From our own threads (a callback calling terminate()) joining would
@@ -219,7 +163,7 @@ class Engine:
 
     @property
     def state(self) -> str:
-        return self._state
+        return self.inbox.state
 
     @property
     def pids(self) -> List[int]:
@@ -234,9 +178,6 @@ class Engine:
         """Make every worker print the stack of each of its threads to its
         stderr (SIGUSR1, handled by faulthandler); the tasks go on."""
         self._workers.dump_stacks()
-
-    def _wake(self) -> None:
-        self._wakeup.wake()
 
     # ---- the supervisor loop -------------------------------------------------------
 
@@ -253,7 +194,10 @@ class Engine:
 
     def _step(self) -> bool:
         """One turn of the loop; False when the engine has finished."""
-        state = self._state
+        inbox = self.inbox
+        if inbox.take_new_call():
+            self._init_error = None   # a new call gets a new chance to start workers
+        state = inbox.state
         if state == TERMINATING:
             self._terminate_workers()
         else:
@@ -264,14 +208,14 @@ class Engine:
                 self._stop_idle_workers()
         if state == TERMINATING and not self._workers:
             return False
-        if (state == CLOSING and not self._workers and not self._pending
-                and not self._open_calls):
+        if (state == CLOSING and not self._workers and not inbox.pending
+                and not inbox.open_calls):
             return False
         ready = self._watch.wait(self.guard_keeper.next_wake(self._workers))
         deaths = []
         for fd in ready:
-            if fd == self._wakeup.fd:
-                self._wakeup.drain()   # the next turn sees what woke us
+            if fd == inbox.wakeup.fd:
+                inbox.wakeup.drain()   # the next turn sees what woke us
                 continue
             worker, what = self._watch.owner[fd]
             if what == "launcher":
@@ -290,8 +234,9 @@ class Engine:
     def _maintain_workers(self) -> None:
         if self._init_error is not None:
             return
-        with self._lock:
-            needed = self._state == RUNNING or bool(self._pending) or self._open_calls > 0
+        inbox = self.inbox
+        with inbox.lock:
+            needed = inbox.state == RUNNING or bool(inbox.pending) or inbox.open_calls > 0
         if not needed:
             return
         for index in self._workers.empty_slots():
@@ -311,20 +256,21 @@ class Engine:
         if any(w.state not in (State.INIT_FAILED, State.TERMINATING)
                for w in self._workers):
             return  # a healthy or still-starting worker may serve them
-        for unit in self.take_pending():
+        for unit in self.inbox.take_pending():
             self._deliver_failure(unit, self._init_error)
 
     def _dispatch(self) -> None:
-        if not self._pending:
+        pending = self.inbox.pending
+        if not pending:
             return
         workers = self._usable_workers()
         maxtasks = self._maxtasks
-        with self._lock:
+        with self.inbox.lock:
             for depth in range(PREFETCH):
                 for worker in workers:
-                    while (self._pending and len(worker.inflight) <= depth
+                    while (pending and len(worker.inflight) <= depth
                            and (maxtasks is None or worker.sent < maxtasks)):
-                        unit = self._pending.popleft()
+                        unit = pending.popleft()
                         if not unit.job.wanted(unit):
                             unit.release()
                             continue
@@ -333,14 +279,14 @@ class Engine:
                         self._workers.send(worker, unit.frame)
 
     def _stop_idle_workers(self) -> None:
-        if self._pending or self._open_calls:
+        if self.inbox.pending or self.inbox.open_calls:
             return
         for worker in self._workers:
             if not worker.inflight and worker.advance(State.STOPPING):
                 self._workers.send(worker, frame(TASK_HEADER.pack(STOP, 0)))
 
     def _terminate_workers(self) -> None:
-        units = self.take_pending()
+        units = self.inbox.take_pending()
         for worker in self._workers:
             units.extend(worker.inflight)
             worker.inflight.clear()
@@ -434,8 +380,7 @@ class Engine:
         worker.inflight.clear()
         self._workers.forget(worker)
         if death.rerun:
-            with self._lock:
-                self._pending.extendleft(reversed(death.rerun))
+            self.inbox.requeue_first(death.rerun)
         if death.culprit is not None and death.error is not None:
             self._deliver_failure(death.culprit, death.error)
         elif death.culprit is not None:   # retried: its parts are queued
@@ -454,9 +399,8 @@ class Engine:
     def _shutdown(self, error: Optional[BaseException]) -> None:
         """Leave nothing behind: fail what is left, kill and reap every worker,
         close every descriptor.  Runs on the supervisor thread, last."""
-        with self._lock:
-            self._state = FINISHED
-        units = self.take_pending()
+        self.inbox.finish()
+        units = self.inbox.take_pending()
         for worker in self._workers:
             units.extend(worker.inflight)
             worker.inflight.clear()
@@ -470,7 +414,7 @@ class Engine:
         self._spiller.stop()
         release_parent_only(self._alive_w)
         os.close(self._alive_w)
-        self._wakeup.close()
+        self.inbox.wakeup.close()
         self._alive_conn.close()
         self._slots.close()
         self._kernel_log.close()

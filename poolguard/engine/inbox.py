@@ -1,0 +1,88 @@
+"""Where caller threads leave work for the supervisor.
+
+The inbox holds the units waiting for a worker, the pool's state, the count
+of calls still producing units, and the wake pipe.  Caller threads change
+them under its lock and wake the supervisor; the supervisor takes from it.
+Nothing else is shared between the fronts and the supervisor thread.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from typing import Deque, Iterable, List, Sequence
+
+from ..wire.channels import WakePipe
+from .jobs import Unit
+
+RUNNING, CLOSING, TERMINATING, FINISHED = "running", "closing", "terminating", "finished"
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: Deque[Unit] = collections.deque()
+        self.state = RUNNING
+        self.open_calls = 0           # calls still producing units (lazy imap)
+        self.new_call = False         # set by submit: retry starting workers
+        self.wakeup = WakePipe()
+        self._owner_pid = os.getpid()
+
+    def submit(self, units: Sequence[Unit], open_call: bool = False) -> None:
+        """Queue units.  *open_call*: they belong to a call that began before
+        close() (a lazy imap still reading its input), so closing waits for them."""
+        if os.getpid() != self._owner_pid:
+            raise RuntimeError("this pool belongs to process %d; a forked child cannot "
+                               "use it (its supervisor thread did not survive the fork)"
+                               % self._owner_pid)
+        with self.lock:
+            if not (self.state == RUNNING or (open_call and self.state == CLOSING)):
+                raise ValueError("Pool not running")
+            self.pending.extend(units)
+            self.new_call = True
+        self.wakeup.wake()
+
+    def requeue_first(self, units: Iterable[Unit]) -> None:
+        """Supervisor: units to run before the others (a dead worker's)."""
+        with self.lock:
+            self.pending.extendleft(reversed(list(units)))
+
+    def take_pending(self) -> List[Unit]:
+        """Remove and return the units not yet sent to any worker."""
+        with self.lock:
+            units = list(self.pending)
+            self.pending.clear()
+        return units
+
+    def take_new_call(self) -> bool:
+        with self.lock:
+            new, self.new_call = self.new_call, False
+        return new
+
+    def open_call(self) -> None:
+        with self.lock:
+            if self.state != RUNNING:
+                raise ValueError("Pool not running")
+            self.open_calls += 1
+
+    def close_call(self) -> None:
+        with self.lock:
+            self.open_calls -= 1
+        self.wakeup.wake()
+
+    def close(self) -> None:
+        self._move(RUNNING, CLOSING)
+
+    def terminate(self) -> None:
+        self._move(RUNNING, TERMINATING)
+        self._move(CLOSING, TERMINATING)
+
+    def finish(self) -> None:
+        with self.lock:
+            self.state = FINISHED
+
+    def _move(self, old: str, new: str) -> None:
+        with self.lock:
+            if self.state == old:
+                self.state = new
+        self.wakeup.wake()
