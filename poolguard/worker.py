@@ -34,6 +34,28 @@ def worker_main(spec: Any, index: int, task_conn, result_conn, crash_conn,
     """The worker process: *spec* is the pool's ``WorkerSpec`` (engine/launch.py),
     the three connections its own pipes, *parent_pid* the process whose death
     must end it (None: unknown), *fds_to_close* what it must not hold."""
+    _prepare(crash_conn, fds_to_close)
+    _die_with_parent(spec.alive_conn, parent_pid)
+    slot = spec.slots.view(index)
+    send, recv = result_conn.send_bytes, task_conn.recv_bytes
+    try:
+        if spec.initializer is not None:
+            try:
+                spec.load_initializer()(*spec.initargs)
+            except BaseException as exc:
+                send(REPLY_HEADER.pack(CONTROL, INIT_FAILED) + encode_exception(exc))
+                return
+        slot[0] = IDLE
+        # READY says whether we may read large arguments from the parent's memory.
+        readable = b"\x01" if buffers.can_read_parent(spec.probe) else b"\x00"
+        send(REPLY_HEADER.pack(CONTROL, READY) + readable)
+        _serve(slot, send, recv, spec.maxtasks, spec.timed)
+    except OSError:
+        return  # the parent closed our pipes: it is gone or terminating us
+
+
+def _prepare(crash_conn, fds_to_close: Sequence[int]) -> None:
+    """Signals, process group, stack dumps; drop what is not ours to hold."""
     # Ctrl-C reaches the whole process group; the parent alone handles it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A group of our own: when we die, the pool kills the group, so children a
@@ -60,30 +82,12 @@ def worker_main(spec: Any, index: int, task_conn, result_conn, crash_conn,
             pass
     if buffers.AVAILABLE:
         buffers.close_inherited()   # fork: other tasks' argument buffers
-    _die_with_parent(spec.alive_conn, parent_pid)
-    slot = spec.slots.view(index)
-    send, recv = result_conn.send_bytes, task_conn.recv_bytes
-    try:
-        if spec.initializer is not None:
-            try:
-                spec.load_initializer()(*spec.initargs)
-            except BaseException as exc:
-                send(REPLY_HEADER.pack(CONTROL, INIT_FAILED) + encode_exception(exc))
-                return
-        slot[0] = IDLE
-        # READY says whether we may read large arguments from the parent's memory.
-        readable = b"\x01" if buffers.can_read_parent(spec.probe) else b"\x00"
-        send(REPLY_HEADER.pack(CONTROL, READY) + readable)
-        _serve(slot, send, recv, spec.maxtasks, spec.timed)
-    except OSError:
-        return  # the parent closed our pipes: it is gone or terminating us
 
 
 def _serve(slot: memoryview, send, recv, maxtasks: Optional[int], timed: bool) -> None:
     clock = time.monotonic_ns
     done = 0
-    func_bytes_seen: bytes = b""
-    func: Any = None
+    cache: list = [b"", None]    # the last function's pickle, and the function
     while maxtasks is None or done < maxtasks:
         try:
             data = recv()
@@ -94,43 +98,45 @@ def _serve(slot: memoryview, send, recv, maxtasks: Optional[int], timed: bool) -
             return
         slot[2] = clock()   # before the item word: the parent reads them in that order
         slot[0], slot[1] = task_id, DECODING
-        out: list = []
-        items = None   # still unbound if decoding the task fails
-        try:
-            kind, func_bytes, items = decode_task(data, handle_size)
-            del data
-            if func_bytes != func_bytes_seen:
-                func, func_bytes_seen = pickle.loads(func_bytes), func_bytes
-            # The loop target stores each index straight into the shared slot:
-            # the cheapest per-item write we measured (about 35 ns).
-            if timed and kind != APPLY:
-                out = _run_timed(slot, clock, func, items, kind == STARMAP)
-            elif kind == MAP:
-                out = [func(item) for slot[1], item in enumerate(items)]
-            elif kind == STARMAP:
-                out = [func(*item) for slot[1], item in enumerate(items)]
-            else:
-                assert kind == APPLY
-                args, kwds = items[0]
-                slot[1] = 0
-                out = [func(*args, **kwds)]
-        except BaseException as exc:  # SystemExit too: the task's error, not ours
-            reply = REPLY_HEADER.pack(task_id, RAISED) + encode_exception(exc)
-            del exc
-        else:
-            slot[1] = SENDING
-            try:
-                reply = REPLY_HEADER.pack(task_id, OK) + pickle.dumps(out, PROTOCOL)
-            except Exception as exc:
-                reply = REPLY_HEADER.pack(task_id, UNENCODABLE) + pickle.dumps(
-                    (repr(exc), _short_repr.repr(out if len(out) != 1 else out[0])),
-                    PROTOCOL)
-        del out, items
+        reply = _run_unit(slot, data, task_id, handle_size, cache, timed, clock)
+        del data
         send(reply)
         del reply
         slot[0] = IDLE
         done += 1
     send(REPLY_HEADER.pack(CONTROL, RETIRING))
+
+
+def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cache: list,
+              timed: bool, clock) -> bytes:
+    """Run one unit; its reply.  The arguments and results are locals of this
+    call, so nothing of the task outlives it in the worker."""
+    try:
+        kind, func_bytes, items = decode_task(data, handle_size)
+        if func_bytes != cache[0]:
+            cache[:] = func_bytes, pickle.loads(func_bytes)
+        func = cache[1]
+        # The loop target stores each index straight into the shared slot:
+        # the cheapest per-item write we measured (about 35 ns).
+        if timed and kind != APPLY:
+            out = _run_timed(slot, clock, func, items, kind == STARMAP)
+        elif kind == MAP:
+            out = [func(item) for slot[1], item in enumerate(items)]
+        elif kind == STARMAP:
+            out = [func(*item) for slot[1], item in enumerate(items)]
+        else:
+            assert kind == APPLY
+            args, kwds = items[0]
+            slot[1] = 0
+            out = [func(*args, **kwds)]
+    except BaseException as exc:  # SystemExit too: the task's error, not ours
+        return REPLY_HEADER.pack(task_id, RAISED) + encode_exception(exc)
+    slot[1] = SENDING
+    try:
+        return REPLY_HEADER.pack(task_id, OK) + pickle.dumps(out, PROTOCOL)
+    except Exception as exc:
+        return REPLY_HEADER.pack(task_id, UNENCODABLE) + pickle.dumps(
+            (repr(exc), _short_repr.repr(out if len(out) != 1 else out[0])), PROTOCOL)
 
 
 def _run_timed(slot: memoryview, clock, func, items, star: bool) -> list:

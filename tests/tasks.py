@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import signal
 import threading
 import time
@@ -327,3 +328,23 @@ def digest(data: bytes) -> str:
     import hashlib
     assert type(data) is bytes, type(data)
     return hashlib.sha256(data).hexdigest()
+
+
+class ExitsWhenUnpickled:
+    """Unpickling it calls sys.exit(3): in the parent, it must fail only its task."""
+
+    def __reduce__(self):
+        return (sys.exit, (3,))
+
+
+class ExitingError(Exception):
+    def __reduce__(self):
+        return (sys.exit, (4,))
+
+
+def make_exits_when_unpickled(x):
+    if x == 1:
+        return ExitsWhenUnpickled()
+    if x == 2:
+        raise ExitingError("boom")
+    return x

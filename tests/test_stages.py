@@ -40,6 +40,29 @@ def test_result_that_cannot_be_rebuilt_in_the_parent(method):
         assert pool.apply(tasks.square, (5,)) == 25
 
 
+@pytest.mark.parametrize("front", ["pool", "executor"])
+def test_result_or_error_that_exits_when_unpickled_fails_only_its_task(method, front):
+    """sys.exit() run by unpickling a reply used to kill the supervisor: the
+    culprit waited forever and an unrelated task got the SystemExit."""
+    pool = (poolguard.Pool(2, context=method) if front == "pool"
+            else poolguard.ProcessPoolExecutor(2, mp_context=method))
+    with pool:
+        submit = ((lambda x: pool.apply_async(tasks.make_exits_when_unpickled, (x,)))
+                  if front == "pool" else
+                  (lambda x: pool.submit(tasks.make_exits_when_unpickled, x)))
+        get = (lambda r: r.get(10)) if front == "pool" else (lambda r: r.result(10))
+        results = [submit(x) for x in range(5)]
+        with pytest.raises(MaybeEncodingError) as info:
+            get(results[1])
+        assert "SystemExit(3)" in str(info.value)
+        assert "make_exits_when_unpickled(1)" in str(info.value)
+        with pytest.raises(poolguard.UnpicklableTaskError) as info2:
+            get(results[2])
+        assert "ExitingError: boom" in str(info2.value) and "SystemExit(4)" in str(info2.value)
+        assert [get(results[x]) for x in (0, 3, 4)] == [0, 3, 4]
+        assert get(submit(7)) == 7   # the pool lives
+
+
 def test_crash_between_tasks_of_a_busy_pool(method):
     # The death lands after one task's result is sent and before the next is
     # read: nothing is blamed, nothing is lost.

@@ -131,6 +131,21 @@ class ContextProcess(WorkerProcess):
             pass  # forkserver did not report the status in time; it reaps the process
 
 
+class ParentAlive:
+    """A pipe whose write end only the pool's process holds: its workers see
+    end of file on the read end (``WorkerSpec.alive_conn``) when it dies."""
+
+    def __init__(self) -> None:
+        read_fd, self._write_fd = os.pipe()
+        parent_only(self._write_fd)
+        self.conn = Connection(read_fd, writable=False)
+
+    def close(self) -> None:
+        release_parent_only(self._write_fd)
+        os.close(self._write_fd)
+        self.conn.close()
+
+
 class ContextLauncher:
     """Workers started by ``multiprocessing`` (spawn, forkserver)."""
 
@@ -166,7 +181,7 @@ class ContextLauncher:
         return ContextProcess(process, self._method == "forkserver")
 
     def close(self) -> None:
-        pass
+        pass   # each worker was reaped by the supervisor
 
 
 class ZygoteProcess(WorkerProcess):
@@ -298,7 +313,8 @@ def can_use_zygote() -> bool:
 
 def make_launcher(context: Any, spec: WorkerSpec) -> "Launcher":
     """The launcher for *context*'s start method.  Under fork this forks the
-    zygote: call it before the pool starts any thread."""
+    zygote: call it before the pool starts any thread.  *spec.alive_conn* is
+    the read end of a ParentAlive."""
     if context.get_start_method() == "fork" and can_use_zygote():
         return ZygoteLauncher(context, spec)
     if spec.initializer is not None and context.get_start_method() != "fork":

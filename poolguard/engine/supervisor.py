@@ -1,39 +1,38 @@
-"""The engine under both fronts: one supervisor thread per pool.
+"""The supervisor: one thread per pool that owns all state.
 
 Data flow::
 
-  caller threads               supervisor thread (owns all state)         worker processes
-  --------------               ----------------------------------         ----------------
+  caller threads                 supervisor thread (owns all state)        worker processes
+  --------------                 ----------------------------------        ----------------
   Pool() / ProcessPoolExecutor()
-    | (fork) fork the zygote, single-threaded -------------------------> zygote (launch.py,
-    |   before any thread of ours exists                                  zygote.py)
-    | Engine.submit(units)                                                  | forks each worker
-    v                                                                       v on request
-  pending deque --wake pipe--> wait(wake pipe, every result pipe, every death fd;
-                                   timeout: next guard deadline or memory sample)
-                                  |
-                                  | start a worker: launcher.start (zygote under fork,
-                                  |   multiprocessing under spawn/forkserver)
-                                  | dispatch: at most PREFETCH units a worker
-                                  |   (large arguments go outside the pipe, buffers.py)
-                                  |   non-blocking write ---- task pipe ----> worker_main
-                                  |   (what a full pipe cannot take            | writes [task id, item,
-                                  |    now, the Spiller thread writes)         |  start] to its slot in
-                                  |                                            |  shared memory
-                                  | <------------------------ result pipe -----+
-                                  | decode (guarded) -> job.unit_done / unit_failed
-                                  |
-                                  | death fd readable (pidfd, else sentinel):
-                                  |   drain the result pipe, reap (through the
-                                  |   zygote under fork), read the slot,
-                                  |   diagnose (diagnosis.py), fail exactly the
-                                  |   unit that was running or retry it,
-                                  |   requeue the units it had not started,
-                                  |   start a replacement
-                                  |
-                                  | guards: a slot past task_timeout -> SIGUSR2 (the
-                                  |   worker's stacks to its crash pipe), then SIGTERM;
-                                  |   RSS over max_worker_memory -> SIGKILL
+    | fork start method: fork the zygote (launch.py, zygote.py) ------> zygote: forks and
+    |   before any thread of ours exists                                 reaps workers on
+    | Engine.submit_items(job)                                          request
+    |   jobs.cut_units -> units
+    v
+  Inbox (inbox.py): pending units, pool state, wake pipe
+    |  ------wake pipe----------> wait(wake pipe, result pipes, death fds, zygote's pidfd;
+    |                                  timeout: GuardKeeper.next_wake)
+    |                                 |
+    |                                 | WorkerSet.start: a worker per empty slot
+    |                                 | dispatch: at most PREFETCH units a worker
+    |                                 |   non-blocking write ---- task pipe ---> worker_main
+    |                                 |   (Spiller thread: what a full pipe        | writes [unit, item,
+    |                                 |    cannot take now; large arguments        |  start] to its slot
+    |                                 |    outside the pipe, wire/buffers.py)      |  (wire/slots.py)
+    |                                 | <---------------------- result pipe -------+
+    |                                 | decode_reply (never raises) -> job.unit_done / unit_failed
+    |                                 |   (user callbacks: callbacks.py thread)
+    |                                 |
+    |                                 | death fd readable: drain the result pipe, reap,
+    |                                 |   Postmortem.examine(slot, exit status, crash stack,
+    |                                 |   RSS samples, guard) -> Death: the culprit's error
+    |                                 |   or its retry, the units to run elsewhere, a
+    |                                 |   throttle; applied here; a replacement starts
+    |                                 |
+    |                                 | GuardKeeper.check: a unit past task_timeout ->
+    |                                 |   SIGUSR2 (stacks to the crash pipe), SIGTERM, SIGKILL;
+    |                                 |   RSS over max_worker_memory -> SIGKILL
 
 Every state change happens in the supervisor loop, whose only blocking point
 is the poll in ``WatchSet.wait`` (``multiprocessing.connection.wait``'s, kept
@@ -45,14 +44,10 @@ a worker killed at any instant cannot block anyone else.
 from __future__ import annotations
 
 import atexit
-import os
-import pickle
-import signal
+import sys
 import threading
-import time
 import traceback
 import weakref
-from multiprocessing.connection import Connection
 from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 from .. import diagnosis
@@ -61,19 +56,15 @@ from ..errors import PoolTerminatedError, WorkerInitError
 from ..options import Guards
 from ..wire import buffers
 from ..wire.channels import Spiller, WatchSet
-from ..wire.framing import frame
-from ..wire.messages import (CONTROL, INIT_FAILED, OK, RAISED, READY, REPLY_HEADER, RETIRING,
-                             STOP, TASK_HEADER, UNENCODABLE, decode_exception, dumps_call,
-                             encoding_error)
+from ..wire.messages import (CONTROL, INIT_FAILED, READY, REPLY_HEADER, RETIRING, decode_exception, decode_reply, dumps_call)
 from ..wire.slots import SharedSlots
 from .callbacks import CallbackThread, report_callback_error
 from .guards import GuardKeeper
 from .inbox import CLOSING, RUNNING, TERMINATING, Inbox
 from .jobs import Job, Unit, cut_units
-from .launch import (StartError, WorkerSpec, make_launcher, parent_only,
-                     release_parent_only)
+from .launch import ParentAlive, StartError, WorkerSpec, make_launcher
 from .postmortem import Postmortem, name_of
-from .workers import State, Worker, WorkerSet, WorkerStatus, kill_group, signal_process
+from .workers import State, Worker, WorkerSet, WorkerStatus, kill_group
 
 PREFETCH = 2                # units in flight per worker: one running, one waiting in its pipe
 TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
@@ -98,32 +89,29 @@ class Engine:
         self._maxtasks = maxtasks
         self._initializer = initializer
         self.inbox = inbox = Inbox()
-        alive_r, self._alive_w = os.pipe()
-        parent_only(self._alive_w)
-        self._alive_conn = Connection(alive_r, writable=False)
+        self._alive = ParentAlive()
         self._slots = SharedSlots(processes)
         # Before any thread of ours exists: under fork this forks the zygote.
         launcher = make_launcher(context, WorkerSpec(
-            self._alive_conn, self._slots, initializer, tuple(initargs), maxtasks,
+            self._alive.conn, self._slots, initializer, tuple(initargs), maxtasks,
             guards.task_timeout is not None, buffers.probe_handle()))
         self._launcher = launcher
         self._watch = WatchSet(inbox.wakeup.fd)
+        if launcher.death_fd is not None:
+            self._watch.add(launcher.death_fd, launcher, "launcher")
         self._spiller = Spiller()
         self._workers = WorkerSet(processes, self._slots, launcher, self._watch, self._spiller)
-        # Set when workers cannot be started (initializer failed, or the
-        # throttle tripped): no respawning, waiting units fail with it.
+        # Set when workers cannot start (initializer failed, throttle, zygote
+        # gone): no respawning, waiting units fail with it.
         self._init_error: Optional[WorkerInitError] = None
-        # Workers can read large bytes arguments from our memory: unknown
-        # (False) until the first worker has checked, False for good if one
-        # could not.
+        # May workers read large bytes from our memory?  Not until the first
+        # has checked; never again once one could not.
         self.remote_reads = False
         self._remote_refused = False
         self._callbacks = CallbackThread()
         self._kernel_log = KernelLog(diagnosis.SOURCES)
         self.guard_keeper = GuardKeeper(guards, self._slots)
         self._postmortem = Postmortem(guards, self._kernel_log, processes, initializer)
-        if self._launcher.death_fd is not None:
-            self._watch.add(self._launcher.death_fd, self._launcher, "launcher")
         self._thread = threading.Thread(target=self._run, name="poolguard-supervisor",
                                         daemon=True)
         _live_engines.add(self)
@@ -187,8 +175,12 @@ class Engine:
             while self._step():
                 pass
         except BaseException as exc:  # a bug of ours: fail everything rather than hang
-            error = exc
-            traceback.print_exc()
+            text = traceback.format_exc()
+            error = PoolTerminatedError(
+                f"poolguard's supervisor thread failed ({exc!r}), a bug of poolguard's; "
+                f"every unfinished task fails with this error. Its traceback:\n{text}")
+            error.__cause__ = exc
+            sys.stderr.write(text)
         finally:
             self._shutdown(error)
 
@@ -247,23 +239,16 @@ class Engine:
                                      exc.__cause__)
                 return
 
-    def _usable_workers(self) -> List[Worker]:
-        return [w for w in self._workers if w.usable]
-
     def _fail_pending_if_no_worker_can_start(self) -> None:
-        if self._init_error is None:
-            return
-        if any(w.state not in (State.INIT_FAILED, State.TERMINATING)
-               for w in self._workers):
-            return  # a healthy or still-starting worker may serve them
-        for unit in self.inbox.take_pending():
-            self._deliver_failure(unit, self._init_error)
+        if self._init_error is not None and not self._workers.may_serve():
+            for unit in self.inbox.take_pending():
+                self._deliver_failure(unit, self._init_error)
 
     def _dispatch(self) -> None:
         pending = self.inbox.pending
         if not pending:
             return
-        workers = self._usable_workers()
+        workers = [w for w in self._workers if w.usable]
         maxtasks = self._maxtasks
         with self.inbox.lock:
             for depth in range(PREFETCH):
@@ -279,26 +264,15 @@ class Engine:
                         self._workers.send(worker, unit.frame)
 
     def _stop_idle_workers(self) -> None:
-        if self.inbox.pending or self.inbox.open_calls:
-            return
-        for worker in self._workers:
-            if not worker.inflight and worker.advance(State.STOPPING):
-                self._workers.send(worker, frame(TASK_HEADER.pack(STOP, 0)))
+        if not (self.inbox.pending or self.inbox.open_calls):
+            self._workers.stop_idle()
 
     def _terminate_workers(self) -> None:
-        units = self.inbox.take_pending()
-        for worker in self._workers:
-            units.extend(worker.inflight)
-            worker.inflight.clear()
-        if units:
-            error = PoolTerminatedError("the pool was terminated before this task finished")
-            for unit in units:
-                self._deliver_failure(unit, error)
-        now = time.monotonic()
-        for worker in self._workers:
-            if worker.advance(State.TERMINATING):
-                signal_process(worker.process, signal.SIGTERM)
-                worker.escalate([(now + TERMINATE_GRACE, signal.SIGKILL)])
+        units = self.inbox.take_pending() + self._workers.take_inflight()
+        error = PoolTerminatedError("the pool was terminated before this task finished")
+        for unit in units:
+            self._deliver_failure(unit, error)
+        self._workers.terminate(TERMINATE_GRACE)
 
     # ---- replies -------------------------------------------------------------------
 
@@ -314,22 +288,7 @@ class Engine:
         task_id, status = REPLY_HEADER.unpack_from(data)
         body = memoryview(data)[REPLY_HEADER.size:]
         if task_id == CONTROL:
-            if status == READY:
-                worker.advance(State.READY)
-                if bytes(body[:1]) != b"\x01":
-                    self._remote_refused = True
-                self.remote_reads = not self._remote_refused
-                worker.watch.sample()   # its cgroup and OOM counter, before any task
-            elif status == RETIRING:
-                worker.advance(State.RETIRING)
-            elif status == INIT_FAILED:
-                worker.advance(State.INIT_FAILED)
-                exc = decode_exception(body)
-                self._set_init_error(WorkerInitError(
-                    f"initializer {name_of(self._initializer)} failed in worker {worker.pid}: "
-                    f"{type(exc).__name__}: {exc}",
-                    exc=exc, remote_traceback=getattr(exc.__cause__, "tb", None),
-                    pid=worker.pid), exc)
+            self._on_control(worker, status, body)
             return
         unit = worker.pop_unit(task_id)
         worker.watch.task_done()
@@ -337,19 +296,26 @@ class Engine:
         self._postmortem.task_finished()
         if unit is None:
             return  # the job was already failed (terminate)
-        if status == OK:
-            try:
-                values = pickle.loads(body)
-            except Exception as exc:
-                self._deliver_failure(unit, encoding_error(
-                    f"the result could not be unpickled in the parent: {exc!r}",
-                    f"<result of {unit.job.describe(unit, None)}>"))
-                return
-            self._deliver(unit.job.unit_done, unit, values)
-        elif status == RAISED:
-            self._deliver_failure(unit, decode_exception(body))
-        elif status == UNENCODABLE:
-            self._deliver_failure(unit, encoding_error(*pickle.loads(body)))
+        ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, None)))
+        self._deliver(unit.job.unit_done if ok else unit.job.unit_failed, unit, value)
+
+    def _on_control(self, worker: Worker, status: int, body: memoryview) -> None:
+        if status == READY:
+            worker.advance(State.READY)
+            if bytes(body[:1]) != b"\x01":
+                self._remote_refused = True
+            self.remote_reads = not self._remote_refused
+            worker.watch.sample()   # its cgroup and OOM counter, before any task
+        elif status == RETIRING:
+            worker.advance(State.RETIRING)
+        elif status == INIT_FAILED:
+            worker.advance(State.INIT_FAILED)
+            exc = decode_exception(body)
+            self._set_init_error(WorkerInitError(
+                f"initializer {name_of(self._initializer)} failed in worker {worker.pid}: "
+                f"{type(exc).__name__}: {exc}",
+                exc=exc, remote_traceback=getattr(exc.__cause__, "tb", None),
+                pid=worker.pid), exc)
 
     def _set_init_error(self, error: WorkerInitError, cause: Optional[BaseException]) -> None:
         error.__cause__ = cause
@@ -400,10 +366,7 @@ class Engine:
         """Leave nothing behind: fail what is left, kill and reap every worker,
         close every descriptor.  Runs on the supervisor thread, last."""
         self.inbox.finish()
-        units = self.inbox.take_pending()
-        for worker in self._workers:
-            units.extend(worker.inflight)
-            worker.inflight.clear()
+        units = self.inbox.take_pending() + self._workers.take_inflight()
         self._workers.kill_all()
         self._launcher.close()
         if units:
@@ -412,10 +375,8 @@ class Engine:
             for unit in units:
                 self._deliver_failure(unit, failure)
         self._spiller.stop()
-        release_parent_only(self._alive_w)
-        os.close(self._alive_w)
+        self._alive.close()
         self.inbox.wakeup.close()
-        self._alive_conn.close()
         self._slots.close()
         self._kernel_log.close()
         self._callbacks.stop()   # after the last failure above was queued

@@ -13,6 +13,8 @@ from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
 
 from .. import diagnosis
 from ..wire.channels import FrameReader, Spiller, WatchSet, grow_pipe
+from ..wire.framing import frame
+from ..wire.messages import STOP, TASK_HEADER
 from ..wire.slots import INITIALIZING, SharedSlots
 from ..diagnosis import WorkerWatch
 from ..errors import TaskInfo
@@ -239,6 +241,31 @@ class WorkerSet:
         self._spiller.close_fd(worker.task_fd)
         worker.watch.close()
         worker.process.close()
+
+    def may_serve(self) -> bool:
+        """Is any worker ready or still starting (not failed nor terminated)?"""
+        return any(w.state not in (State.INIT_FAILED, State.TERMINATING) for w in self)
+
+    def take_inflight(self) -> List[Unit]:
+        units: List[Unit] = []
+        for worker in self:
+            units.extend(worker.inflight)
+            worker.inflight.clear()
+        return units
+
+    def stop_idle(self) -> None:
+        """Ask each worker with nothing in flight to exit (close())."""
+        for worker in self:
+            if not worker.inflight and worker.advance(State.STOPPING):
+                self.send(worker, frame(TASK_HEADER.pack(STOP, 0)))
+
+    def terminate(self, grace: float) -> None:
+        """SIGTERM each worker; SIGKILL follows *grace* seconds later."""
+        now = time.monotonic()
+        for worker in self:
+            if worker.advance(State.TERMINATING):
+                signal_process(worker.process, signal.SIGTERM)
+                worker.escalate([(now + grace, signal.SIGKILL)])
 
     def kill_all(self) -> None:
         """SIGKILL every worker and its group, reap and forget it."""

@@ -150,7 +150,7 @@ def decode_exception(body: Union[bytes, memoryview]) -> BaseException:
     """Parent side: never raises; a failure gives a stand-in keeping the text."""
     try:
         exc_bytes, type_name, text, tb_text, reason = pickle.loads(body)
-    except Exception as err:  # the text part is plain strings; this is corruption
+    except BaseException as err:  # the text part is plain strings; this is corruption
         return UnpicklableTaskError(f"undecodable error report from worker: {err!r}",
                                     reason=repr(err))
     if exc_bytes is not None:
@@ -158,7 +158,7 @@ def decode_exception(body: Union[bytes, memoryview]) -> BaseException:
             exc = pickle.loads(exc_bytes)
             if not isinstance(exc, BaseException):
                 raise TypeError(f"unpickled a {type(exc).__name__}, not an exception")
-        except Exception as err:
+        except BaseException as err:   # SystemExit from a __reduce__ too
             reason = f"it could not be unpickled in the parent: {err!r}"
         else:
             exc.__cause__ = remote_traceback(tb_text)
@@ -168,6 +168,25 @@ def decode_exception(body: Union[bytes, memoryview]) -> BaseException:
         type_name=type_name, text=text, remote_traceback=tb_text, reason=reason)
     stand_in.__cause__ = remote_traceback(tb_text)
     return stand_in
+
+
+def decode_reply(status: int, body: Union[bytes, memoryview],
+                 describe: Callable[[], str]) -> Tuple[bool, Any]:
+    """Parent side: (True, list of results) or (False, exception) from a task's
+    reply.  Never raises: whatever unpickling the body does (even raising
+    SystemExit) becomes that task's error.  *describe* names the task."""
+    if status == RAISED:
+        return False, decode_exception(body)
+    try:
+        if status == OK:
+            return True, pickle.loads(body)
+        if status == UNENCODABLE:
+            return False, encoding_error(*pickle.loads(body))
+        raise ValueError(f"unknown reply status {status}")
+    except BaseException as exc:   # SystemExit from a __reduce__ too: never ours
+        return False, encoding_error(
+            f"the result could not be unpickled in the parent: {exc!r}",
+            f"<result of {describe()}>")
 
 
 def remote_traceback(tb_text: str) -> RemoteTraceback:
