@@ -61,7 +61,7 @@ def main(argv=None) -> int:
               f"(min {min(times[name]) * 1000:.1f}, max {max(times[name]) * 1000:.1f})")
     ratio = medians["poolguard.Pool"] / medians["multiprocessing.Pool"]
     paired = statistics.median(p / m for p, m in zip(times["poolguard.Pool"],
-                                                       times["multiprocessing.Pool"]))
+                                                       times["multiprocessing.Pool"], strict=True))
     print(f"  ratio poolguard / multiprocessing: {ratio:.3f} (of medians), "
           f"{paired:.3f} (median of the {args.rounds} paired rounds)")
     return 0

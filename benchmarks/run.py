@@ -317,7 +317,7 @@ def ratio(cell: Cell, base: Cell) -> float:
     """*cell* over *base*: the median of the per-round ratios when both ran
     every round (pairs share the machine's mood), else the ratio of medians."""
     if len(cell.samples) == len(base.samples) > 1 and cell.paired and base.paired:
-        return statistics.median(c / b for c, b in zip(cell.samples, base.samples))
+        return statistics.median(c / b for c, b in zip(cell.samples, base.samples, strict=True))
     return cell.median / base.median   # type: ignore[operator]
 
 

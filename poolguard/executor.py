@@ -114,7 +114,7 @@ class ProcessPoolExecutor(Executor):
             raise ValueError("chunksize must be >= 1.")
         fn = checkpointed(fn, checkpoint)
         end = None if timeout is None else time.monotonic() + timeout
-        arguments = list(zip(*iterables))
+        arguments = list(zip(*iterables, strict=False))   # the shortest ends it, as in the stdlib
         futures: List[Future] = []
         with self._shutdown_lock:
             engine = self._engine

@@ -148,7 +148,7 @@ class IMapIterator(Job, Iterator[T]):
                 if not self._cond.wait(timeout):
                     raise TimeoutError
 
-    __next__ = next  # type: ignore[assignment]
+    __next__ = next
 
     def _take(self) -> Optional[tuple]:
         if self._ordered:
@@ -333,7 +333,8 @@ class Pool:
     def __del__(self) -> None:
         engine = getattr(self, "_engine", None)
         if engine is not None and engine.state == "running":
-            warnings.warn(f"unclosed running pool {self!r}", ResourceWarning, source=self)
+            warnings.warn(f"unclosed running pool {self!r}", ResourceWarning, stacklevel=2,
+                          source=self)
             engine.terminate()
 
     def __repr__(self) -> str:

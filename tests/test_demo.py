@@ -45,9 +45,9 @@ def test_as_completed_example():
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert sorted(lines[:8]) == sorted([f"task {i}: {i * 10}" for i in range(8) if i != 3]
-                                       + [next(l for l in lines if l.startswith("task 3:"))])
-    assert any(l.startswith("task 3: worker ") and l.endswith("killed by SIGKILL")
-               for l in lines)
+                                       + [next(x for x in lines if x.startswith("task 3:"))])
+    assert any(x.startswith("task 3: worker ") and x.endswith("killed by SIGKILL")
+               for x in lines)
     assert lines[-1] == "afterwards: 90"
 
 

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -47,11 +48,11 @@ def square(x):
 
 
 def run(tmp_path: Path, body: str, method: str, timeout: float = SCRIPT_LIMIT + 15,
-        modules: dict = {}) -> str:
+        modules: Optional[dict] = None) -> str:
     """Run PRELUDE + *body* as a script; return its stdout, failing with its
     output when it fails or hangs."""
     (tmp_path / "tasks_mod.py").write_text(TASKS)
-    for name, text in modules.items():
+    for name, text in (modules or {}).items():
         (tmp_path / f"{name}.py").write_text(text)
     script = tmp_path / "prog.py"
     # Under the main guard: spawn and forkserver import the script again.

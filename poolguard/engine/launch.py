@@ -228,7 +228,7 @@ class ZygoteLauncher:
     def main_by_value(self, func: Callable) -> bool:
         """A function of __main__ defined after the zygote was forked is not
         in the workers' __main__: it goes by value, as under spawn."""
-        return self._main.get(getattr(func, "__name__", None)) is not func
+        return self._main.get(getattr(func, "__name__", "")) is not func
 
     def start(self, index: int, task_r: int, result_w: int, crash_w: int) -> WorkerProcess:
         try:

@@ -10,7 +10,7 @@ supervisor applies the decision; nothing here touches its queues.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from .. import diagnosis
 from ..diagnosis import KernelLog, diagnose
@@ -22,6 +22,7 @@ from .jobs import Unit
 from .workers import Worker
 
 _ERRORS = {"timeout": TaskTimeoutError, "memory": WorkerMemoryError}
+_PHASES: Dict[int, str] = {DECODING: "decoding", SENDING: "sending"}
 # Signals that say the process itself failed, not that someone stopped it.
 _OWN_FAULT_SIGNALS = {"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT"}
 
@@ -77,7 +78,7 @@ class Postmortem:
     def crash_error(self, worker: Worker, culprit: Unit, offset: Optional[int], item: int,
                     exitcode: Optional[int], crash_stack: Optional[str]) -> WorkerCrashedError:
         guard = worker.guard
-        phase = {DECODING: "decoding", SENDING: "sending"}.get(item, "running")
+        phase = _PHASES.get(item, "running")
         cls = _ERRORS.get(guard.kind, WorkerCrashedError) if guard else WorkerCrashedError
         if guard is not None and guard.kind == "memory":
             verdict: Optional[diagnosis.Diagnosis] = diagnosis.Diagnosis(

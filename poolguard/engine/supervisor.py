@@ -62,7 +62,7 @@ from .callbacks import CallbackThread, report_callback_error
 from .guards import GuardKeeper
 from .inbox import CLOSING, RUNNING, TERMINATING, Inbox
 from .jobs import Job, Unit, cut_units
-from .launch import ParentAlive, StartError, WorkerSpec, make_launcher
+from .launch import ParentAlive, StartError, WorkerSpec, ZygoteLauncher, make_launcher
 from .postmortem import Postmortem, name_of
 from .workers import State, Worker, WorkerSet, WorkerStatus, kill_group
 
@@ -78,7 +78,8 @@ class Engine:
 
     def __init__(self, processes: int, initializer: Optional[Callable] = None,
                  initargs: Iterable = (), maxtasks: Optional[int] = None, context=None,
-                 finish_at_exit: bool = False, guards: Guards = Guards()):
+                 finish_at_exit: bool = False, guards: Optional[Guards] = None):
+        guards = guards or Guards()
         self.processes = processes
         self.guards = guards
         # At interpreter exit: finish the submitted work (executors, as the
@@ -357,8 +358,10 @@ class Engine:
     def _on_launcher_death(self) -> None:
         """The zygote died: its workers die with it (their deaths come as
         usual), and no new one can start; waiting and later tasks fail."""
-        self._watch.discard(self._launcher.death_fd)
-        self._set_init_error(WorkerInitError(self._launcher.died()), None)
+        launcher = self._launcher
+        assert isinstance(launcher, ZygoteLauncher) and launcher.death_fd is not None
+        self._watch.discard(launcher.death_fd)
+        self._set_init_error(WorkerInitError(launcher.died()), None)
 
     # ---- the end -------------------------------------------------------------------
 

@@ -155,7 +155,7 @@ class SharedBuffers:
                 layout.append((pos, view.nbytes))
                 pos += view.nbytes
             os.ftruncate(fd, max(pos, 1))
-            for (offset, size), view in zip(layout, buffers):
+            for (offset, size), view in zip(layout, buffers, strict=True):
                 done = 0
                 while done < size:   # one write takes at most ~2 GiB
                     done += os.pwrite(fd, view[done:], offset + done)
