@@ -15,6 +15,12 @@ import pytest
 
 START_METHODS = ["fork", "spawn", "forkserver"]
 
+# "At once" in a test: a death, a timeout or an interrupt is acted on within
+# this many seconds even while another heavy job shares the two cores.  Far
+# below any grace period a peer waits (billiard: 10 s) and below every test's
+# timeout; the real figures (milliseconds) are measured in benchmarks/.
+PROMPT = 3.0
+
 # Figures for the summary line at the end of a run (README "Reliability").
 STATS: "collections.Counter[str]" = collections.Counter()
 
@@ -51,6 +57,47 @@ def pytest_terminal_summary(terminalreporter):
 def method(request) -> str:
     """Run the test under each start method (crash tests use this)."""
     return request.param
+
+
+class Front:
+    """``poolguard.Pool`` or ``poolguard.ProcessPoolExecutor`` behind one
+    interface, for the tests that hold for both fronts."""
+
+    def __init__(self, name: str, processes: int, method: str, **options):
+        import poolguard
+        self.name = name
+        if name == "pool":
+            self.pool = poolguard.Pool(processes, context=method, **options)
+        else:
+            self.pool = poolguard.ProcessPoolExecutor(processes, mp_context=method, **options)
+
+    def submit(self, fn, *args):
+        if self.name == "pool":
+            return self.pool.apply_async(fn, args)
+        return self.pool.submit(fn, *args)
+
+    def get(self, handle, timeout: float = 10):
+        return handle.get(timeout) if self.name == "pool" else handle.result(timeout)
+
+    @property
+    def pids(self):
+        return self.pool.pids
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.name == "pool":
+            self.pool.terminate()
+        else:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(params=["pool", "executor"])
+def front(request):
+    """Make a pool of the front under test: ``front(processes, method, **options)``."""
+    return lambda processes, method, **options: Front(request.param, processes, method,
+                                                      **options)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.01, message: str = ""):

@@ -11,7 +11,7 @@ import pytest
 from poolguard import ProcessPoolExecutor, WorkerCrashedError, WorkerInitError
 
 import tasks
-from conftest import wait_until
+from conftest import PROMPT, wait_until
 
 
 def test_eight_tasks_one_kills_its_worker(method):
@@ -26,17 +26,6 @@ def test_eight_tasks_one_kills_its_worker(method):
         assert [f.result() for i, f in enumerate(futures) if i != 5] == \
             [0, 2, 4, 6, 8, 12, 14]
         assert executor.submit(tasks.square, 9).result(timeout=10) == 81
-
-
-@pytest.mark.parametrize("how", ["sigkill", "exit", "segfault"])
-def test_death_matrix_through_the_executor(method, how):
-    with ProcessPoolExecutor(2, mp_context=method) as executor:
-        others = [executor.submit(tasks.sleep_then, 0.2, i) for i in range(3)]
-        culprit = executor.submit(tasks.die, how)
-        with pytest.raises(WorkerCrashedError):
-            culprit.result(timeout=10)
-        assert [f.result(timeout=10) for f in others] == [0, 1, 2]
-        assert executor.submit(tasks.add, 2, b=3).result(timeout=10) == 5
 
 
 def test_map_raises_at_the_culprit_in_order(method):
@@ -104,11 +93,11 @@ def test_shutdown_cancel_futures():
 
 def test_shutdown_without_wait_returns_at_once_and_work_finishes():
     executor = ProcessPoolExecutor(2)
-    futures = [executor.submit(tasks.sleep_then, 0.3, i) for i in range(4)]
+    futures = [executor.submit(tasks.sleep_then, PROMPT + 1, i) for i in range(2)]
     start = time.monotonic()
     executor.shutdown(wait=False)
-    assert time.monotonic() - start < 0.1
-    assert [f.result(timeout=10) for f in futures] == [0, 1, 2, 3]
+    assert time.monotonic() - start < PROMPT    # waiting would take PROMPT + 1 s
+    assert [f.result(timeout=20) for f in futures] == [0, 1]
     executor._engine.join(10)
 
 
@@ -167,9 +156,9 @@ def test_unshut_executor_at_interpreter_exit(tmp_path):
 def test_slow_done_callback_does_not_delay_crash_detection():
     with ProcessPoolExecutor(2) as executor:
         slow = executor.submit(tasks.square, 3)
-        slow.add_done_callback(lambda _: time.sleep(2))
+        slow.add_done_callback(lambda _: time.sleep(PROMPT + 1))
         start = time.monotonic()
         with pytest.raises(WorkerCrashedError):
             executor.submit(tasks.die, "sigkill").result(10)
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < PROMPT
         assert slow.result(10) == 9

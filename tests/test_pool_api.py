@@ -13,6 +13,7 @@ import poolguard
 from poolguard import PoolTerminatedError, UnpicklableTaskError
 
 import tasks
+from conftest import PROMPT
 
 
 @pytest.fixture
@@ -109,13 +110,13 @@ def test_system_exit_in_task_is_the_tasks_error(pool):
 
 
 def test_get_timeout_and_ready_successful(pool):
-    result = pool.apply_async(tasks.sleep_then, (0.5, "done"))
+    result = pool.apply_async(tasks.sleep_then, (PROMPT + 1, "done"))
     with pytest.raises(ValueError, match="not ready"):
         result.successful()
     start = time.monotonic()
     with pytest.raises(multiprocessing.TimeoutError):
         result.get(timeout=0.05)
-    assert time.monotonic() - start < 0.4
+    assert time.monotonic() - start < PROMPT
     assert not result.ready()
     result.wait(10)
     assert result.ready() and result.successful() and result.get() == "done"
@@ -308,11 +309,11 @@ def test_many_threads_submitting_never_lose_a_wake_up():
 
 def test_slow_callback_does_not_delay_crash_detection(pool):
     import time
-    slow = pool.apply_async(tasks.square, (2,), callback=lambda _: time.sleep(2))
+    slow = pool.apply_async(tasks.square, (2,), callback=lambda _: time.sleep(PROMPT + 1))
     start = time.monotonic()
     with pytest.raises(poolguard.WorkerCrashedError):
         pool.apply_async(tasks.die, ("sigkill",)).get(10)
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < PROMPT
     assert slow.get(10) == 4 and slow.ready()   # get() returned after the callback
 
 
