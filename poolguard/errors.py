@@ -5,8 +5,11 @@ process boundaries again (a pool inside a worker, a result stored to disk).
 """
 from __future__ import annotations
 
+import pickle
 import signal as _signal
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from typing import Any, List, Optional
 
 
@@ -67,8 +70,12 @@ _PHASES = {
 }
 
 
-class WorkerCrashedError(PoolguardError):
+class WorkerCrashedError(PoolguardError, BrokenProcessPool):
     """A worker process died while it ran a task; this task was the one.
+
+    Also a ``concurrent.futures.process.BrokenProcessPool`` (so a
+    ``RuntimeError``): code written for the standard executor catches it.
+    Unlike there, only this task failed and the pool goes on.
 
     Attributes:
 
@@ -184,8 +191,10 @@ class WorkerMemoryError(WorkerCrashedError, MemoryError):
     rss: Optional[int] = None
 
 
-class WorkerInitError(PoolguardError):
-    """The pool's initializer failed in a worker (raised or died).
+class WorkerInitError(PoolguardError, BrokenProcessPool):
+    """The pool's initializer failed in a worker (raised or died), or no
+    worker could be started.  A ``BrokenProcessPool`` too, as the standard
+    executor raises then.
 
     ``exc`` is the initializer's exception when it could be brought back,
     ``remote_traceback`` its traceback text.  The pool stops respawning after
@@ -221,6 +230,12 @@ class UnpicklableTaskError(PoolguardError):
         self.text = text
         self.remote_traceback = remote_traceback
         self.reason = reason
+
+
+class ResultEncodingError(MaybeEncodingError, pickle.PicklingError):
+    """A task's result could not be pickled in the worker, or not rebuilt
+    here.  ``multiprocessing.pool.MaybeEncodingError`` (what Pool raises)
+    and ``pickle.PicklingError`` (what the standard executor raises)."""
 
 
 class PoolTerminatedError(PoolguardError):

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
 from .checkpoint import CheckpointArg, checkpointed
 from .engine.workers import WorkerStatus
 from .engine import Engine, Job, Unit
+from .engine.supervisor import interpreter_exiting
 from .wire.messages import APPLY, STARMAP
 from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
                       resolve_workers)
@@ -95,14 +96,26 @@ class ProcessPoolExecutor(Executor):
                               guards=guards)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """As the stdlib's: a function or argument that does not pickle fails
+        the returned future, it does not raise here."""
         future: Future = Future()
         with self._shutdown_lock:
-            engine = self._engine
-            if engine is None or engine.state != "running":
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            engine = self._running()
             job = _FutureJob(engine, fn, APPLY, "submit", future)
-            engine.submit_items(job, [(args, kwargs)], 1)
+            try:
+                engine.submit_items(job, [(args, kwargs)], 1)
+            except (Exception, SystemExit) as exc:   # the function did not pickle
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(exc)
         return future
+
+    def _running(self) -> Engine:
+        engine = self._engine
+        if interpreter_exiting():
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        if engine is None or engine.state != "running":
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        return engine
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: Optional[float] = None, chunksize: int = 1,
@@ -117,9 +130,7 @@ class ProcessPoolExecutor(Executor):
         arguments = list(zip(*iterables, strict=False))   # the shortest ends it, as in the stdlib
         futures: List[Future] = []
         with self._shutdown_lock:
-            engine = self._engine
-            if engine is None or engine.state != "running":
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            engine = self._running()
             func_bytes = engine.encode_function(fn)
             for lo in range(0, len(arguments), chunksize):
                 future: Future = Future()
@@ -137,6 +148,7 @@ class ProcessPoolExecutor(Executor):
                 return
             if cancel_futures:
                 for unit in engine.inbox.take_pending():
+                    unit.release()
                     if not unit.job.future.cancel():   # type: ignore[attr-defined]
                         unit.job.unit_failed(unit, RuntimeError("not run: executor shut down"))
             engine.close()
@@ -172,8 +184,13 @@ def _results_in_order(futures: List[Future], end: Optional[float]) -> Iterator[A
         while futures:
             timeout = None if end is None else end - time.monotonic()
             # result() raises TimeoutError, or the chunk's error, as Executor.map does.
-            yield from futures[-1].result(timeout)
+            values = futures[-1].result(timeout)
             futures.pop()
+            # Hand each result over and keep no reference to it (the list is
+            # the future's): a consumer that drops it frees it.
+            values.reverse()
+            while values:
+                yield values.pop()
     finally:
         for future in futures:
             future.cancel()

@@ -348,3 +348,33 @@ def make_exits_when_unpickled(x):
     if x == 2:
         raise ExitingError("boom")
     return x
+
+
+class ExitsWhenPickled:
+    """Pickling it calls sys.exit(5): a submit() of it must fail its future only."""
+
+    def __reduce__(self):
+        raise SystemExit(5)
+
+
+class Dummy:
+    pass
+
+
+def make_object(_):
+    return Dummy()
+
+
+def ignore(_):
+    return None
+
+
+class WritesWhenFreed:
+    """Writes a marker file when it is garbage collected (in the worker)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __del__(self):
+        with open(self.path, "w") as f:
+            f.write("freed")

@@ -131,7 +131,7 @@ def cut_units(job: Job, items: Sequence, chunksize: int, start: int, func_bytes:
         chunk = items[lo:lo + chunksize]
         try:
             batch.append(Unit(job, start + lo, chunk, func_bytes, remote=remote))
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:   # a __reduce__ may even call exit()
             job.unit_failed(Unit.placeholder(job, start + lo, chunk), exc)
         if len(batch) >= batch_size:
             yield batch

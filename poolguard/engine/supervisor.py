@@ -386,6 +386,24 @@ class Engine:
         _live_engines.discard(self)
 
 
+_exiting = False
+
+
+def interpreter_exiting() -> bool:
+    """True once the interpreter has begun to shut down (no new futures)."""
+    return _exiting
+
+
+def _mark_exiting() -> None:
+    global _exiting
+    _exiting = True
+
+
+# Before atexit handlers, as the standard executor does, so that one that
+# submits work is told at once that it cannot.
+threading._register_atexit(_mark_exiting)   # type: ignore[attr-defined]
+
+
 @atexit.register
 def _terminate_all() -> None:
     """At interpreter exit, end every pool still running so that exit neither

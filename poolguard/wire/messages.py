@@ -19,13 +19,12 @@ import pickle
 import struct
 import traceback
 from enum import IntEnum
-from multiprocessing.pool import (MaybeEncodingError,  # type: ignore[attr-defined]
-                                  RemoteTraceback)
+from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import cloudpickle
 
-from ..errors import UnpicklableTaskError
+from ..errors import ResultEncodingError, UnpicklableTaskError
 from . import buffers
 from .framing import frame
 
@@ -194,9 +193,10 @@ def remote_traceback(tb_text: str) -> RemoteTraceback:
     return RemoteTraceback('\n"""\n%s"""' % tb_text)
 
 
-def encoding_error(error_repr: str, value_repr: str) -> MaybeEncodingError:
-    """``MaybeEncodingError`` from text already repr'd in the worker."""
-    err = MaybeEncodingError.__new__(MaybeEncodingError)
+def encoding_error(error_repr: str, value_repr: str) -> ResultEncodingError:
+    """``MaybeEncodingError`` (and ``PicklingError``) from text already
+    repr'd in the worker."""
+    err = ResultEncodingError.__new__(ResultEncodingError)
     err.exc, err.value = error_repr, value_repr
     err.args = (error_repr, value_repr)
     return err
