@@ -86,7 +86,9 @@ def checkpointed(func: Callable, checkpoint: CheckpointArg) -> Callable:
     step = checkpoint.step or default_step(func)
     if not isinstance(step, str) or not step.strip():
         raise ValueError("checkpoint step name must be a non-empty string")
-    store = Store(os.fspath(checkpoint.path), step)
+    # Resolved here, once: workers (and a later os.chdir) must not read a
+    # relative path against another directory.
+    store = Store(os.path.abspath(os.fspath(checkpoint.path)), step)
     store.prepare(_function_name(func))
     return Checkpointed(func, store)
 
@@ -288,11 +290,16 @@ def _function_name(func: Callable) -> str:
 
 def default_step(func: Callable) -> str:
     """The step of a call without an explicit name.  A module-level function
-    is its name, so editing its body keeps its results; anything whose name
-    does not tell it apart (a partial, a lambda, a local function, a callable
-    object) also gets a digest of its pickle, so two of them never share
-    entries."""
+    is its name, so editing its body keeps its results; one of ``__main__``
+    also names the script's path (two scripts' ``work`` are two steps);
+    anything whose name does not tell it apart (a partial, a lambda, a local
+    function, a callable object) also gets a digest of its pickle, so two of
+    them never share entries."""
     name = _function_name(func)
+    if name.startswith("__main__."):
+        script = getattr(sys.modules.get("__main__"), "__file__", None)
+        where = os.path.abspath(script) if script else "<no script file>"
+        name = f"__main__[{where}].{name[len('__main__.'):]}"
     plain = (inspect.isfunction(func) or inspect.isbuiltin(func)) and "<" not in name
     if plain:
         return name

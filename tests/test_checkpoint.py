@@ -361,3 +361,46 @@ def test_a_crash_names_the_users_function_and_stores_nothing_for_it(tmp_path, me
     store = store_module.Store(str(tmp_path), store_module.default_step(tasks.die_at))
     assert [store.get(store.key((x, 3), {}))[0] for x in range(6)] == \
         [True, True, True, False, True, True]
+
+
+def test_two_scripts_with_the_same_function_name_are_two_steps(tmp_path):
+    """Each script's top-level ``work`` was step ``__main__.work``: the second
+    script silently got the first one's results."""
+    store = tmp_path / "store"
+    outputs = []
+    for name, factor in (("first.py", 10), ("second.py", 100)):
+        script = tmp_path / name
+        script.write_text(textwrap.dedent(f"""
+            import poolguard
+            def work(x):
+                return x * {factor}
+            if __name__ == "__main__":
+                with poolguard.Pool(2, context="fork") as pool:
+                    print(pool.map(work, range(3), checkpoint={str(store)!r}))
+        """))
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.strip())
+    assert outputs == ["[0, 10, 20]", "[0, 100, 200]"]
+    names = [info.step for info in store_module.steps(str(store))]
+    assert len(names) == 2 and all("first.py" in n or "second.py" in n for n in names), names
+
+
+def test_a_relative_path_is_resolved_in_the_caller_at_the_call(tmp_path, method):
+    """After os.chdir() between Pool() and map(), parent and workers used to
+    write to two directories."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    before = os.getcwd()
+    os.chdir(first)
+    try:
+        with poolguard.Pool(2, context=method) as pool:
+            os.chdir(second)
+            assert pool.map(tasks.square, range(5), checkpoint="store") == [0, 1, 4, 9, 16]
+            assert pool.map(tasks.square, range(5), checkpoint="store") == [0, 1, 4, 9, 16]
+    finally:
+        os.chdir(before)
+    assert len(entries(second / "store")) == 5
+    assert not (first / "store").exists()
