@@ -7,7 +7,7 @@ from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
 
 from .checkpoint import CheckpointArg, checkpointed
-from .engine.workers import WorkerStatus
+from .front import WorkerReports
 from .engine import Engine, Job, Unit
 from .engine.supervisor import interpreter_exiting
 from .wire.messages import APPLY, STARMAP
@@ -67,7 +67,7 @@ def _set_quietly(setter: Callable[[Any], None], value: Any) -> None:
         pass
 
 
-class ProcessPoolExecutor(Executor):
+class ProcessPoolExecutor(Executor, WorkerReports):
     """A ``concurrent.futures.ProcessPoolExecutor`` that survives worker deaths.
 
     When a worker dies, only the future of the task it was running fails, with
@@ -160,22 +160,6 @@ class ProcessPoolExecutor(Executor):
         if engine is not None and engine.state == "running":
             engine.close()   # the standard executor finishes queued work too
 
-    @property
-    def pids(self) -> List[int]:
-        """Pids of the live worker processes (a snapshot)."""
-        return self._engine.pids if self._engine is not None else []
-
-    def status(self) -> List[WorkerStatus]:
-        """What each worker is doing now: pid, state ("starting", "idle",
-        "busy", "stopped"), task, seconds on it, RSS.  For a stuck pool with
-        no task_timeout: ``print(*pool.status(), sep="\\n")``."""
-        return self._engine.status() if self._engine is not None else []
-
-    def dump_stacks(self) -> None:
-        """Make each worker print every thread's Python stack to its stderr
-        (the tasks go on): where a task is stuck."""
-        if self._engine is not None:
-            self._engine.dump_stacks()
 
 
 def _results_in_order(futures: List[Future], end: Optional[float]) -> Iterator[Any]:

@@ -10,7 +10,7 @@ from typing import (Any, Callable, Deque, Dict, Generic, Iterable, Iterator, Lis
                     Optional, Sequence, TypeVar, Union)
 
 from .checkpoint import CheckpointArg, checkpointed
-from .engine.workers import WorkerStatus
+from .front import WorkerReports
 from .engine import Engine, Job, Unit, report_callback_error
 from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
                       resolve_workers)
@@ -186,7 +186,7 @@ class IMapIterator(Job, Iterator[T]):
             self._cond.notify_all()
 
 
-class Pool:
+class Pool(WorkerReports):
     """A ``multiprocessing.Pool`` that survives the death of its workers.
 
     When a worker dies (SIGKILL, the OOM killer, ``os._exit``, a segfault) the
@@ -342,22 +342,6 @@ class Pool:
         return f"<{type(self).__module__}.{type(self).__qualname__} state={state} " \
                f"pool_size={getattr(self, '_processes', '?')}>"
 
-    @property
-    def pids(self) -> List[int]:
-        """Pids of the live worker processes (a snapshot)."""
-        return self._engine.pids if self._engine is not None else []
-
-    def status(self) -> List[WorkerStatus]:
-        """What each worker is doing now: pid, state ("starting", "idle",
-        "busy", "stopped"), task, seconds on it, RSS.  For a stuck pool with
-        no task_timeout: ``print(*pool.status(), sep="\\n")``."""
-        return self._engine.status() if self._engine is not None else []
-
-    def dump_stacks(self) -> None:
-        """Make each worker print every thread's Python stack to its stderr
-        (the tasks go on): where a task is stuck."""
-        if self._engine is not None:
-            self._engine.dump_stacks()
 
     def _running(self) -> Engine:
         engine = self._engine

@@ -151,6 +151,26 @@ def test_second_pool_while_the_first_is_busy(tmp_path, method):
     assert out.split("\n")[:3] == ["[0, 2, 4, 6, 8]", "[0, 1, 4, 9, 16]", "4"]
 
 
+def test_another_librarys_fork_after_pool_does_not_hold_our_pool_open(tmp_path, method):
+    """multiprocessing.Pool workers forked after Pool() inherited the zygote's
+    socket, so the zygote never saw it close and terminate() hung forever
+    (found by the benchmark run).  Children forked from the pool's process
+    now close what only the pool may hold."""
+    out = run(tmp_path, """
+        import multiprocessing
+        import tasks_mod
+        ours = poolguard.Pool(2, context=METHOD)
+        print(ours.map(tasks_mod.square, range(3)))
+        theirs = multiprocessing.get_context("fork").Pool(2)
+        print(theirs.map(tasks_mod.square, range(3)))
+        start = time.monotonic()
+        ours.terminate()
+        print(time.monotonic() - start < 3.0)
+        theirs.terminate()
+    """, method)
+    assert out.split() == ["[0,", "1,", "4]", "[0,", "1,", "4]", "True"]
+
+
 def test_subprocess_run_while_workers_are_replaced(tmp_path, method):
     """A worker forked from the caller while it runs subprocess.run() kept
     the child's error pipe open, and Popen() waited for it forever."""

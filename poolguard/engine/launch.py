@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import pickle
 import select
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from . import zygote
 # zygote sockets): a child that kept one would hide the owner's death.
 _parent_only_fds: Set[int] = set()
 ZYGOTE_REPLY_TIMEOUT = 30.0   # a fork of a very large process can take a while
+ZYGOTE_EXIT_GRACE = 5.0       # seconds the zygote has to kill and reap its workers
 
 
 def parent_only(fd: int) -> int:
@@ -51,13 +53,18 @@ def release_parent_only(fd: int) -> None:
 
 
 def close_parent_only_fds() -> None:
-    """In a process forked from the pool's: close what only the pool may hold."""
+    """In any process forked from the pool's (a zygote, a worker of another
+    library's pool, the user's own fork): close what only the pool may hold,
+    or the zygote and the workers would not see the pool's process die."""
     for fd in list(_parent_only_fds):
         try:
             os.close(fd)
         except OSError:
             pass
     _parent_only_fds.clear()
+
+
+os.register_at_fork(after_in_child=close_parent_only_fds)
 
 
 class StartError(Exception):
@@ -165,12 +172,11 @@ class ContextLauncher:
     def start(self, index: int, task_r: int, result_w: int, crash_w: int) -> WorkerProcess:
         conns = (Connection(task_r, writable=False), Connection(result_w, readable=False),
                  Connection(crash_w, readable=False))
-        fork = self._method == "fork"
+        # (Under fork, what only we may hold is closed by the at-fork hook.)
         process = self.context.Process(
             target=worker_main, name=f"poolguard-worker-{index}",
             args=(self.spec, index, *conns,
-                  os.getpid() if self._method != "forkserver" else None,
-                  sorted(_parent_only_fds) if fork else []))
+                  os.getpid() if self._method != "forkserver" else None, []))
         try:
             process.start()
         except Exception as exc:
@@ -216,7 +222,7 @@ class ZygoteLauncher:
         self.spec = spec
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent_only(ours.fileno())
-        self.pid = zygote.fork_zygote(theirs, spec, _parent_only_fds)
+        self.pid = zygote.fork_zygote(theirs, spec)
         theirs.close()
         self._sock = ours
         self.pidfd = os.pidfd_open(self.pid)
@@ -281,15 +287,20 @@ class ZygoteLauncher:
                 f"{how}; no new worker can be started. Create a new pool")
 
     def close(self) -> None:
-        """Closing the socket tells the zygote to kill what is left and exit."""
+        """Tell the zygote to kill what is left and exit; wait for it (it is
+        our child), and kill it if it does not go."""
+        if self.exitcode is None:
+            try:
+                self._sock.send(pickle.dumps(("exit",)))
+            except OSError:
+                pass   # already gone
         release_parent_only(self._sock.fileno())
         self._sock.close()
         if self.exitcode is None:
-            try:
-                _, status = os.waitpid(self.pid, 0)
-                self.exitcode = os.waitstatus_to_exitcode(status)
-            except ChildProcessError:
-                pass
+            if not select.select([self.pidfd], [], [], ZYGOTE_EXIT_GRACE)[0]:
+                os.kill(self.pid, signal.SIGKILL)
+            _, status = os.waitpid(self.pid, 0)
+            self.exitcode = os.waitstatus_to_exitcode(status)
         os.close(self.pidfd)
 
 

@@ -10,10 +10,11 @@ Requests (pickled tuples; file descriptors ride along as SCM_RIGHTS):
 
     ("fork", index) + [task_r, result_w, crash_w]  ->  ("ok", pid) | ("error", text)
     ("reap", pid)                                   ->  ("status", exitcode | None)
+    ("exit",)                                       ->  (none: it ends)
 
-End of file on the socket means the pool is closing or its process died:
-the zygote then kills every worker's process group (what tasks started dies
-too), reaps them and exits.
+"exit" (the pool is closing), end of file on the socket, or a new parent
+(the pool's process died) ends the zygote: it kills every worker's process
+group (what tasks started dies too), reaps them and exits.
 """
 from __future__ import annotations
 
@@ -26,28 +27,22 @@ import socket
 import traceback
 from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, List
 
 from ..worker import worker_main
 
 OWNER_CHECK_INTERVAL = 1.0   # seconds; the socket's EOF is the fast path
 
 
-def fork_zygote(sock: socket.socket, spec: Any, close_fds: Iterable[int]) -> int:
-    """Fork the zygote; in the parent, return its pid.  *close_fds*: what
-    only the pool's process may hold (closed in the zygote at once)."""
-    close = list(close_fds)
+def fork_zygote(sock: socket.socket, spec: Any) -> int:
+    """Fork the zygote; in the parent, return its pid.  (What only the pool's
+    process may hold is closed in the child by launch.py's at-fork hook.)"""
     owner = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     code = 1
     try:
-        for fd in close:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
         _serve(sock, spec, owner)
         code = 0
     except BaseException:
@@ -79,6 +74,8 @@ def _serve(sock: socket.socket, spec: Any, owner: int) -> None:
             if not data:
                 return
             request = pickle.loads(data)
+            if request[0] == "exit":
+                return
             if request[0] == "fork":
                 reply = _fork_worker(context, spec, request[1], fds, sock, children)
             else:
