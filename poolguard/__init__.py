@@ -9,7 +9,8 @@ Beside it: :mod:`poolguard.diagnosis` (why a worker died),
 :mod:`poolguard.checkpoint` (resumable steps).
 """
 from .checkpoint import Checkpoint, CheckpointWarning
-from .errors import (PoolguardError, PoolTerminatedError, PoolThrottledError, TaskInfo,
+from .errors import (PoolguardError, PoolTerminatedError, PoolThrottledError,
+                     ResultDecodingError, ResultEncodingError, TaskDecodeError, TaskInfo,
                      TaskTimeoutError, UnpicklableTaskError, WorkerCrashedError,
                      WorkerInitError, WorkerMemoryError)
 from .engine.workers import WorkerStatus
@@ -20,6 +21,7 @@ __all__ = [
     "Pool", "ProcessPoolExecutor", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "PoolguardError", "WorkerCrashedError", "WorkerInitError", "UnpicklableTaskError",
     "PoolTerminatedError", "PoolThrottledError", "TaskTimeoutError", "WorkerMemoryError",
+    "ResultEncodingError", "ResultDecodingError", "TaskDecodeError",
     "TaskInfo", "WorkerStatus", "Checkpoint", "CheckpointWarning",
 ]
 __version__ = "0.1.0"

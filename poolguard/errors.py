@@ -233,9 +233,25 @@ class UnpicklableTaskError(PoolguardError):
 
 
 class ResultEncodingError(MaybeEncodingError, pickle.PicklingError):
-    """A task's result could not be pickled in the worker, or not rebuilt
-    here.  ``multiprocessing.pool.MaybeEncodingError`` (what Pool raises)
-    and ``pickle.PicklingError`` (what the standard executor raises)."""
+    """A task's result could not be pickled in the worker.
+    ``multiprocessing.pool.MaybeEncodingError`` (what Pool raises) and
+    ``pickle.PicklingError`` (what the standard executor raises)."""
+
+
+class ResultDecodingError(ResultEncodingError, BrokenProcessPool):
+    """A task's result could not be rebuilt here (its unpickling raised).
+    Also a ``BrokenProcessPool``, as the standard executor raises then;
+    only this task failed."""
+
+
+class TaskDecodeError(PoolguardError, BrokenProcessPool):
+    """The worker could not unpickle the task (its function or arguments).
+    ``exc`` is what unpickling raised.  A ``BrokenProcessPool``, as the
+    standard executor raises then; only this task failed."""
+
+    def __init__(self, message: str, *, exc: Optional[BaseException] = None):
+        super().__init__(message)
+        self.exc = exc
 
 
 class PoolTerminatedError(PoolguardError):

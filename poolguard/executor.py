@@ -147,13 +147,22 @@ class ProcessPoolExecutor(Executor, WorkerReports):
             if engine is None:
                 return
             if cancel_futures:
-                for unit in engine.inbox.take_pending():
-                    unit.release()
-                    if not unit.job.future.cancel():   # type: ignore[attr-defined]
-                        unit.job.unit_failed(unit, RuntimeError("not run: executor shut down"))
+                self._cancel_pending(engine)
             engine.close()
         if wait:
             engine.join()
+
+    def _cancel_pending(self, engine: Engine) -> None:
+        """Cancel what no worker has taken, but for one unit per idle worker:
+        the standard executor has already handed that many to its call queue
+        when shutdown() comes right after submit(), and runs them."""
+        units = engine.inbox.take_pending()
+        keep = max(0, self._max_workers - engine.units_in_flight())
+        engine.inbox.requeue_first(units[:keep])
+        for unit in units[keep:]:
+            unit.release()
+            if not unit.job.future.cancel():   # type: ignore[attr-defined]
+                unit.job.unit_failed(unit, RuntimeError("not run: executor shut down"))
 
     def __del__(self) -> None:
         engine = getattr(self, "_engine", None)

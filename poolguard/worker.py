@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any, Optional, Sequence
 
+from .errors import TaskDecodeError
 from .wire import buffers
 from .wire.slots import DECODING, IDLE, SENDING
 from .wire.messages import (APPLY, CONTROL, INIT_FAILED, MAP, OK, PROTOCOL, RAISED, READY,
@@ -115,6 +116,12 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
         kind, func_bytes, items = decode_task(data, handle_size)
         if func_bytes != cache[0]:
             cache[:] = func_bytes, pickle.loads(func_bytes)
+    except BaseException as exc:   # SystemExit from a __reduce__ too
+        error = TaskDecodeError(f"the task could not be unpickled in the worker: "
+                                f"{type(exc).__name__}: {exc}", exc=exc)
+        error.__cause__ = exc
+        return REPLY_HEADER.pack(task_id, RAISED) + encode_exception(error)
+    try:
         func = cache[1]
         # The loop target stores each index straight into the shared slot:
         # the cheapest per-item write we measured (about 35 ns).
@@ -137,6 +144,8 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
     except Exception as exc:
         return REPLY_HEADER.pack(task_id, UNENCODABLE) + pickle.dumps(
             (repr(exc), _short_repr.repr(out if len(out) != 1 else out[0])), PROTOCOL)
+    except BaseException as exc:   # a __reduce__ calling exit(): the task's, as in the stdlib
+        return REPLY_HEADER.pack(task_id, RAISED) + encode_exception(exc)
 
 
 def _run_timed(slot: memoryview, clock, func, items, star: bool) -> list:

@@ -109,3 +109,35 @@ def test_max_tasks_per_child_is_accepted_with_fork():
     with ProcessPoolExecutor(1, mp_context="fork", max_tasks_per_child=1) as executor:
         pids = {executor.submit(os.getpid).result(10) for _ in range(3)}
         assert len(pids) == 3
+
+
+def test_initializer_globals_reach_tasks_of_a_script(tmp_path, method):
+    """The common stdlib pattern: the initializer sets a module global that
+    tasks read.  A script's top-level functions go by name, as with the
+    stdlib, so both share the module's globals in the worker; a function
+    under the main guard still goes by value."""
+    script = tmp_path / "step.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        import poolguard
+        STATUS = "uninitialized"
+        def init(value):
+            global STATUS
+            STATUS = value
+        def status(_):
+            return STATUS
+        if __name__ == "__main__":
+            method = sys.argv[1]
+            def local(x):
+                return x * 2
+            with poolguard.Pool(2, initializer=init, initargs=("ready",), context=method) as p:
+                print(p.map(status, range(3)), p.map(local, [1, 2]))
+            with poolguard.ProcessPoolExecutor(2, mp_context=method, initializer=init,
+                                               initargs=("ready",)) as ex:
+                print(list(ex.map(status, range(2))))
+    """))
+    done = subprocess.run([sys.executable, str(script), method], capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["['ready', 'ready', 'ready'] [2, 4]",
+                                        "['ready', 'ready']"]

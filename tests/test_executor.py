@@ -125,15 +125,17 @@ def test_bad_arguments(kwargs, error):
         ProcessPoolExecutor(**kwargs)
 
 
-def test_unshut_executor_at_interpreter_exit(tmp_path):
+def test_unshut_executor_at_interpreter_exit(tmp_path, method):
+    """CPython's test_interpreter_shutdown, under each start method: an
+    executor never shut down finishes its work at exit, silently."""
     import subprocess
     import sys
     from pathlib import Path
     script = tmp_path / "unshut.py"
     script.write_text(
-        "import poolguard, tasks\n"
+        "import sys, poolguard, tasks\n"
         "if __name__ == '__main__':\n"
-        "    ex = poolguard.ProcessPoolExecutor(2)\n"
+        "    ex = poolguard.ProcessPoolExecutor(2, mp_context=sys.argv[1])\n"
         "    f = ex.submit(tasks.sleep_then, 0.3, 'finished')\n"
         "    f.add_done_callback(lambda f: print(f.result(), flush=True))\n"
         "    import time\n"
@@ -141,9 +143,10 @@ def test_unshut_executor_at_interpreter_exit(tmp_path):
         "    print('pids', *ex.pids, flush=True)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).parent), str(Path(__file__).parent.parent)]))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=30, env=env)
+    done = subprocess.run([sys.executable, str(script), method], capture_output=True,
+                          text=True, timeout=30, env=env)
     assert done.returncode == 0, done.stderr
+    assert not done.stderr
     assert "finished" in done.stdout
     pids = [int(p) for line in done.stdout.splitlines() if line.startswith("pids ")
             for p in line.split()[1:]]

@@ -5,6 +5,8 @@ from multiprocessing.pool import MaybeEncodingError
 
 import pytest
 
+from concurrent.futures.process import BrokenProcessPool
+
 import poolguard
 from poolguard import WorkerCrashedError
 
@@ -114,8 +116,11 @@ def test_resource_tracker_stays_silent(tmp_path):
 
 def test_argument_that_raises_while_decoding_fails_that_task_only(method):
     with poolguard.Pool(1, context=method) as pool:
-        with pytest.raises(ValueError, match="cannot be rebuilt in a worker"):
+        with pytest.raises(poolguard.TaskDecodeError,
+                           match="ValueError: this argument cannot be rebuilt in a worker") as info:
             pool.apply(tasks.identity, (tasks.FailsInWorker(),))
+        assert isinstance(info.value.exc, ValueError)
+        assert isinstance(info.value, BrokenProcessPool)
         assert pool.apply(tasks.square, (7,)) == 49
 
 

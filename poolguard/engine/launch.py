@@ -18,6 +18,7 @@ learns the exit status from whoever is its parent.
 """
 from __future__ import annotations
 
+import ast
 import os
 import pickle
 import select
@@ -26,7 +27,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Callable, List, Optional, Set, Union
+from typing import Any, Callable, FrozenSet, List, Optional, Set, Union
 
 from .. import diagnosis
 from ..diagnosis import zombie_exit_status
@@ -162,12 +163,22 @@ class ContextLauncher:
         self.context = context
         self.spec = spec
         self._method = context.get_start_method()
+        self._main_names: Optional[FrozenSet[str]] = None
 
     def main_by_value(self, func: Callable) -> bool:
-        """Must a function of __main__ go by value?  Under spawn and
-        forkserver the worker has another __main__; under fork (no zygote)
-        workers are forked from our process as it is when they start."""
-        return self._method != "fork"
+        """Must a function of __main__ go by value?  Under fork (no zygote)
+        workers are forked from our process as it is: never.  Under spawn
+        and forkserver, multiprocessing imports the script again in each
+        worker, so what the script defines at its top level goes by name, as
+        with the standard library (and shares the module's globals with the
+        initializer); anything else (a function under the main guard, a
+        program without a file, a notebook) goes by value."""
+        if self._method == "fork":
+            return False
+        if self._main_names is None:
+            self._main_names = _top_level_names_of_main()
+        name = getattr(func, "__qualname__", "")
+        return name not in self._main_names
 
     def start(self, index: int, task_r: int, result_w: int, crash_w: int) -> WorkerProcess:
         conns = (Connection(task_r, writable=False), Connection(result_w, readable=False),
@@ -304,6 +315,22 @@ class ZygoteLauncher:
         os.close(self.pidfd)
 
 
+def _top_level_names_of_main() -> FrozenSet[str]:
+    """Functions and classes the main script defines at its top level (not
+    under ``if __name__ == "__main__":``): those a spawned worker, which
+    imports the script again, has too."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not path.endswith(".py"):
+        return frozenset()
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return frozenset()
+    return frozenset(node.name for node in tree.body
+                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
+
+
 def _pidfd(pid: int) -> Optional[int]:
     if hasattr(os, "pidfd_open"):
         try:
@@ -328,10 +355,11 @@ def make_launcher(context: Any, spec: WorkerSpec) -> "Launcher":
     the read end of a ParentAlive."""
     if context.get_start_method() == "fork" and can_use_zygote():
         return ZygoteLauncher(context, spec)
+    launcher = ContextLauncher(context, spec)
     if spec.initializer is not None and context.get_start_method() != "fork":
-        # By value if it lives in __main__, which the worker does not share.
-        spec.initializer = dumps_call(spec.initializer, spec.initializer, True)
-    return ContextLauncher(context, spec)
+        init = spec.initializer
+        spec.initializer = dumps_call(init, init, launcher.main_by_value(init))
+    return launcher
 
 
 Launcher = Union[ContextLauncher, ZygoteLauncher]

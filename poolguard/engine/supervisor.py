@@ -159,6 +159,10 @@ class Engine:
         """Pids of the live workers (a snapshot)."""
         return self._workers.pids()
 
+    def units_in_flight(self) -> int:
+        """Units sent to workers and not yet answered (a snapshot)."""
+        return sum(len(w.inflight) for w in self._workers)
+
     def status(self) -> List[WorkerStatus]:
         """What each worker is doing now; safe from any thread."""
         return self._workers.status()

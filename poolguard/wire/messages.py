@@ -20,11 +20,11 @@ import struct
 import traceback
 from enum import IntEnum
 from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Type, Union
 
 import cloudpickle
 
-from ..errors import ResultEncodingError, UnpicklableTaskError
+from ..errors import ResultDecodingError, ResultEncodingError, UnpicklableTaskError
 from . import buffers
 from .framing import frame
 
@@ -185,7 +185,7 @@ def decode_reply(status: int, body: Union[bytes, memoryview],
     except BaseException as exc:   # SystemExit from a __reduce__ too: never ours
         return False, encoding_error(
             f"the result could not be unpickled in the parent: {exc!r}",
-            f"<result of {describe()}>")
+            f"<result of {describe()}>", ResultDecodingError)
 
 
 def remote_traceback(tb_text: str) -> RemoteTraceback:
@@ -193,10 +193,11 @@ def remote_traceback(tb_text: str) -> RemoteTraceback:
     return RemoteTraceback('\n"""\n%s"""' % tb_text)
 
 
-def encoding_error(error_repr: str, value_repr: str) -> ResultEncodingError:
+def encoding_error(error_repr: str, value_repr: str,
+                   cls: Type[ResultEncodingError] = ResultEncodingError) -> ResultEncodingError:
     """``MaybeEncodingError`` (and ``PicklingError``) from text already
     repr'd in the worker."""
-    err = ResultEncodingError.__new__(ResultEncodingError)
+    err = cls.__new__(cls)
     err.exc, err.value = error_repr, value_repr
     err.args = (error_repr, value_repr)
     return err
