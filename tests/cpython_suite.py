@@ -1,26 +1,28 @@
 """Run CPython's own test_concurrent_futures against poolguard's executor.
 
-    CPYTHON_TEST_DIR=DIR PYTHONPATH=SHIM:. python tests/cpython_suite.py METHOD
+    python tests/cpython_suite.py DIR METHOD
 
-with CPYTHON_TEST_DIR naming the directory that holds CPython 3.11's
-test_concurrent_futures.py; SHIM holds a ``sitecustomize.py`` that replaces
-``concurrent.futures.ProcessPoolExecutor`` by ``poolguard.ProcessPoolExecutor``
-in every interpreter of the run (the suite starts some of its own).
-tests/test_cpython_suite.py sets this up.  Runs the process-pool test classes
-for one start method and ends with a line ``N passed, N failed, N skipped``.
-Tests that read CPython's private attributes are set aside (SET_ASIDE).  The
-test file itself is CPython's and is not kept in this tree
-(tests/test_cpython_suite.py finds or fetches it).
+DIR holds CPython 3.11's test_concurrent_futures.py (tests/test_cpython_suite.py
+finds or fetches it; CPython's code is not kept in this tree).  The suite
+starts interpreters of its own, some isolated (``python -I``), so the swap
+of ``concurrent.futures.ProcessPoolExecutor`` for ``poolguard.ProcessPoolExecutor``
+is made by a ``.pth`` file put in this environment's site-packages for the
+run: it acts only in processes whose environment has POOLGUARD_CPYTHON_SUITE
+(so one left behind by a killed run is inert) and is removed at the end.
+Runs the process-pool test classes for one start method and ends with a
+line ``N passed, N failed, N skipped``.  Tests that read CPython's private
+attributes are set aside (SET_ASIDE).
 """
 from __future__ import annotations
 
 import faulthandler
+import os
 import sys
+import sysconfig
 import unittest
 
-import poolguard
-
 PER_TEST_LIMIT = 120    # seconds; a hung test prints every stack and exits
+ENV = "POOLGUARD_CPYTHON_SUITE"
 
 # Tests that read CPython's private attributes: "test" or "ClassSuffix.test" -> which.
 SET_ASIDE = {
@@ -38,29 +40,25 @@ SET_ASIDE = {
     "test_max_tasks_per_child": "_processes",
     "test_max_tasks_per_child_defaults_to_spawn_context": "_mp_context",
     "test_shutdown_deadlock_pickle": "_executor_manager_thread",
-    # Not private, but out of a harness's reach: it starts `python -I` (isolated),
-    # which sees neither this shim nor CPython's test file.  Its case (an
-    # executor never shut down finishes its work at exit, under each start
-    # method) is test_executor.py's test_unshut_executor_at_interpreter_exit.
-    "test_interpreter_shutdown": "runs an isolated interpreter",
 }
 
+# Run at the start of every interpreter of this environment while the .pth
+# exists, and only where ENV is set: the swap, and CPython's test file
+# beside this Python's own test package.
+SHIM = (
+    "import os\n"
+    f"if os.environ.get({ENV!r}):\n"
+    "    import concurrent.futures, poolguard, test\n"
+    "    concurrent.futures.ProcessPoolExecutor = poolguard.ProcessPoolExecutor\n"
+    f"    test.__path__.append(os.environ[{ENV!r}])\n"
+)
 
-SHIM = """\
-import concurrent.futures, os
-import poolguard
-concurrent.futures.ProcessPoolExecutor = poolguard.ProcessPoolExecutor
-if os.environ.get("CPYTHON_TEST_DIR"):   # CPython's tests beside this Python's test package
-    import test
-    test.__path__.append(os.environ["CPYTHON_TEST_DIR"])
-"""
 
-
-def load():
-    import test.test_concurrent_futures as module
-    assert module.futures.ProcessPoolExecutor is poolguard.ProcessPoolExecutor, \
-        "run with the sitecustomize shim on PYTHONPATH"
-    return module
+def install_shim() -> str:
+    path = os.path.join(sysconfig.get_paths()["purelib"], f"zz-poolguard-cpython-{os.getpid()}.pth")
+    with open(path, "w") as f:
+        f.write(f"import os; exec({SHIM!r}) if os.environ.get({ENV!r}) else None\n")
+    return path
 
 
 def suite(module, method: str) -> unittest.TestSuite:
@@ -89,12 +87,20 @@ def set_aside(cls: str, test: str) -> bool:
 
 
 def main() -> int:
-    method = sys.argv[1]
-    module = load()
-    tests = suite(module, method)
-    faulthandler.dump_traceback_later(PER_TEST_LIMIT * max(1, tests.countTestCases()),
-                                      exit=True)
-    result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(tests)
+    directory, method = sys.argv[1], sys.argv[2]
+    os.environ[ENV] = directory
+    exec(SHIM)                      # this interpreter started before the .pth existed
+    shim = install_shim()
+    try:
+        import poolguard
+        import test.test_concurrent_futures as module
+        assert module.futures.ProcessPoolExecutor is poolguard.ProcessPoolExecutor
+        tests = suite(module, method)
+        faulthandler.dump_traceback_later(PER_TEST_LIMIT * max(1, tests.countTestCases()),
+                                          exit=True)
+        result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(tests)
+    finally:
+        os.unlink(shim)
     failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
     passed = result.testsRun - failed - len(result.skipped)
     print(f"{passed} passed, {failed} failed, {len(result.skipped)} skipped")
