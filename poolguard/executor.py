@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
 from .checkpoint import CheckpointArg, checkpointed
 from .front import WorkerReports
 from .engine import Engine, Job, Unit
-from .engine.supervisor import interpreter_exiting
+from .engine.at_exit import interpreter_exiting
 from .wire.messages import APPLY, STARMAP
 from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
                       resolve_workers)

@@ -168,11 +168,11 @@ def dump_stacks() -> None:
     our pools started are signalled."""
     import faulthandler
     import sys
-    from poolguard.engine import supervisor as engine
+    from poolguard.engine import at_exit
     sys.stderr.write("\n=== about to time out: stacks of the test process ===\n")
     sys.stderr.flush()
     faulthandler.dump_traceback(all_threads=True)
-    for pool_engine in list(engine._live_engines):
+    for pool_engine in list(at_exit.live_engines):
         for pid in pool_engine.pids:
             sys.stderr.write(f"=== worker {pid} ===\n")
             sys.stderr.flush()

@@ -9,7 +9,8 @@
   signalled under each start method (the zygote forks them under fork);
 * :mod:`.postmortem` -- after a death: the culprit, its error, what runs again;
 * :mod:`.guards` -- task_timeout and max_worker_memory: when to stop a worker;
-* :mod:`.callbacks` -- the thread user callbacks run on.
+* :mod:`.callbacks` -- the thread user callbacks run on;
+* :mod:`.at_exit` -- what happens to live pools when the interpreter ends.
 """
 from .jobs import Job, Unit
 from .callbacks import report_callback_error

@@ -268,11 +268,12 @@ class ZygoteLauncher:
             return None    # the zygote is gone: nobody can read the status now
         return reply[1]
 
-    def _ask(self, request: tuple, fds: List[int] = ()) -> tuple:  # type: ignore[assignment]
+    def _ask(self, request: tuple, fds: Optional[List[int]] = None) -> tuple:
+        """One request, one reply; StartError when the zygote cannot answer."""
         if self.exitcode is not None:
             raise StartError(self.describe_death())
         try:
-            socket.send_fds(self._sock, [pickle.dumps(request)], list(fds))
+            socket.send_fds(self._sock, [pickle.dumps(request)], fds or [])
             ready, _, _ = select.select([self._sock], [], [], ZYGOTE_REPLY_TIMEOUT)
             data = self._sock.recv(65536) if ready else None
         except OSError as exc:

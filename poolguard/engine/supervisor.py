@@ -43,11 +43,9 @@ a worker killed at any instant cannot block anyone else.
 """
 from __future__ import annotations
 
-import atexit
 import sys
 import threading
 import traceback
-import weakref
 from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 from .. import diagnosis
@@ -58,6 +56,7 @@ from ..wire import buffers
 from ..wire.channels import Spiller, WatchSet
 from ..wire.messages import (CONTROL, INIT_FAILED, READY, REPLY_HEADER, RETIRING, decode_exception, decode_reply, dumps_call)
 from ..wire.slots import SharedSlots
+from . import at_exit
 from .callbacks import CallbackThread, report_callback_error
 from .guards import GuardKeeper
 from .inbox import CLOSING, RUNNING, TERMINATING, Inbox
@@ -68,9 +67,6 @@ from .workers import State, Worker, WorkerSet, WorkerStatus, kill_group
 
 PREFETCH = 2                # units in flight per worker: one running, one waiting in its pipe
 TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
-
-
-_live_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 
 class Engine:
@@ -115,7 +111,7 @@ class Engine:
         self._postmortem = Postmortem(guards, self._kernel_log, processes, initializer)
         self._thread = threading.Thread(target=self._run, name="poolguard-supervisor",
                                         daemon=True)
-        _live_engines.add(self)
+        at_exit.live_engines.add(self)
         self._thread.start()
 
     # ---- called from other threads -------------------------------------------------
@@ -387,36 +383,5 @@ class Engine:
         self._slots.close()
         self._kernel_log.close()
         self._callbacks.stop()   # after the last failure above was queued
-        _live_engines.discard(self)
+        at_exit.live_engines.discard(self)
 
-
-_exiting = False
-
-
-def interpreter_exiting() -> bool:
-    """True once the interpreter has begun to shut down (no new futures)."""
-    return _exiting
-
-
-def _mark_exiting() -> None:
-    global _exiting
-    _exiting = True
-
-
-# Before atexit handlers, as the standard executor does, so that one that
-# submits work is told at once that it cannot.
-threading._register_atexit(_mark_exiting)   # type: ignore[attr-defined]
-
-
-@atexit.register
-def _terminate_all() -> None:
-    """At interpreter exit, end every pool still running so that exit neither
-    hangs on a worker waiting for tasks nor leaves one behind."""
-    engines = list(_live_engines)
-    for engine in engines:
-        if engine.finish_at_exit:
-            engine.close()
-        else:
-            engine.terminate()
-    for engine in engines:
-        engine.join(None if engine.finish_at_exit else 5.0)
