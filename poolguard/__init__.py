@@ -12,7 +12,7 @@ from .checkpoint import Checkpoint, CheckpointWarning
 from .errors import (PoolguardError, PoolTerminatedError, PoolThrottledError,
                      ResultDecodingError, ResultEncodingError, TaskDecodeError, TaskInfo,
                      TaskTimeoutError, UnpicklableTaskError, WorkerCrashedError,
-                     WorkerInitError, WorkerMemoryError)
+                     WorkerInitError, WorkerMemoryError, WorkerStoppedWarning)
 from .engine.workers import WorkerStatus
 from .executor import ProcessPoolExecutor
 from .pool import ApplyResult, AsyncResult, IMapIterator, MapResult, Pool
@@ -22,6 +22,6 @@ __all__ = [
     "PoolguardError", "WorkerCrashedError", "WorkerInitError", "UnpicklableTaskError",
     "PoolTerminatedError", "PoolThrottledError", "TaskTimeoutError", "WorkerMemoryError",
     "ResultEncodingError", "ResultDecodingError", "TaskDecodeError",
-    "TaskInfo", "WorkerStatus", "Checkpoint", "CheckpointWarning",
+    "WorkerStoppedWarning", "TaskInfo", "WorkerStatus", "Checkpoint", "CheckpointWarning",
 ]
 __version__ = "0.1.0"

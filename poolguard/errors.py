@@ -258,6 +258,12 @@ class PoolTerminatedError(PoolguardError):
     """The pool was terminated before this task finished."""
 
 
+class WorkerStoppedWarning(RuntimeWarning):
+    """A busy worker has been stopped (SIGSTOP, a debugger, a cgroup freezer)
+    for a while: its task waits and, without task_timeout, so does the
+    caller.  Issued once per stop; ``pool.status()`` shows it too."""
+
+
 def _rebuild(cls: Any, args: tuple, state: dict) -> Any:
     err = cls.__new__(cls)
     Exception.__init__(err, *args)

@@ -12,6 +12,7 @@ import faulthandler
 import os
 import pickle
 import reprlib
+import select
 import signal
 import sys
 import threading
@@ -36,7 +37,7 @@ def worker_main(spec: Any, index: int, task_conn, result_conn, crash_conn,
     the three connections its own pipes, *parent_pid* the process whose death
     must end it (None: unknown), *fds_to_close* what it must not hold."""
     _prepare(crash_conn, fds_to_close)
-    _die_with_parent(spec.alive_conn, parent_pid)
+    _die_with_parent(spec.alive_conn, parent_pid, spec.group_guardian)
     slot = spec.slots.view(index)
     send, recv = result_conn.send_bytes, task_conn.recv_bytes
     try:
@@ -159,13 +160,17 @@ def _run_timed(slot: memoryview, clock, func, items, star: bool) -> list:
     return out
 
 
-def _die_with_parent(alive_conn, parent_pid: Optional[int]) -> None:
+def _die_with_parent(alive_conn, parent_pid: Optional[int], guardian: bool) -> None:
     """Exit when the pool's process dies, even by SIGKILL.
 
     Linux: PR_SET_PDEATHSIG, valid while the thread that forked us lives: the
-    zygote's only thread (fork), or the supervisor thread (spawn).  Everywhere: a thread blocked on a
-    pipe whose only write end the pool process holds; EOF means it is gone.
+    zygote's only thread (fork), or the supervisor thread (spawn).  Everywhere:
+    a thread blocked on a pipe whose only write end the pool's process holds;
+    EOF means it is gone.  Processes a task started die too: under fork the
+    zygote kills our group; otherwise a guardian child of ours does.
     """
+    if guardian:
+        _start_group_guardian(alive_conn.fileno())
     if parent_pid is not None and sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -183,3 +188,39 @@ def _die_with_parent(alive_conn, parent_pid: Optional[int]) -> None:
         os._exit(1)
 
     threading.Thread(target=_watch_parent, name="poolguard-parent-watch", daemon=True).start()
+
+
+_guardian_link: list = []   # our end of the guardian's pipe, held while we live
+
+
+def _start_group_guardian(alive_fd: int) -> None:
+    """Fork, while we still have one thread, a tiny child in our process
+    group that waits for the pool's process to die and then SIGKILLs the
+    whole group: PDEATHSIG kills only us, and a process a task started would
+    outlive the pool.  It exits quietly when we do (its pipe from us ends)."""
+    if not sys.platform.startswith("linux"):
+        return
+    link_r, link_w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(link_r)
+        os.close(link_w)
+        return
+    if pid:
+        os.close(link_r)
+        _guardian_link.append(link_w)
+        return
+    code = 0
+    try:
+        os.close(link_w)
+        poller = select.poll()
+        for fd in (alive_fd, link_r):
+            poller.register(fd, select.POLLIN)
+        ready = [fd for fd, _ in poller.poll()]
+        if alive_fd in ready:        # the pool's process is gone
+            os.killpg(0, signal.SIGKILL)
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)

@@ -292,9 +292,11 @@ def test_the_zygote_killed_gives_a_clear_error_not_a_hang(tmp_path, method):
     assert any("zygote" in line and "SIGKILL" in line for line in errors), out
 
 
-def test_no_zygote_or_worker_outlives_a_killed_owner(tmp_path):
-    """The owner SIGKILLed: the zygote and the workers are gone within 2 s,
-    and so is a grandchild that ignores SIGTERM."""
+def test_nothing_of_the_pool_outlives_a_killed_owner(tmp_path, method):
+    """The owner SIGKILLed: the workers (and the zygote, under fork) are gone
+    within 2 s, and so is a grandchild a task started that ignores SIGTERM
+    (killed with its worker's group: by the zygote, or by the worker's
+    guardian under spawn and forkserver)."""
     pids_file = tmp_path / "pids"
     script = tmp_path / "owner.py"
     script.write_text(textwrap.dedent(f"""
@@ -304,14 +306,17 @@ def test_no_zygote_or_worker_outlives_a_killed_owner(tmp_path):
             child = subprocess.Popen([sys.executable, "-c",
                 "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"])
             return child.pid
-        p = poolguard.Pool(2, context="fork")
-        grandchild = p.apply(spawn_grandchild, (0,))
-        with open({str(pids_file)!r}, "w") as f:
-            f.write(" ".join(map(str, [p._engine._launcher.pid, *p.pids, grandchild])))
-        time.sleep(120)
+        if __name__ == "__main__":
+            p = poolguard.Pool(2, context=sys.argv[1])
+            grandchild = p.apply(spawn_grandchild, (0,))
+            zygote = getattr(p._engine._launcher, "pid", None)
+            with open({str(pids_file)!r}, "w") as f:
+                f.write(" ".join(map(str, [*p.pids, grandchild] + ([zygote] if zygote else []))))
+            time.sleep(120)
     """))
     env = dict(os.environ, PYTHONPATH=ROOT)
-    owner = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True)
+    owner = subprocess.Popen([sys.executable, str(script), method], env=env,
+                             start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while not (pids_file.exists() and pids_file.read_text()):

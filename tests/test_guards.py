@@ -185,3 +185,30 @@ def test_chaos_kills_with_retries_return_every_result():
         assert values == [x * x for x in range(2000)]
         STATS["results"] += len(values)
         assert len(kills) >= 15   # about 3 s of work, a kill every 100 ms
+
+
+def test_a_stopped_worker_is_reported_once_and_its_task_completes_on_resume():
+    """SIGSTOP (a debugger, a cgroup freezer) with no task_timeout used to
+    block get() silently: now one warning names the pid, the task and how
+    long; status() shows it; SIGCONT and the task finishes as usual."""
+    import warnings
+    from poolguard.engine.guards import STOPPED_WARNING
+    with poolguard.Pool(1) as pool:
+        result = pool.apply_async(tasks.sleep_then, (1.0, "done"))
+        wait_until(lambda: [s for s in pool.status() if s.state == "busy"], 10)
+        pid = pool.pids[0]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                wait_until(lambda: [s for s in pool.status() if s.state == "stopped"], 10)
+                wait_until(lambda: any(issubclass(w.category, poolguard.WorkerStoppedWarning)
+                                       for w in caught), STOPPED_WARNING + 10)
+                time.sleep(0.5)      # still stopped: no second warning
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        stopped = [w for w in caught if issubclass(w.category, poolguard.WorkerStoppedWarning)]
+        assert len(stopped) == 1
+        text = str(stopped[0].message)
+        assert f"worker {pid} has been stopped" in text and "sleep_then(1.0, 'done')" in text
+        assert result.get(10) == "done"

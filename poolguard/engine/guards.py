@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import signal
 import time
+import warnings
 from typing import Iterable, Optional
 
+from ..diagnosis import process_state
+from ..errors import WorkerStoppedWarning
 from ..options import Guards
 from ..wire.slots import SharedSlots
 from .workers import GuardStop, Worker, signal_process
@@ -19,6 +22,7 @@ RSS_SAMPLE_INTERVAL = 0.1       # seconds between memory samples of busy workers
 MEMORY_CHECK_INTERVAL = 0.01    # seconds between RSS checks when max_worker_memory is set
 STACK_GRACE = 0.05              # seconds for a worker past its timeout to write its stacks
 TIMEOUT_GRACE = 0.2             # seconds between SIGTERM and SIGKILL past a timeout
+STOPPED_WARNING = 5.0           # seconds a busy worker may stay stopped before a warning
 
 
 class GuardKeeper:
@@ -50,6 +54,7 @@ class GuardKeeper:
             for worker in workers:
                 if worker.inflight:
                     worker.watch.sample()
+                    self._check_stopped(worker, now)
         cap = self.guards.max_worker_memory
         check_memory = cap is not None and now >= self._next_memory_check
         if check_memory:
@@ -85,6 +90,25 @@ class GuardKeeper:
             signal_process(worker.process, signal.SIGUSR2)
             worker.escalate([(now + STACK_GRACE, signal.SIGTERM),
                              (now + STACK_GRACE + TIMEOUT_GRACE, signal.SIGKILL)])
+
+    def _check_stopped(self, worker: Worker, now: float) -> None:
+        """A stopped worker cannot print its stack nor end its task: say so
+        once, naming it, its task and for how long."""
+        if process_state(worker.pid) not in ("T", "t"):
+            worker.stopped_since = None
+            return
+        if worker.stopped_since is None:
+            worker.stopped_since, worker.stop_reported = now, False
+        elif not worker.stop_reported and now - worker.stopped_since >= STOPPED_WARNING:
+            worker.stop_reported = True
+            slot = self._slots.read(worker.index)
+            unit = next((u for u in worker.inflight if u.id == slot.task_id), None)
+            task = (f" while running {unit.job.describe(unit, slot.item if slot.item >= 0 else None)}"
+                    if unit is not None else "")
+            warnings.warn(f"poolguard: worker {worker.pid} has been stopped (SIGSTOP, a "
+                          f"debugger or a freezer) for {now - worker.stopped_since:.0f} s"
+                          f"{task}; its task waits until it is resumed (SIGCONT)",
+                          WorkerStoppedWarning, stacklevel=1)
 
     @staticmethod
     def _check_memory(worker: Worker, cap: int) -> None:

@@ -86,6 +86,9 @@ class WorkerSpec:
     maxtasks: Optional[int]
     timed: bool                       # write each item's start time (task_timeout)
     probe: Optional[tuple]            # may the worker read our memory? (buffers.py)
+    # Fork a guardian that kills the worker's group if the pool's process
+    # dies (not under the zygote, which does that itself).
+    group_guardian: bool = True
 
     def load_initializer(self) -> Optional[Callable]:
         init = self.initializer
@@ -231,6 +234,7 @@ class ZygoteLauncher:
 
     def __init__(self, context: Any, spec: WorkerSpec):
         self.spec = spec
+        spec.group_guardian = False     # the zygote kills its workers' groups itself
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent_only(ours.fileno())
         self.pid = zygote.fork_zygote(theirs, spec)

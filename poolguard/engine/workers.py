@@ -69,6 +69,8 @@ class Worker:
         self._escalation: List[Tuple[float, int]] = []   # (when, signal) still to send
         self.item_deadline: Optional[float] = None   # task_timeout expiry of the running item
         self.seen_item: tuple = ()              # the slot as the timeout guard last read it
+        self.stopped_since: Optional[float] = None   # seen stopped (SIGSTOP) since then
+        self.stop_reported = False
 
     def advance(self, state: State) -> bool:
         """Move to *state* if it is further on; True if it moved."""
