@@ -136,11 +136,13 @@ class Store:
     # ---- keys and entries ------------------------------------------------------
 
     def key(self, args: tuple, kwds: dict) -> Optional[str]:
-        """SHA-256 of the pickled arguments; None if they do not pickle (then
-        the item is simply run, and not stored)."""
+        """SHA-256 of the pickled arguments in canonical form (sets and dicts,
+        at any depth of lists, tuples, sets and dicts, in a sorted order, so
+        the key is the same in every interpreter whatever its hash seed);
+        None if they do not pickle (then the item is simply run, and not
+        stored)."""
         try:
-            data = pickle.dumps((args, sorted(kwds.items())) if kwds else args,
-                                protocol=_PROTOCOL)
+            data = pickle.dumps(canonical((args, kwds) if kwds else args), protocol=_PROTOCOL)
         except Exception:
             return None
         return hashlib.sha256(data).hexdigest()
@@ -229,6 +231,39 @@ class Store:
 
 
 # ---- the file format and the atomic write --------------------------------------
+
+class _SetOf(tuple):
+    """A set's or frozenset's elements in canonical order (never equal to a
+    plain tuple's pickle)."""
+
+
+class _FrozenSetOf(tuple):
+    pass
+
+
+class _DictOf(tuple):
+    """A dict's (key, value) pairs in canonical order of the keys."""
+
+
+def canonical(obj: Any) -> Any:
+    """*obj* with every set, frozenset and dict inside lists, tuples, sets and
+    dicts replaced by a tuple in a fixed order: their pickles, which follow
+    hash order, then no longer change from one interpreter to the next."""
+    kind = type(obj)
+    if kind is tuple or kind is list:
+        return kind(canonical(item) for item in obj)
+    if kind is set or kind is frozenset:
+        wrapper = _SetOf if kind is set else _FrozenSetOf
+        return wrapper(sorted((canonical(item) for item in obj), key=_order))
+    if kind is dict:
+        pairs = ((canonical(k), canonical(v)) for k, v in obj.items())
+        return _DictOf(sorted(pairs, key=lambda pair: _order(pair[0])))
+    return obj
+
+
+def _order(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=_PROTOCOL)
+
 
 def encode_entry(payload: bytes) -> bytes:
     return _HEADER.pack(MAGIC, len(payload), hashlib.sha256(payload).digest()) + payload

@@ -378,3 +378,13 @@ class WritesWhenFreed:
     def __del__(self):
         with open(self.path, "w") as f:
             f.write("freed")
+
+
+def logged_size(log: str, x):
+    """len(x), appending a line to *log* to count calls."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.write(fd, b"call\n")
+    finally:
+        os.close(fd)
+    return len(x)
