@@ -11,7 +11,7 @@ killed, machine rebooted) runs only the items that never finished.
 Layout::
 
     PATH/<step>/step.json            what the step is (written once, atomically)
-    PATH/<step>/<k[:2]>/<k>.entry    one result: header, SHA-256, pickle
+    PATH/<step>/<k[:2]>/<k>.entry    one result: header, HMAC-SHA256, pickle
 
 *step* is the function's module and qualified name unless named explicitly
 (``Checkpoint(path, step="parse")``), plus a digest of its pickle for
@@ -28,11 +28,23 @@ a reader that meets anything but a whole, checksummed entry treats it as
 missing, so the worst a race or a crash can cause is one computation more.
 An ``OSError`` from the store is retried a few times, then reported once
 with a :class:`CheckpointWarning`, and the work goes on without persisting.
+
+Trust: a pickle is code, and a shared directory can be written by others.
+Each entry carries an HMAC-SHA256 of its pickle under a secret key, and an
+entry is unpickled only if its HMAC checks out: by default the user's own
+key (``$POOLGUARD_CHECKPOINT_KEY``, else ``~/.config/poolguard/checkpoint.key``:
+32 random bytes made on first use with mode 0600, refused if others can read
+it or it is not the user's), or a team key given explicitly
+(``Checkpoint(path, key=...)``).  An entry that fails the check (planted,
+altered, written under another key, or a symbolic link) is computed again,
+with one warning naming it.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
+import hmac
 import inspect
 import json
 import os
@@ -46,12 +58,17 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-MAGIC = b"poolguard-entry\x00"
-_HEADER = struct.Struct("!16sQ32s")     # magic, payload length, SHA-256 of payload
+MAGIC = b"poolguard-hmac\x00\x02"
+_HEADER = struct.Struct("!16sQ32s")     # magic, payload length, HMAC-SHA256 of payload
+KEY_SIZE = 32
 _PROTOCOL = 5                           # fixed: keys must not change with Python
 WRITE_ATTEMPTS = 3
 _RETRY_PAUSE = 0.05                     # seconds, doubled after each failed attempt
 _STALE_TEMP = 3600.0                    # seconds before `clean` removes a temp file
+
+
+class CheckpointKeyError(ValueError):
+    """The key that authenticates checkpoint entries cannot be had safely."""
 
 
 class CheckpointWarning(UserWarning):
@@ -61,10 +78,13 @@ class CheckpointWarning(UserWarning):
 @dataclass(frozen=True)
 class Checkpoint:
     """Where results of one step are kept.  *step* names the step; by default
-    it is the function's module and qualified name."""
+    it is the function's module and qualified name.  *key* authenticates the
+    entries: by default the user's own key; a team that shares a store
+    passes the same secret (bytes, or the path of a file holding it)."""
 
     path: Union[str, "os.PathLike[str]"]
     step: Optional[str] = None
+    key: Union[bytes, str, "os.PathLike[str]", None] = None
 
 
 CheckpointArg = Union[str, "os.PathLike[str]", Checkpoint, None]
@@ -88,7 +108,7 @@ def checkpointed(func: Callable, checkpoint: CheckpointArg) -> Callable:
         raise ValueError("checkpoint step name must be a non-empty string")
     # Resolved here, once: workers (and a later os.chdir) must not read a
     # relative path against another directory.
-    store = Store(os.path.abspath(os.fspath(checkpoint.path)), step)
+    store = Store(os.path.abspath(os.fspath(checkpoint.path)), step, load_key(checkpoint.key))
     store.prepare(_function_name(func))
     return Checkpointed(func, store)
 
@@ -117,19 +137,21 @@ class Checkpointed:
 class Store:
     """One step's directory of entries.  Every method degrades instead of raising."""
 
-    def __init__(self, root: str, step: str):
+    def __init__(self, root: str, step: str, secret: bytes):
         self.root = root
         self.step = step
+        self.secret = secret      # authenticates entries (load_key)
         self.dir = os.path.join(root, step_dir_name(step))
         self.writable = True
         self._warned = False
         self._in_worker = False
 
     def __getstate__(self) -> dict:
-        return {"root": self.root, "step": self.step, "writable": self.writable}
+        return {"root": self.root, "step": self.step, "secret": self.secret,
+                "writable": self.writable}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["root"], state["step"])   # type: ignore[misc]
+        self.__init__(state["root"], state["step"], state["secret"])   # type: ignore[misc]
         self.writable = state["writable"]
         self._in_worker = True
 
@@ -151,18 +173,26 @@ class Store:
         return os.path.join(self.dir, key[:2], key + ".entry")
 
     def get(self, key: str) -> Tuple[bool, Any]:
-        """(True, value) for a whole entry; (False, None) for a missing,
-        truncated, corrupt or unreadable one, which is then recomputed."""
+        """(True, value) for a whole, authentic entry; (False, None) for a
+        missing, truncated, unreadable or untrusted one, computed again."""
+        path = self.entry_path(key)
         try:
-            with open(self.entry_path(key), "rb") as f:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return False, None
         except OSError as exc:
-            self._warn(f"cannot read {self.entry_path(key)}: {exc}; computing it again")
+            how = ("is a symbolic link, not followed" if exc.errno == errno.ELOOP
+                   else f"cannot be read: {exc}")
+            self._warn(f"{path} {how}; computing it again", disable=False)
             return False, None
-        payload = decode_entry(data)
+        payload = decode_entry(data, self.secret)
         if payload is None:
+            if len(data) >= _HEADER.size and _HEADER.unpack_from(data)[1] == len(data) - _HEADER.size:
+                self._warn(f"{path} was not written with this store's key (planted, "
+                           f"altered, or written under another key): not trusted, "
+                           f"computing it again", disable=False)
             return False, None
         try:
             return True, pickle.loads(payload)
@@ -174,7 +204,7 @@ class Store:
         if not self.writable:
             return False
         try:
-            data = encode_entry(pickle.dumps(value, protocol=_PROTOCOL))
+            data = encode_entry(pickle.dumps(value, protocol=_PROTOCOL), self.secret)
         except Exception as exc:
             self._warn(f"a result of {self.step} could not be pickled for the store "
                        f"({exc!r}); it is returned but not stored", disable=False)
@@ -265,19 +295,75 @@ def _order(obj: Any) -> bytes:
     return pickle.dumps(obj, protocol=_PROTOCOL)
 
 
-def encode_entry(payload: bytes) -> bytes:
-    return _HEADER.pack(MAGIC, len(payload), hashlib.sha256(payload).digest()) + payload
+def encode_entry(payload: bytes, key: bytes) -> bytes:
+    mac = hmac.new(key, payload, hashlib.sha256).digest()
+    return _HEADER.pack(MAGIC, len(payload), mac) + payload
 
 
-def decode_entry(data: bytes) -> Optional[bytes]:
-    """The payload of a whole entry, or None (truncated, corrupt, not ours)."""
+def decode_entry(data: bytes, key: bytes) -> Optional[bytes]:
+    """The payload of a whole entry written under *key*, or None (truncated,
+    corrupt, planted, or written under another key)."""
     if len(data) < _HEADER.size:
         return None
-    magic, length, digest = _HEADER.unpack_from(data)
+    magic, length, mac = _HEADER.unpack_from(data)
     payload = data[_HEADER.size:]
-    if magic != MAGIC or length != len(payload) or hashlib.sha256(payload).digest() != digest:
+    if magic != MAGIC or length != len(payload):
+        return None
+    if not hmac.compare_digest(hmac.new(key, payload, hashlib.sha256).digest(), mac):
         return None
     return payload
+
+
+def default_key_path() -> str:
+    explicit = os.environ.get("POOLGUARD_CHECKPOINT_KEY")
+    if explicit:
+        return explicit
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(config, "poolguard", "checkpoint.key")
+
+
+def load_key(key: Union[bytes, str, "os.PathLike[str]", None]) -> bytes:
+    """The secret that authenticates entries: *key* itself (bytes), the
+    content of the file it names, or the user's own key file, made on first
+    use (32 random bytes, mode 0600, created exclusively so that two first
+    runs agree).  A key file someone else owns or can read is refused."""
+    if isinstance(key, bytes):
+        if len(key) < 16:
+            raise ValueError("a checkpoint key must be at least 16 bytes")
+        return key
+    if key is not None and not isinstance(key, (str, os.PathLike)):
+        raise TypeError(f"checkpoint key must be bytes or a path, not {type(key).__name__}")
+    path = os.fspath(key) if key is not None else default_key_path()
+    if key is None:
+        _make_key_file(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            secret = f.read()
+    except OSError as exc:
+        raise CheckpointKeyError(f"cannot read the checkpoint key {path}: {exc}") from None
+    if key is None and (info.st_uid != os.getuid() or info.st_mode & 0o077):
+        raise CheckpointKeyError(
+            f"the checkpoint key {path} is not yours alone (owner uid {info.st_uid}, "
+            f"mode {info.st_mode & 0o777:o}): fix it with chmod 600, or pass a team "
+            f"key explicitly with Checkpoint(path, key=...)")
+    if len(secret) < 16:
+        raise CheckpointKeyError(f"the checkpoint key {path} holds {len(secret)} bytes; "
+                                 f"at least 16 are needed")
+    return secret
+
+
+def _make_key_file(path: str) -> None:
+    try:
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise CheckpointKeyError(f"cannot create the checkpoint key {path}: {exc}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(os.urandom(KEY_SIZE))
 
 
 def write_atomically(path: str, data: bytes) -> None:

@@ -145,6 +145,15 @@ def _our_threads() -> list:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _checkpoint_key(tmp_path_factory):
+    """Checkpoint entries are authenticated with the user's key file: the
+    tests (and the scripts they start) use one of their own, not the home's."""
+    path = tmp_path_factory.mktemp("key") / "checkpoint.key"
+    os.environ["POOLGUARD_CHECKPOINT_KEY"] = str(path)
+    yield path
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _helpers_started():
     # Start the fork server and resource tracker up front so the leak check
     # does not count them (they live as long as the test session).

@@ -388,3 +388,13 @@ def logged_size(log: str, x):
     finally:
         os.close(fd)
     return len(x)
+
+
+class PlantedPayload:
+    """What an attacker plants: unpickling it creates a marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -165,13 +166,13 @@ def test_damaged_entries_are_computed_again(tmp_path):
     assert len(tasks.calls(log)) == 3
     for path in entries(tmp_path / "s"):          # rewritten whole
         with open(path, "rb") as f:
-            assert store_module.decode_entry(f.read()) is not None
+            assert store_module.decode_entry(f.read(), store_module.load_key(None)) is not None
 
 
 def _race(root: str, seed: int, rounds: int) -> None:
     """One of the racing writers: the same keys, values derived from the key."""
     rng = random.Random(seed)
-    store = store_module.Store(root, "race")
+    store = store_module.Store(root, "race", store_module.load_key(None))
     try:
         for _ in range(rounds):
             key = hashlib.sha256(str(rng.randrange(20)).encode()).hexdigest()
@@ -212,7 +213,7 @@ def test_racing_writers_never_give_a_corrupt_read(tmp_path):
     assert [p.exitcode for p in victims] == [-signal.SIGKILL] * 4
     # 0: fine; 3: a corrupt or wrong read; 4: a failed write; 1: an exception
     assert [p.exitcode for p in writers[4:]] == [0] * 12
-    store = store_module.Store(root, "race")
+    store = store_module.Store(root, "race", store_module.load_key(None))
     for path in entries(tmp_path):
         key = os.path.basename(path)[:-len(".entry")]
         assert store.get(key) == (True, _value_of(key))
@@ -360,7 +361,8 @@ def test_a_crash_names_the_users_function_and_stores_nothing_for_it(tmp_path, me
         assert info.value.task.arguments == "3, 3"
         pool.close()      # the other items still run, as in the standard library
         pool.join()
-    store = store_module.Store(str(tmp_path), store_module.default_step(tasks.die_at))
+    store = store_module.Store(str(tmp_path), store_module.default_step(tasks.die_at),
+                               store_module.load_key(None))
     assert [store.get(store.key((x, 3), {}))[0] for x in range(6)] == \
         [True, True, True, False, True, True]
 
@@ -427,3 +429,73 @@ def test_keys_of_sets_and_dicts_are_the_same_under_any_hash_seed(tmp_path):
         outs.append(done.stdout.strip())
     assert outs[0] == outs[1] == str([2] * 20)
     assert len(log.read_text().splitlines()) == 20     # the second run called nothing
+
+
+def _plant(store_root, step: str, arg, payload: bytes, key: bytes) -> str:
+    """An entry for *arg* holding *payload*, authenticated with *key*."""
+    store = store_module.Store(str(store_root), step, key)
+    os.makedirs(os.path.dirname(store.entry_path(store.key((arg,), {}))), exist_ok=True)
+    path = store.entry_path(store.key((arg,), {}))
+    with open(path, "wb") as f:
+        f.write(store_module.encode_entry(payload, key))
+    return path
+
+
+@pytest.mark.parametrize("forgery", ["unkeyed SHA-256", "another key", "symlink"])
+def test_a_planted_entry_is_never_unpickled(tmp_path, forgery, capfd):
+    """Anyone who can write into a shared store could plant an entry that
+    runs code on resume: only entries authenticated with the store's key are
+    unpickled; the others are computed again with one warning naming them."""
+    marker, log = tmp_path / "pwned", str(tmp_path / "calls")
+    step = Checkpoint(tmp_path / "store", step="s")
+    evil = pickle.dumps(tasks.PlantedPayload(str(marker)))
+    if forgery == "unkeyed SHA-256":     # the old format: a checksum anyone can compute
+        path = _plant(tmp_path / "store", "s", 3, b"", store_module.load_key(None))
+        with open(path, "wb") as f:
+            f.write(store_module._HEADER.pack(store_module.MAGIC, len(evil),
+                                              hashlib.sha256(evil).digest()) + evil)
+    elif forgery == "another key":
+        path = _plant(tmp_path / "store", "s", 3, evil, b"k" * 32)
+    else:
+        target = tmp_path / "elsewhere.entry"
+        target.write_bytes(store_module.encode_entry(evil, store_module.load_key(None)))
+        path = _plant(tmp_path / "store", "s", 3, b"", store_module.load_key(None))
+        os.unlink(path)
+        os.symlink(target, path)
+    func = functools.partial(tasks.logged_square, log)
+    with poolguard.Pool(1, context="fork") as pool:
+        assert pool.map(func, range(5), checkpoint=step) == [0, 1, 4, 9, 16]
+    assert not marker.exists(), "a planted entry was unpickled"
+    assert tasks.calls(log) == [0, 1, 2, 3, 4]
+    warned = capfd.readouterr().err
+    assert warned.count("CheckpointWarning") == 1 and path in warned, warned
+    assert ("symbolic link, not followed" if forgery == "symlink"
+            else "not written with this store's key") in warned
+
+
+def test_a_team_key_shares_a_store_and_the_default_key_does_not(tmp_path, capfd):
+    log = str(tmp_path / "calls")
+    func = functools.partial(tasks.logged_square, log)
+    team = Checkpoint(tmp_path / "store", step="s", key=b"our team's secret, 32 bytes long")
+    with poolguard.Pool(2) as pool:
+        assert pool.map(func, range(4), checkpoint=team) == [0, 1, 4, 9]
+        assert pool.map(func, range(4), checkpoint=team) == [0, 1, 4, 9]
+        assert tasks.calls(log) == [0, 1, 2, 3]              # second run: all stored
+        mine = Checkpoint(tmp_path / "store", step="s")
+        assert pool.map(func, range(4), checkpoint=mine) == [0, 1, 4, 9]
+    assert tasks.calls(log) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert "not written with this store's key" in capfd.readouterr().err
+
+
+def test_the_key_file_is_made_private_and_a_shared_one_is_refused(tmp_path, monkeypatch):
+    key_path = tmp_path / "cfg" / "checkpoint.key"
+    monkeypatch.setenv("POOLGUARD_CHECKPOINT_KEY", str(key_path))
+    first = store_module.load_key(None)
+    assert len(first) == 32 and store_module.load_key(None) == first
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    os.chmod(key_path, 0o644)
+    with pytest.raises(store_module.CheckpointKeyError, match="chmod 600"):
+        store_module.load_key(None)
+    with pytest.raises(store_module.CheckpointKeyError):
+        with poolguard.Pool(1) as pool:
+            pool.map(tasks.square, range(2), checkpoint=tmp_path / "store")
