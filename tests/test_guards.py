@@ -140,10 +140,14 @@ def test_outside_kills_of_new_workers_never_stop_the_pool():
         thread = threading.Thread(target=killer)
         thread.start()
         try:
+            # Submitted while every new worker dies: it waits, and must not be
+            # failed with PoolThrottledError (as it was), then completes.
+            pending = pool.map_async(tasks.square, range(4))
             wait_until(lambda: len(seen) >= 12, 30)   # more than the throttle's 5
         finally:
             stop.set()
             thread.join()
+        assert pending.get(20) == [0, 1, 4, 9]
         assert pool.map(tasks.square, range(4)) == [0, 1, 4, 9]
 
 
