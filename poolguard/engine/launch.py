@@ -18,7 +18,6 @@ learns the exit status from whoever is its parent.
 """
 from __future__ import annotations
 
-import ast
 import os
 import pickle
 import select
@@ -32,7 +31,7 @@ from typing import Any, Callable, FrozenSet, List, Optional, Set, Union
 from .. import diagnosis
 from ..diagnosis import zombie_exit_status
 from ..errors import signal_name
-from ..wire.messages import dumps_call
+from ..wire.messages import dumps_call, top_level_names_of_main
 from ..wire.slots import SharedSlots
 from ..worker import worker_main
 from . import zygote
@@ -179,7 +178,7 @@ class ContextLauncher:
         if self._method == "fork":
             return False
         if self._main_names is None:
-            self._main_names = _top_level_names_of_main()
+            self._main_names = top_level_names_of_main()
         name = getattr(func, "__qualname__", "")
         return name not in self._main_names
 
@@ -318,22 +317,6 @@ class ZygoteLauncher:
             _, status = os.waitpid(self.pid, 0)
             self.exitcode = os.waitstatus_to_exitcode(status)
         os.close(self.pidfd)
-
-
-def _top_level_names_of_main() -> FrozenSet[str]:
-    """Functions and classes the main script defines at its top level (not
-    under ``if __name__ == "__main__":``): those a spawned worker, which
-    imports the script again, has too."""
-    path = getattr(sys.modules.get("__main__"), "__file__", None)
-    if not path or not path.endswith(".py"):
-        return frozenset()
-    try:
-        with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-    except (OSError, SyntaxError, ValueError):
-        return frozenset()
-    return frozenset(node.name for node in tree.body
-                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
 
 
 def _pidfd(pid: int) -> Optional[int]:

@@ -98,8 +98,7 @@ class Engine:
             self._watch.add(launcher.death_fd, launcher, "launcher")
         self._spiller = Spiller()
         self._workers = WorkerSet(processes, self._slots, launcher, self._watch, self._spiller)
-        # Set when workers cannot start (initializer failed, throttle, zygote
-        # gone): no respawning, waiting units fail with it.
+        # Workers cannot start (initializer failed, throttle, zygote gone):
         self._init_error: Optional[WorkerInitError] = None
         # May workers read large bytes from our memory?  Not until the first
         # has checked; never again once one could not.

@@ -15,12 +15,14 @@ handle says where.
 """
 from __future__ import annotations
 
+import ast
 import pickle
 import struct
+import sys
 import traceback
 from enum import IntEnum
 from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, FrozenSet, List, Optional, Sequence, Tuple, Type, Union
 
 import cloudpickle
 
@@ -126,6 +128,22 @@ def dumps_call(func: Callable, payload: Any, by_value_main: bool) -> bytes:
     if by_value_main and getattr(func, "__module__", None) == "__main__":
         return cloudpickle.dumps(payload, protocol=PROTOCOL)
     return dumps(payload)
+
+
+def top_level_names_of_main() -> FrozenSet[str]:
+    """Functions and classes the main script defines at its top level (not
+    under ``if __name__ == "__main__":``): those a spawned worker, which
+    imports the script again, has too."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not path.endswith(".py"):
+        return frozenset()
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return frozenset()
+    return frozenset(node.name for node in tree.body
+                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
 
 
 def encode_exception(exc: BaseException) -> bytes:
