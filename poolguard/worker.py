@@ -190,36 +190,28 @@ def _die_with_parent(alive_conn, parent_pid: Optional[int], guardian: bool) -> N
     threading.Thread(target=_watch_parent, name="poolguard-parent-watch", daemon=True).start()
 
 
-_guardian_link: list = []   # our end of the guardian's pipe, held while we live
-
-
 def _start_group_guardian(alive_fd: int) -> None:
     """Fork, while we still have one thread, a tiny child in our process
     group that waits for the pool's process to die and then SIGKILLs the
     whole group: PDEATHSIG kills only us, and a process a task started would
-    outlive the pool.  It exits quietly when we do (its pipe from us ends)."""
+    outlive the pool.  It waits for that alone (our own death may come first,
+    by PDEATHSIG, while the pool's process is still closing its files); while
+    the pool lives, the pool ends it with our group when we die."""
     if not sys.platform.startswith("linux"):
         return
-    link_r, link_w = os.pipe()
     try:
         pid = os.fork()
     except OSError:
-        os.close(link_r)
-        os.close(link_w)
         return
     if pid:
-        os.close(link_r)
-        _guardian_link.append(link_w)
         return
     code = 0
     try:
-        os.close(link_w)
         poller = select.poll()
-        for fd in (alive_fd, link_r):
-            poller.register(fd, select.POLLIN)
-        ready = [fd for fd, _ in poller.poll()]
-        if alive_fd in ready:        # the pool's process is gone
-            os.killpg(0, signal.SIGKILL)
+        poller.register(alive_fd, select.POLLIN)
+        while not poller.poll():
+            pass
+        os.killpg(0, signal.SIGKILL)   # the pool's process is gone
     except BaseException:
         code = 1
     finally:

@@ -309,6 +309,10 @@ def test_nothing_of_the_pool_outlives_a_killed_owner(tmp_path, method):
         if __name__ == "__main__":
             p = poolguard.Pool(2, context=sys.argv[1])
             grandchild = p.apply(spawn_grandchild, (0,))
+            # Every worker past its start-up (a worker still starting exits
+            # as soon as it gets going, which a loaded machine may delay).
+            while [s for s in p.status() if s.state == "starting"]:
+                time.sleep(0.01)
             zygote = getattr(p._engine._launcher, "pid", None)
             with open({str(pids_file)!r}, "w") as f:
                 f.write(" ".join(map(str, [*p.pids, grandchild] + ([zygote] if zygote else []))))

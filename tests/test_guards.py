@@ -126,7 +126,8 @@ def test_outside_kills_of_new_workers_never_stop_the_pool():
     """Workers SIGKILLed from outside as they start (a scheduler, a chaos run
     on a loaded machine) are no fault of the pool's: it keeps replacing them,
     past the throttle's count, and maps as usual once the killing stops."""
-    with poolguard.Pool(1) as pool:
+    # retries: a worker may take the task before the killer sees its pid.
+    with poolguard.Pool(1, retries=30) as pool:
         stop = threading.Event()
         seen = set()
 
