@@ -101,10 +101,8 @@ class GuardKeeper:
             worker.stopped_since, worker.stop_reported = now, False
         elif not worker.stop_reported and now - worker.stopped_since >= STOPPED_WARNING:
             worker.stop_reported = True
-            slot = self._slots.read(worker.index)
-            unit = next((u for u in worker.inflight if u.id == slot.task_id), None)
-            task = (f" while running {unit.job.describe(unit, slot.item if slot.item >= 0 else None)}"
-                    if unit is not None else "")
+            running = worker.describe_running(self._slots.read(worker.index))
+            task = f" while running {running}" if running is not None else ""
             warnings.warn(f"poolguard: worker {worker.pid} has been stopped (SIGSTOP, a "
                           f"debugger or a freezer) for {now - worker.stopped_since:.0f} s"
                           f"{task}; its task waits until it is resumed (SIGCONT)",

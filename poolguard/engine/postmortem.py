@@ -50,23 +50,19 @@ class Postmortem:
     def examine(self, worker: Worker, slot: Slot, exitcode: Optional[int],
                 crash_stack: Optional[str]) -> Death:
         death = Death()
-        for unit in worker.inflight:
-            if unit.id == slot.task_id:
-                death.culprit = unit
-            else:
-                death.rerun.append(unit)
+        death.culprit, offset = worker.running(slot)
+        death.rerun = [unit for unit in worker.inflight if unit is not death.culprit]
         if death.culprit is not None:
-            self._blame(death, worker, slot, exitcode, crash_stack)
+            self._blame(death, worker, offset, slot.item, exitcode, crash_stack)
         elif not worker.left_on_purpose:
             death.throttle = self._fruitless_death(worker, slot, exitcode, crash_stack)
         return death
 
-    def _blame(self, death: Death, worker: Worker, slot: Slot, exitcode: Optional[int],
-               crash_stack: Optional[str]) -> None:
+    def _blame(self, death: Death, worker: Worker, offset: Optional[int], item: int,
+               exitcode: Optional[int], crash_stack: Optional[str]) -> None:
         culprit = death.culprit
         assert culprit is not None
-        offset = slot.item if slot.item >= 0 else None
-        error = self.crash_error(worker, culprit, offset, slot.item, exitcode, crash_stack)
+        error = self.crash_error(worker, culprit, offset, item, exitcode, crash_stack)
         if self._may_retry(culprit, error):
             culprit.attempts.append(error.summary())
             death.rerun.extend(culprit.split(offset))   # the caller releases the culprit

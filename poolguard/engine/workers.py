@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import collections
 import enum
-from dataclasses import dataclass
 import os
 import re
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
 
 from .. import diagnosis
+from ..diagnosis import WorkerWatch
+from ..errors import TaskInfo
 from ..wire.channels import FrameReader, Spiller, WatchSet, grow_pipe
 from ..wire.framing import frame
 from ..wire.messages import STOP, TASK_HEADER
-from ..wire.slots import INITIALIZING, SharedSlots
-from ..diagnosis import WorkerWatch
-from ..errors import TaskInfo
+from ..wire.slots import INITIALIZING, SharedSlots, Slot
 from ..worker import worker_main
 from .jobs import Unit
 from .launch import StartError, WorkerProcess
@@ -116,6 +116,17 @@ class Worker:
     def send_due_signals(self, now: float) -> None:
         while self._escalation and now >= self._escalation[0][0]:
             signal_process(self.process, self._escalation.pop(0)[1])
+
+    def running(self, slot: Slot) -> Tuple[Optional[Unit], Optional[int]]:
+        """The unit its slot says it runs, and the item's offset in it (None
+        outside the item loop); (None, None) when idle or starting.  Safe
+        from any thread: it looks at a copy of what is in flight."""
+        unit = next((u for u in list(self.inflight) if u.id == slot.task_id), None)
+        return unit, (slot.item if slot.item >= 0 else None)
+
+    def describe_running(self, slot: Slot) -> Optional[TaskInfo]:
+        unit, offset = self.running(slot)
+        return unit.job.describe(unit, offset) if unit is not None else None
 
     def pop_unit(self, unit_id: int) -> Optional[Unit]:
         for unit in self.inflight:
@@ -292,9 +303,7 @@ class WorkerSet:
             elif slot.task_id >= 0:
                 state = "busy"
                 elapsed = (now - slot.started) / 1e9 if slot.started else None
-                unit = next((u for u in list(worker.inflight) if u.id == slot.task_id), None)
-                if unit is not None:
-                    task = unit.job.describe(unit, slot.item if slot.item >= 0 else None)
+                task = worker.describe_running(slot)
             if diagnosis.process_state(worker.pid) in ("T", "t"):
                 state = "stopped"
             out.append(WorkerStatus(worker.pid, state, task, elapsed,
