@@ -21,10 +21,10 @@ from typing import Any, Optional, Sequence
 
 from .errors import TaskDecodeError
 from .wire import buffers
-from .wire.slots import DECODING, IDLE, SENDING
 from .wire.messages import (APPLY, CONTROL, INIT_FAILED, MAP, OK, PROTOCOL, RAISED, READY,
-                       REPLY_HEADER, RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE,
-                       decode_task, encode_exception)
+                            REPLY_HEADER, RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE,
+                            decode_task, encode_exception)
+from .wire.slots import DECODING, IDLE, SENDING
 
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = _short_repr.maxother = 200

@@ -55,6 +55,9 @@ class Inbox:
         return units
 
     def take_new_call(self) -> bool:
+        """Supervisor: did a call come since the last time?  (It may glance
+        at ``new_call`` without the lock first: submit sets it before it
+        wakes the loop, so one missed now is seen on the next turn.)"""
         with self.lock:
             new, self.new_call = self.new_call, False
         return new

@@ -54,7 +54,8 @@ from ..errors import PoolTerminatedError, WorkerInitError
 from ..options import Guards
 from ..wire import buffers
 from ..wire.channels import Spiller, WatchSet
-from ..wire.messages import (CONTROL, INIT_FAILED, READY, REPLY_HEADER, RETIRING, decode_exception, decode_reply, dumps_call)
+from ..wire.messages import (CONTROL, INIT_FAILED, READY, REPLY_HEADER, RETIRING,
+                             decode_exception, decode_reply, dumps_call)
 from ..wire.slots import SharedSlots
 from . import at_exit
 from .callbacks import CallbackThread, report_callback_error
@@ -81,8 +82,6 @@ class Engine:
         # At interpreter exit: finish the submitted work (executors, as the
         # standard library's do) or terminate (pools, as multiprocessing's do).
         self.finish_at_exit = finish_at_exit
-        self.context = context
-        self.start_method = context.get_start_method()
         self._maxtasks = maxtasks
         self._initializer = initializer
         self.inbox = inbox = Inbox()
@@ -187,7 +186,7 @@ class Engine:
     def _step(self) -> bool:
         """One turn of the loop; False when the engine has finished."""
         inbox = self.inbox
-        if inbox.take_new_call():
+        if inbox.new_call and inbox.take_new_call():   # the lock only when one came
             self._init_error = None   # a new call gets a new chance to start workers
         state = inbox.state
         if state == TERMINATING:
