@@ -189,7 +189,7 @@ class Store:
             return False, None
         payload = decode_entry(data, self.secret)
         if payload is None:
-            if len(data) >= _HEADER.size and _HEADER.unpack_from(data)[1] == len(data) - _HEADER.size:
+            if split_entry(data) is not None:   # whole, yet not ours: say so
                 self._warn(f"{path} was not written with this store's key (planted, "
                            f"altered, or written under another key): not trusted, "
                            f"computing it again", disable=False)
@@ -300,16 +300,24 @@ def encode_entry(payload: bytes, key: bytes) -> bytes:
     return _HEADER.pack(MAGIC, len(payload), mac) + payload
 
 
-def decode_entry(data: bytes, key: bytes) -> Optional[bytes]:
-    """The payload of a whole entry written under *key*, or None (truncated,
-    corrupt, planted, or written under another key)."""
+def split_entry(data: bytes) -> Optional[Tuple[bytes, bytes, bytes]]:
+    """(magic, MAC, payload) of a whole entry, or None when it is truncated."""
     if len(data) < _HEADER.size:
         return None
     magic, length, mac = _HEADER.unpack_from(data)
     payload = data[_HEADER.size:]
-    if magic != MAGIC or length != len(payload):
+    return (magic, mac, payload) if length == len(payload) else None
+
+
+def decode_entry(data: bytes, key: bytes) -> Optional[bytes]:
+    """The payload of a whole entry written under *key*, or None (truncated,
+    corrupt, planted, or written under another key)."""
+    parts = split_entry(data)
+    if parts is None:
         return None
-    if not hmac.compare_digest(hmac.new(key, payload, hashlib.sha256).digest(), mac):
+    magic, mac, payload = parts
+    if magic != MAGIC or not hmac.compare_digest(
+            hmac.new(key, payload, hashlib.sha256).digest(), mac):
         return None
     return payload
 
