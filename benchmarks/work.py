@@ -38,3 +38,8 @@ def announce(path):
         f.write(str(os.getpid()))
     os.replace(tmp, path)
     time.sleep(120)
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
