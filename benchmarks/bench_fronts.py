@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         else:
             label, base, *_rest, target = WORKLOADS[key]
             a, b = paired(key, args.workers, args.rounds)
-        ratio = statistics.median(x / y for x, y in zip(a, b))
+        ratio = statistics.median(x / y for x, y in zip(a, b, strict=True))
         if key == "hol":   # the target is the time itself
             verdict = "met" if statistics.median(a) <= target else "NOT met"
             shown = f"<= {target} s: {verdict}"

@@ -17,11 +17,12 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .errors import TaskDecodeError
 from .wire import buffers
-from .wire.messages import (APPLY, CONTROL, INIT_FAILED, MAP, OK, PROTOCOL, RAISED, READY,
+from .wire.framing import FrameInput
+from .wire.messages import (APPLY, CONTROL, EACH, INIT_FAILED, MAP, OK, PROTOCOL, RAISED, READY,
                             REPLY_HEADER, RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE,
                             decode_task, encode_exception)
 from .wire.slots import DECODING, IDLE, SENDING
@@ -39,18 +40,19 @@ def worker_main(spec: Any, index: int, task_conn, result_conn, crash_conn,
     _prepare(crash_conn, fds_to_close)
     _die_with_parent(spec.alive_conn, parent_pid, spec.group_guardian)
     slot = spec.slots.view(index)
-    send, recv = result_conn.send_bytes, task_conn.recv_bytes
+    # Frames are read in bulk: a burst of small tasks costs one read.
+    send, recv = result_conn.send_bytes, FrameInput(task_conn.fileno()).recv
     try:
         if spec.initializer is not None:
             try:
                 spec.load_initializer()(*spec.initargs)
             except BaseException as exc:
-                send(REPLY_HEADER.pack(CONTROL, INIT_FAILED) + encode_exception(exc))
+                send(REPLY_HEADER.pack(CONTROL, INIT_FAILED, 0) + encode_exception(exc))
                 return
         slot[0] = IDLE
         # READY says whether we may read large arguments from the parent's memory.
         readable = b"\x01" if buffers.can_read_parent(spec.probe) else b"\x00"
-        send(REPLY_HEADER.pack(CONTROL, READY) + readable)
+        send(REPLY_HEADER.pack(CONTROL, READY, 0) + readable)
         _serve(slot, send, recv, spec.maxtasks, spec.timed)
     except OSError:
         return  # the parent closed our pipes: it is gone or terminating us
@@ -98,21 +100,23 @@ def _serve(slot: memoryview, send, recv, maxtasks: Optional[int], timed: bool) -
         task_id, handle_size = TASK_HEADER.unpack_from(data)
         if task_id == STOP:
             return
-        slot[2] = clock()   # before the item word: the parent reads them in that order
+        slot[2] = started = clock()   # before the item word: the parent reads them in that order
         slot[0], slot[1] = task_id, DECODING
-        reply = _run_unit(slot, data, task_id, handle_size, cache, timed, clock)
+        status, body = _run_unit(slot, data, task_id, handle_size, cache, timed, clock)
         del data
-        send(reply)
-        del reply
+        took = min((clock() - started) // 1000, 0xFFFFFFFF)
+        send(REPLY_HEADER.pack(task_id, status, took) + body)
+        del body
         slot[0] = IDLE
         done += 1
-    send(REPLY_HEADER.pack(CONTROL, RETIRING))
+    send(REPLY_HEADER.pack(CONTROL, RETIRING, 0))
 
 
 def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cache: list,
-              timed: bool, clock) -> bytes:
-    """Run one unit; its reply.  The arguments and results are locals of this
-    call, so nothing of the task outlives it in the worker."""
+              timed: bool, clock) -> Tuple[int, bytes]:
+    """Run one unit; the status and body of its reply.  The arguments and
+    results are locals of this call, so nothing of the task outlives it in
+    the worker."""
     try:
         kind, func_bytes, items = decode_task(data, handle_size)
         if func_bytes != cache[0]:
@@ -121,7 +125,9 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
         error = TaskDecodeError(f"the task could not be unpickled in the worker: "
                                 f"{type(exc).__name__}: {exc}", exc=exc)
         error.__cause__ = exc
-        return REPLY_HEADER.pack(task_id, RAISED) + encode_exception(error)
+        return RAISED, encode_exception(error)
+    if kind == EACH:
+        return _run_each(slot, cache[1], items, timed, clock)
     try:
         func = cache[1]
         # The loop target stores each index straight into the shared slot:
@@ -138,15 +144,48 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
             slot[1] = 0
             out = [func(*args, **kwds)]
     except BaseException as exc:  # SystemExit too: the task's error, not ours
-        return REPLY_HEADER.pack(task_id, RAISED) + encode_exception(exc)
+        return RAISED, encode_exception(exc)
     slot[1] = SENDING
     try:
-        return REPLY_HEADER.pack(task_id, OK) + pickle.dumps(out, PROTOCOL)
+        return OK, pickle.dumps(out, PROTOCOL)
     except Exception as exc:
-        return REPLY_HEADER.pack(task_id, UNENCODABLE) + pickle.dumps(
+        return UNENCODABLE, pickle.dumps(
             (repr(exc), _short_repr.repr(out if len(out) != 1 else out[0])), PROTOCOL)
     except BaseException as exc:   # a __reduce__ calling exit(): the task's, as in the stdlib
-        return REPLY_HEADER.pack(task_id, RAISED) + encode_exception(exc)
+        return RAISED, encode_exception(exc)
+
+
+def _run_each(slot: memoryview, func, items, timed: bool, clock) -> Tuple[int, bytes]:
+    """An EACH unit: every item runs, whatever the others did; a raising item
+    leaves None in the results and its encoded exception under its offset."""
+    out: list = []
+    errors: Dict[int, Any] = {}
+    for i, item in enumerate(items):
+        if timed:
+            slot[2] = clock()
+        slot[1] = i
+        try:
+            out.append(func(*item))
+        except BaseException as exc:   # SystemExit too: that item's error
+            out.append(None)
+            errors[i] = encode_exception(exc)
+    slot[1] = SENDING
+    try:
+        return OK, pickle.dumps((out, errors), PROTOCOL)
+    except BaseException:   # some result does not pickle: find which, fail those alone
+        return OK, pickle.dumps(_encodable_only(out, errors), PROTOCOL)
+
+
+def _encodable_only(out: list, errors: Dict[int, Any]) -> tuple:
+    """An item whose result does not pickle gets, in place of an encoded
+    exception, the texts the parent makes its ResultEncodingError of."""
+    for i, value in enumerate(out):
+        try:
+            pickle.dumps(value, PROTOCOL)
+        except BaseException as exc:
+            out[i] = None
+            errors[i] = (repr(exc), _short_repr.repr(value))
+    return out, errors
 
 
 def _run_timed(slot: memoryview, clock, func, items, star: bool) -> list:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import itertools
 import reprlib
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+from collections import abc
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import TaskInfo
-from ..wire.messages import APPLY, STARMAP, encode_task
+from ..wire.messages import APPLY, EACH, STARMAP, encode_task
 
 _unit_ids = itertools.count()
 
@@ -49,7 +50,7 @@ class Job:
             args, kwds = item
             parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwds.items()]
             return TaskInfo(name, _clip(", ".join(parts)), None, self.call)
-        if self.kind == STARMAP:
+        if self.kind in (STARMAP, EACH):
             try:
                 text = ", ".join(_short(a) for a in item)
             except TypeError:
@@ -70,13 +71,18 @@ def _clip(text: str, limit: int = 200) -> str:
 
 
 class Unit:
-    """A chunk of one job's items, sent to one worker as one frame."""
+    """A chunk of one job's items, sent to one worker as one frame.
+
+    An *elastic* unit is not sent as it is: the supervisor cuts units from
+    its front, as many items at a time as the pacer says (pacing.py), and
+    encodes each when it sends it."""
 
     __slots__ = ("id", "job", "start", "items", "frame", "func_bytes", "attempts", "shared",
-                 "remote")
+                 "remote", "elastic", "expected")
 
     def __init__(self, job: Job, start: int, items: Sequence, func_bytes: bytes,
-                 attempts: Optional[List[str]] = None, remote: bool = False):
+                 attempts: Optional[List[str]] = None, remote: bool = False,
+                 elastic: bool = False):
         self.id = next(_unit_ids)
         self.job = job
         self.start = start        # index of items[0] in the job's input
@@ -86,7 +92,25 @@ class Unit:
         self.func_bytes = func_bytes
         self.attempts = attempts or []   # earlier failed attempts (retries)
         self.remote = remote
-        self.frame, self.shared = encode_task(self.id, job.kind, func_bytes, items, remote)
+        self.elastic = elastic
+        self.expected: Optional[float] = None   # seconds, the pacer's guess when sent
+        self.frame: List[bytes]
+        if elastic:
+            self.frame, self.shared = [], None
+        else:
+            self.frame, self.shared = encode_task(self.id, job.kind, func_bytes, items, remote)
+
+    def cut(self, count: int) -> Tuple["Unit", Optional[BaseException]]:
+        """Elastic: a unit of the first *count* items, encoded; this one keeps
+        the rest.  If they do not pickle: a placeholder and the error."""
+        items, start = self.items, self.start
+        chunk = items[:count]
+        self.items = _Rest.of(items, count)
+        self.start += count
+        try:
+            return Unit(self.job, start, chunk, self.func_bytes, remote=self.remote), None
+        except (Exception, SystemExit) as exc:   # a __reduce__ may even call exit()
+            return Unit.placeholder(self.job, start, chunk), exc
 
     def release(self) -> None:
         """Free the shared buffers of its arguments: the unit is finished."""
@@ -116,7 +140,37 @@ class Unit:
         unit = cls.__new__(cls)
         unit.id, unit.job, unit.start, unit.items, unit.frame = -1, job, start, items, []
         unit.func_bytes, unit.attempts, unit.shared, unit.remote = b"", [], None, False
+        unit.elastic, unit.expected = False, None
         return unit
+
+
+class _Rest(abc.Sequence):
+    """What is left of an elastic unit's items, without copying them at
+    each cut."""
+
+    __slots__ = ("_items", "_lo")
+
+    def __init__(self, items: Sequence, lo: int):
+        self._items, self._lo = items, lo
+
+    @classmethod
+    def of(cls, items: Sequence, lo: int) -> "_Rest":
+        if isinstance(items, _Rest):
+            return cls(items._items, items._lo + lo)
+        return cls(items, lo)
+
+    def __len__(self) -> int:
+        return len(self._items) - self._lo
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            return self._items[self._lo + start:self._lo + stop:step]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._items[self._lo + index]
 
 
 def cut_units(job: Job, items: Sequence, chunksize: int, start: int, func_bytes: bytes,

@@ -15,7 +15,8 @@ Data flow::
     |                                  timeout: GuardKeeper.next_wake)
     |                                 |
     |                                 | WorkerSet.start: a worker per empty slot
-    |                                 | dispatch: at most PREFETCH units a worker
+    |                                 | dispatch: as many units a worker as Pacer
+    |                                 |   allows (pacing.py: none ahead of a long one)
     |                                 |   non-blocking write ---- task pipe ---> worker_main
     |                                 |   (Spiller thread: what a full pipe        | writes [unit, item,
     |                                 |    cannot take now; large arguments        |  start] to its slot
@@ -46,7 +47,7 @@ from __future__ import annotations
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .. import diagnosis
 from ..diagnosis import KernelLog
@@ -54,7 +55,7 @@ from ..errors import PoolTerminatedError, WorkerInitError
 from ..options import Guards
 from ..wire import buffers
 from ..wire.channels import Spiller, WatchSet
-from ..wire.messages import (CONTROL, INIT_FAILED, READY, REPLY_HEADER, RETIRING,
+from ..wire.messages import (CONTROL, EACH, INIT_FAILED, READY, REPLY_HEADER, RETIRING,
                              decode_exception, decode_reply, dumps_call)
 from ..wire.slots import SharedSlots
 from . import at_exit
@@ -62,11 +63,11 @@ from .callbacks import CallbackThread, report_callback_error
 from .guards import GuardKeeper
 from .inbox import CLOSING, RUNNING, TERMINATING, Inbox
 from .jobs import Job, Unit, cut_units
+from .pacing import Pacer
 from .launch import ParentAlive, StartError, WorkerSpec, ZygoteLauncher, make_launcher
 from .postmortem import Postmortem, name_of
 from .workers import State, Worker, WorkerSet, WorkerStatus, kill_group
 
-PREFETCH = 2                # units in flight per worker: one running, one waiting in its pipe
 TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
 
 
@@ -106,6 +107,7 @@ class Engine:
         self._callbacks = CallbackThread()
         self._kernel_log = KernelLog(diagnosis.SOURCES)
         self.guard_keeper = GuardKeeper(guards, self._slots)
+        self._pacer = Pacer(self._slots, maxtasks)
         self._postmortem = Postmortem(guards, self._kernel_log, processes, initializer)
         self._thread = threading.Thread(target=self._run, name="poolguard-supervisor",
                                         daemon=True)
@@ -202,7 +204,7 @@ class Engine:
         if (state == CLOSING and not self._workers and not inbox.pending
                 and not inbox.open_calls):
             return False
-        ready = self._watch.wait(self.guard_keeper.next_wake(self._workers))
+        ready = self._watch.wait(self._next_wake())
         deaths = []
         for fd in ready:
             if fd == inbox.wakeup.fd:
@@ -219,6 +221,14 @@ class Engine:
             self._on_death(worker)
         self.guard_keeper.check(self._workers)
         return True
+
+    def _next_wake(self) -> Optional[float]:
+        wake = self.guard_keeper.next_wake(self._workers)
+        if self.inbox.pending:
+            paced = self._pacer.next_wake(self._workers)
+            if paced is not None and (wake is None or paced < wake):
+                return paced
+        return wake
 
     # ---- workers -------------------------------------------------------------------
 
@@ -244,23 +254,53 @@ class Engine:
                 self._deliver_failure(unit, self._init_error)
 
     def _dispatch(self) -> None:
+        """Hand pending units to workers, one per worker per pass, as long as
+        the pacer lets each take more; each worker's frames go in one write."""
         pending = self.inbox.pending
         if not pending:
             return
         workers = [w for w in self._workers if w.usable]
-        maxtasks = self._maxtasks
+        frames: Dict[Worker, List[bytes]] = {}
+        failed: List[Tuple[Unit, BaseException]] = []
         with self.inbox.lock:
-            for depth in range(PREFETCH):
+            progress = True
+            while pending and progress:
+                progress = False
                 for worker in workers:
-                    while (pending and len(worker.inflight) <= depth
-                           and (maxtasks is None or worker.sent < maxtasks)):
-                        unit = pending.popleft()
-                        if not unit.job.wanted(unit):
-                            unit.release()
-                            continue
-                        worker.inflight.append(unit)
-                        worker.sent += 1
-                        self._workers.send(worker, unit.frame)
+                    if not (pending and self._pacer.may_take(worker)):
+                        continue
+                    progress = True
+                    unit = self._next_unit(pending, failed)
+                    if unit is not None:
+                        worker.take(unit, self._pacer.expected(unit))
+                        frames.setdefault(worker, []).extend(unit.frame)
+        for worker, parts in frames.items():
+            self._workers.send(worker, parts)
+        for unit, exc in failed:
+            self._deliver_failure(unit, exc)
+
+    def _next_unit(self, pending: Deque[Unit],
+                   failed: List[Tuple[Unit, BaseException]]) -> Optional[Unit]:
+        """The unit to send next, or None if the one at the head was dropped
+        (cancelled) or could not be encoded (into *failed*)."""
+        unit = pending[0]
+        if not unit.elastic:
+            pending.popleft()
+            if unit.job.wanted(unit):
+                return unit
+            unit.release()
+            return None
+        if not unit.job.wanted(unit):
+            pending.popleft()
+            return None
+        count = self._pacer.elastic_size(unit)
+        if count >= len(unit.items):
+            pending.popleft()
+        head, error = unit.cut(count)
+        if error is not None:
+            failed.append((head, error))
+            return None
+        return head
 
     def _stop_idle_workers(self) -> None:
         if not (self.inbox.pending or self.inbox.open_calls):
@@ -284,7 +324,7 @@ class Engine:
         return state
 
     def _on_reply(self, worker: Worker, data: bytes) -> None:
-        task_id, status = REPLY_HEADER.unpack_from(data)
+        task_id, status, micros = REPLY_HEADER.unpack_from(data)
         body = memoryview(data)[REPLY_HEADER.size:]
         if task_id == CONTROL:
             self._on_control(worker, status, body)
@@ -295,7 +335,9 @@ class Engine:
         self._postmortem.task_finished()
         if unit is None:
             return  # the job was already failed (terminate)
-        ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, None)))
+        self._pacer.learn(unit, micros / 1e6)
+        ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, None)),
+                                 unit.job.kind == EACH)
         self._deliver(unit.job.unit_done if ok else unit.job.unit_failed, unit, value)
 
     def _on_control(self, worker: Worker, status: int, body: memoryview) -> None:

@@ -64,6 +64,8 @@ class Worker:
         self.death_fd = process.death_fd
         self.inflight: Deque[Unit] = collections.deque()
         self.sent = 0                       # units ever sent (maxtasksperchild)
+        self.backlog = 0.0                  # seconds the pacer expects its inflight to take
+        self.blind = 0                      # units of those it had no estimate for
         self.state = State.STARTING
         self.guard: Optional[GuardStop] = None
         self._escalation: List[Tuple[float, int]] = []   # (when, signal) still to send
@@ -128,10 +130,26 @@ class Worker:
         unit, offset = self.running(slot)
         return unit.job.describe(unit, offset) if unit is not None else None
 
+    def take(self, unit: Unit, expected: Optional[float]) -> None:
+        """*unit* is sent to it; the pacer expects it to take *expected* s."""
+        unit.expected = expected
+        if expected is None:
+            self.blind += 1
+        else:
+            self.backlog += expected
+        self.inflight.append(unit)
+        self.sent += 1
+
     def pop_unit(self, unit_id: int) -> Optional[Unit]:
         for unit in self.inflight:
             if unit.id == unit_id:
                 self.inflight.remove(unit)
+                if not self.inflight:
+                    self.backlog, self.blind = 0.0, 0
+                elif unit.expected is None:
+                    self.blind -= 1
+                else:
+                    self.backlog -= unit.expected
                 return unit
         return None
 

@@ -1,10 +1,13 @@
 """Frames on the pipes: ``multiprocessing.connection``'s length prefix, so the
 worker side reads and writes them with an ordinary ``Connection``.  Written
-(``frame``) and parsed (``split_frames``) here only."""
+(``frame``) and parsed (``split_frames``, and the worker's ``FrameInput``)
+here only."""
 from __future__ import annotations
 
+import collections
+import os
 import struct
-from typing import List, Tuple
+from typing import Deque, List, Optional, Tuple, Union
 
 LENGTH = struct.Struct("!i")         # the frame's length; -1: a LONG_LENGTH follows
 LONG_LENGTH = struct.Struct("!Q")
@@ -37,3 +40,57 @@ def split_frames(buf: bytearray) -> Tuple[List[bytes], int]:
         frames.append(bytes(buf[pos + head:pos + head + n]))
         pos += head + n
     return frames, pos
+
+
+class FrameInput:
+    """The worker's blocking reader of its task pipe: one read takes every
+    frame already there, and a large frame is read straight into its own
+    buffer (no joining of pieces)."""
+
+    def __init__(self, fd: int, read_size: int = 1 << 20):
+        self.fd = fd
+        self._read_size = read_size
+        self._buf = bytearray()
+        self._frames: Deque[bytes] = collections.deque()
+
+    def recv(self) -> Union[bytes, bytearray]:
+        """The next frame's content; EOFError when the pipe is closed."""
+        while not self._frames:
+            data = os.read(self.fd, self._read_size)
+            if not data:
+                raise EOFError
+            self._buf += data
+            frames, pos = split_frames(self._buf)
+            del self._buf[:pos]
+            self._frames.extend(frames)
+            if not frames:
+                large = self._read_large()
+                if large is not None:
+                    return large
+        return self._frames.popleft()
+
+    def _read_large(self) -> Optional[bytearray]:
+        """A frame larger than one read: the rest goes into a buffer of its size."""
+        buf = self._buf
+        if len(buf) < LENGTH.size:
+            return None
+        (n,) = LENGTH.unpack_from(buf)
+        head = LENGTH.size
+        if n == -1:
+            if len(buf) < head + LONG_LENGTH.size:
+                return None
+            (n,) = LONG_LENGTH.unpack_from(buf, head)
+            head += LONG_LENGTH.size
+        if n <= self._read_size:
+            return None
+        out = bytearray(n)
+        got = len(buf) - head
+        out[:got] = buf[head:]
+        del buf[:]
+        view = memoryview(out)
+        while got < n:
+            count = os.readv(self.fd, [view[got:]])
+            if not count:
+                raise EOFError
+            got += count
+        return out

@@ -4,7 +4,8 @@ Each worker has two pipes of its own (no lock is shared between workers):
 
     parent --task pipe-->   worker     frame: task_id (q) | handle size (I) | handle
                                               | pickle((kind, func_bytes, items))
-    parent <--result pipe-- worker     frame: task_id (q) | status (B) | body
+    parent <--result pipe-- worker     frame: task_id (q) | status (B)
+                                              | microseconds the unit ran (I) | body
 
 Frames use ``multiprocessing.connection``'s length prefix, so the worker side
 can read and write them with an ordinary ``Connection``.  The task id and the
@@ -37,11 +38,14 @@ class Kind(IntEnum):
     APPLY = 0          # one item: (args, kwargs)
     MAP = 1            # func(item) for each item
     STARMAP = 2        # func(*item) for each item
+    EACH = 3           # func(*item) for each item, each item's outcome on its own
 
 
 class Status(IntEnum):
     """The status byte of a reply (worker -> parent)."""
-    OK = 0             # body: pickled list of results, one per item
+    OK = 0             # body: pickled list of results, one per item; EACH:
+                       #   pickle((results, {offset: encoded exception, or
+                       #   (repr(error), repr(result)) for a result that did not pickle}))
     RAISED = 1         # body: encoded exception (see encode_exception)
     UNENCODABLE = 2    # body: pickle((repr(error), repr(result))): the result did not pickle
     READY = 3          # control: the initializer succeeded
@@ -55,12 +59,12 @@ class Control(IntEnum):
     WORKER = -2        # worker -> parent: a message about the worker itself
 
 
-APPLY, MAP, STARMAP = Kind
+APPLY, MAP, STARMAP, EACH = Kind
 OK, RAISED, UNENCODABLE, READY, INIT_FAILED, RETIRING = Status
 STOP, CONTROL = Control
 
 TASK_HEADER = struct.Struct("!qI")     # task id | size of the shared-buffer handle
-REPLY_HEADER = struct.Struct("!qB")    # task id | status
+REPLY_HEADER = struct.Struct("!qBI")   # task id | status | microseconds the unit ran
 
 
 def dumps(obj: Any, collector: Optional[buffers.Collector] = None) -> bytes:
@@ -89,12 +93,13 @@ def encode_task(task_id: int, kind: int, func_bytes: bytes, items: Sequence,
     collector = buffers.Collector() if buffers.AVAILABLE else None
     payload: Any = items
     if collector is not None and len(items) <= _SEARCH_LIMIT:
-        payload = buffers.shareable(items, kind == STARMAP, kind == APPLY, remote) or items
+        payload = buffers.shareable(items, kind in (STARMAP, EACH), kind == APPLY,
+                                    remote) or items
     body = dumps((kind, func_bytes, payload), collector)
     if collector is None:
         return frame(TASK_HEADER.pack(task_id, 0), body), None
     if payload is items and len(body) >= buffers.MIN_SIZE and len(items) > _SEARCH_LIMIT:
-        wrapped = buffers.shareable(items, kind == STARMAP, kind == APPLY, remote)
+        wrapped = buffers.shareable(items, kind in (STARMAP, EACH), kind == APPLY, remote)
         if wrapped is not None:
             collector.taken.clear()
             body = dumps((kind, func_bytes, wrapped), collector)
@@ -188,13 +193,18 @@ def decode_exception(body: Union[bytes, memoryview]) -> BaseException:
 
 
 def decode_reply(status: int, body: Union[bytes, memoryview],
-                 describe: Callable[[], str]) -> Tuple[bool, Any]:
+                 describe: Callable[[], str], each: bool = False) -> Tuple[bool, Any]:
     """Parent side: (True, list of results) or (False, exception) from a task's
-    reply.  Never raises: whatever unpickling the body does (even raising
-    SystemExit) becomes that task's error.  *describe* names the task."""
+    reply; for an EACH unit, (True, (results, {offset: exception})).  Never
+    raises: whatever unpickling the body does (even raising SystemExit)
+    becomes that task's error.  *describe* names the task."""
     if status == RAISED:
         return False, decode_exception(body)
     try:
+        if status == OK and each:
+            values, errors = pickle.loads(body)
+            return True, (values, {i: decode_exception(e) if isinstance(e, bytes)
+                                   else encoding_error(*e) for i, e in errors.items()})
         if status == OK:
             return True, pickle.loads(body)
         if status == UNENCODABLE:
