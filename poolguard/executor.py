@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Executor, Future, InvalidStateError
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
+from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 from .checkpoint import CheckpointArg, checkpointed
 from .front import WorkerReports
 from .engine import Engine, Job, Unit
 from .engine.at_exit import interpreter_exiting
-from .wire.messages import APPLY, STARMAP
+from .wire.messages import APPLY, EACH, EACH_STAR, STARMAP
 from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
                       resolve_workers)
 
@@ -58,6 +58,73 @@ class _FutureJob(Job):
             self.engine.call_soon(_set_quietly, setter, value)
         else:
             _set_quietly(setter, value)
+
+
+    def cancel(self, unit: Unit) -> None:
+        if not self.future.cancel():
+            self.unit_failed(unit, RuntimeError("not run: executor shut down"))
+
+
+class _MapJob(Job):
+    """``map`` without a chunksize: all items in one elastic unit, which the
+    supervisor cuts as the pacer says (few items at a time for long tasks,
+    many for tiny ones); each item keeps its own result or exception."""
+
+    def __init__(self, func: Callable, kind: int, length: int):
+        super().__init__(func, kind, "map")
+        self._length = length
+        self._cond = threading.Condition(threading.Lock())
+        self._by_start: Dict[int, tuple] = {}    # start -> (values or None, errors, count)
+        self._dropped = False
+
+    def wanted(self, unit: Unit) -> bool:
+        return not self._dropped
+
+    def unit_done(self, unit: Unit, outcome: tuple) -> None:
+        values, errors = outcome
+        self._put(unit.start, (values, errors, len(values)))
+
+    def unit_failed(self, unit: Unit, exc: BaseException) -> None:
+        self._put(unit.start, (None, exc, len(unit.items)))
+
+    def cancel(self, unit: Unit) -> None:
+        self.unit_failed(unit, CancelledError())
+
+    def _put(self, start: int, entry: tuple) -> None:
+        with self._cond:
+            self._by_start[start] = entry
+            self._cond.notify()
+
+    def results(self, end: Optional[float]) -> Iterator[Any]:
+        """In input order; an item's exception is raised at its place."""
+        position = 0
+        try:
+            while position < self._length:
+                values, errors, count = self._next_entry(position, end)
+                if values is None:
+                    raise errors
+                values.reverse()   # popped, so that a consumer's drop frees them
+                pop = values.pop
+                if errors:
+                    for offset in range(count):
+                        value = pop()
+                        if offset in errors:
+                            raise errors[offset]
+                        yield value
+                else:
+                    for _ in range(count):
+                        yield pop()
+                position += count
+        finally:
+            self._dropped = True   # what is not cut yet is not run
+
+    def _next_entry(self, position: int, end: Optional[float]) -> tuple:
+        with self._cond:
+            while position not in self._by_start:
+                timeout = None if end is None else end - time.monotonic()
+                if timeout is not None and timeout <= 0 or not self._cond.wait(timeout):
+                    raise TimeoutError
+            return self._by_start.pop(position)
 
 
 def _set_quietly(setter: Callable[[Any], None], value: Any) -> None:
@@ -118,15 +185,21 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         return engine
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
-            timeout: Optional[float] = None, chunksize: int = 1,
+            timeout: Optional[float] = None, chunksize: Optional[int] = None,
             checkpoint: CheckpointArg = None) -> Iterator[Any]:
         """Like ``Executor.map``: arguments are read at once, results come in
-        order; a chunk whose worker died raises when iteration reaches it.
+        order, each item's exception raised at its place (a worker's death
+        too: only the item it was running fails).  Without *chunksize*,
+        items are sent in batches sized from how long they take; with it,
+        as the standard library does, a chunk fails as a whole.
         *checkpoint*: see ``Pool.map``."""
-        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+        if chunksize is not None and (isinstance(chunksize, bool)
+                                      or not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
         fn = checkpointed(fn, checkpoint)
         end = None if timeout is None else time.monotonic() + timeout
+        if chunksize is None:
+            return self._map_elastic(fn, iterables, end)
         arguments = list(zip(*iterables, strict=False))   # the shortest ends it, as in the stdlib
         futures: List[Future] = []
         with self._shutdown_lock:
@@ -140,6 +213,20 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                                     func_bytes)
                 futures.append(future)
         return _results_in_order(futures, end)
+
+    def _map_elastic(self, fn: Callable, iterables: tuple,
+                     end: Optional[float]) -> Iterator[Any]:
+        if len(iterables) == 1:   # no 1-tuples to make, send and unpack
+            arguments: list = list(iterables[0])
+            job = _MapJob(fn, EACH, len(arguments))
+        else:
+            arguments = list(zip(*iterables, strict=False))   # the shortest ends it
+            job = _MapJob(fn, EACH_STAR, len(arguments))
+        with self._shutdown_lock:
+            engine = self._running()
+            if arguments:
+                engine.submit_elastic(job, arguments)
+        return job.results(end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._shutdown_lock:
@@ -158,11 +245,12 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         when shutdown() comes right after submit(), and runs them."""
         units = engine.inbox.take_pending()
         keep = max(0, self._max_workers - engine.units_in_flight())
-        engine.inbox.requeue_first(units[:keep])
-        for unit in units[keep:]:
-            unit.release()
-            if not unit.job.future.cancel():   # type: ignore[attr-defined]
-                unit.job.unit_failed(unit, RuntimeError("not run: executor shut down"))
+        kept = [unit for unit in units if not unit.elastic][:keep]
+        engine.inbox.requeue_first(kept)
+        for unit in units:
+            if unit not in kept:
+                unit.release()
+                unit.job.cancel(unit)
 
     def __del__(self) -> None:
         engine = getattr(self, "_engine", None)

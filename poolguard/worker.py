@@ -22,8 +22,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 from .errors import TaskDecodeError
 from .wire import buffers
 from .wire.framing import FrameInput
-from .wire.messages import (APPLY, CONTROL, EACH, INIT_FAILED, MAP, OK, PROTOCOL, RAISED, READY,
-                            REPLY_HEADER, RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE,
+from .wire.messages import (APPLY, CONTROL, EACH_STAR, INIT_FAILED, MAP, OK, PROTOCOL, RAISED, READY,
+                            PER_ITEM, REPLY_HEADER, RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE,
                             decode_task, encode_exception)
 from .wire.slots import DECODING, IDLE, SENDING
 
@@ -126,8 +126,8 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
                                 f"{type(exc).__name__}: {exc}", exc=exc)
         error.__cause__ = exc
         return RAISED, encode_exception(error)
-    if kind == EACH:
-        return _run_each(slot, cache[1], items, timed, clock)
+    if kind in PER_ITEM:
+        return _run_each(slot, cache[1], items, kind == EACH_STAR, timed, clock)
     try:
         func = cache[1]
         # The loop target stores each index straight into the shared slot:
@@ -155,8 +155,9 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
         return RAISED, encode_exception(exc)
 
 
-def _run_each(slot: memoryview, func, items, timed: bool, clock) -> Tuple[int, bytes]:
-    """An EACH unit: every item runs, whatever the others did; a raising item
+def _run_each(slot: memoryview, func, items, star: bool, timed: bool,
+              clock) -> Tuple[int, bytes]:
+    """A PER_ITEM unit: every item runs, whatever the others did; a raising item
     leaves None in the results and its encoded exception under its offset."""
     out: list = []
     errors: Dict[int, Any] = {}
@@ -165,7 +166,7 @@ def _run_each(slot: memoryview, func, items, timed: bool, clock) -> Tuple[int, b
             slot[2] = clock()
         slot[1] = i
         try:
-            out.append(func(*item))
+            out.append(func(*item) if star else func(item))
         except BaseException as exc:   # SystemExit too: that item's error
             out.append(None)
             errors[i] = encode_exception(exc)

@@ -398,3 +398,27 @@ class PlantedPayload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+def logged_raise_at(log: str, x: int, at: int):
+    """Log x (as logged_square does); raise ValueError for x == at."""
+    logged_square(log, x)
+    if x == at:
+        raise ValueError(f"item {x} refuses")
+    return x * x
+
+
+def return_lock_at(x: int, at: int):
+    """x, or a lock (which does not pickle) for x == at."""
+    return threading.Lock() if x == at else x
+
+
+def raise_at(x: int, at: int):
+    if x == at:
+        raise ValueError(f"item {x} refuses")
+    return x
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("this argument refuses to be pickled")

@@ -12,7 +12,7 @@ from collections import abc
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import TaskInfo
-from ..wire.messages import APPLY, EACH, STARMAP, encode_task
+from ..wire.messages import APPLY, EACH_STAR, STARMAP, encode_task
 
 _unit_ids = itertools.count()
 
@@ -27,7 +27,7 @@ class Job:
         self.kind = kind
         self.call = call
 
-    def unit_done(self, unit: "Unit", values: list) -> None:
+    def unit_done(self, unit: "Unit", values: Any) -> None:
         raise NotImplementedError
 
     def unit_failed(self, unit: "Unit", exc: BaseException) -> None:
@@ -36,6 +36,10 @@ class Job:
     def wanted(self, unit: "Unit") -> bool:
         """False when the unit should be dropped before it is sent (cancelled)."""
         return True
+
+    def cancel(self, unit: "Unit") -> None:
+        """*unit* will not run (``shutdown(cancel_futures=True)``)."""
+        self.unit_failed(unit, RuntimeError("not run: the pool shut down"))
 
     def describe(self, unit: "Unit", offset: Optional[int]) -> TaskInfo:
         func = getattr(self.func, "__wrapped__", self.func)   # checkpoint's wrapper
@@ -50,7 +54,7 @@ class Job:
             args, kwds = item
             parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwds.items()]
             return TaskInfo(name, _clip(", ".join(parts)), None, self.call)
-        if self.kind in (STARMAP, EACH):
+        if self.kind in (STARMAP, EACH_STAR):
             try:
                 text = ", ".join(_short(a) for a in item)
             except TypeError:
@@ -110,6 +114,9 @@ class Unit:
         try:
             return Unit(self.job, start, chunk, self.func_bytes, remote=self.remote), None
         except (Exception, SystemExit) as exc:   # a __reduce__ may even call exit()
+            if count > 1:   # fail only the item that does not pickle
+                self.items, self.start = items, start
+                return self.cut(1)
             return Unit.placeholder(self.job, start, chunk), exc
 
     def release(self) -> None:

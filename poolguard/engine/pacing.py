@@ -25,7 +25,7 @@ from .workers import Worker
 
 WINDOW = 0.002          # seconds of known work a worker may have queued
 MAX_AHEAD = 64          # units in flight per worker at most
-CHUNK_TIME = 0.001      # what an elastic unit aims to take, in seconds
+CHUNK_TIME = 0.002      # what an elastic unit aims to take, in seconds
 _WEIGHT = 0.3           # of the newest sample in the moving average
 _REMEMBERED = 256       # functions; past that the oldest are forgotten
 
@@ -88,12 +88,13 @@ class Pacer:
 
     def elastic_size(self, unit: Unit) -> int:
         """Items to cut from an elastic unit: about CHUNK_TIME of work, and
-        never more than twice the items of its function measured so far, so
-        a few fast first items cannot send a long run of slow ones to one
-        worker."""
+        at most half the items of its function measured so far, so that a
+        few fast first items cannot send a run of slow ones to one worker.
+        (A fast item cut with a slow one still waits for it: its result
+        comes with the unit's.)"""
         known = self._per_item.get(unit.func_bytes)
         if known is None:
             return 1
         average, seen = known
         wanted = int(CHUNK_TIME / average) if average > 0 else len(unit.items)
-        return max(1, min(wanted, 2 * seen, len(unit.items)))
+        return max(1, min(wanted, seen // 2, len(unit.items)))

@@ -17,6 +17,7 @@ from ..diagnosis import KernelLog, diagnose
 from ..errors import (PoolThrottledError, TaskTimeoutError, WorkerCrashedError,
                       WorkerMemoryError, signal_name)
 from ..options import Guards
+from ..wire.messages import PER_ITEM
 from ..wire.slots import DECODING, INITIALIZING, SENDING, Slot
 from .jobs import Unit
 from .workers import Worker
@@ -30,6 +31,7 @@ _OWN_FAULT_SIGNALS = {"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT"}
 @dataclass
 class Death:
     culprit: Optional[Unit] = None          # the unit that was running
+    spent: Optional[Unit] = None            # the unit it was cut from (PER_ITEM), to release
     error: Optional[WorkerCrashedError] = None   # set when the culprit fails now
     rerun: List[Unit] = field(default_factory=list)   # to queue first: untouched units, retries
     throttle: Optional[PoolThrottledError] = None     # stop starting workers
@@ -62,6 +64,15 @@ class Postmortem:
                exitcode: Optional[int], crash_stack: Optional[str]) -> None:
         culprit = death.culprit
         assert culprit is not None
+        if culprit.job.kind in PER_ITEM and offset is not None and len(culprit.items) > 1:
+            # Each item has its own outcome: the culprit's item alone fails;
+            # the others run again (those before it had run, but their
+            # results died with the worker).
+            parts = culprit.split(offset)
+            alone = parts[1 if offset else 0]
+            death.rerun.extend(part for part in parts if part is not alone)
+            death.spent, death.culprit, offset = culprit, alone, 0
+            culprit = alone
         error = self.crash_error(worker, culprit, offset, item, exitcode, crash_stack)
         if self._may_retry(culprit, error):
             culprit.attempts.append(error.summary())

@@ -55,7 +55,7 @@ from ..errors import PoolTerminatedError, WorkerInitError
 from ..options import Guards
 from ..wire import buffers
 from ..wire.channels import Spiller, WatchSet
-from ..wire.messages import (CONTROL, EACH, INIT_FAILED, READY, REPLY_HEADER, RETIRING,
+from ..wire.messages import (CONTROL, INIT_FAILED, PER_ITEM, READY, REPLY_HEADER, RETIRING,
                              decode_exception, decode_reply, dumps_call)
 from ..wire.slots import SharedSlots
 from . import at_exit
@@ -127,6 +127,12 @@ class Engine:
             func_bytes = self.encode_function(job.func)
         for batch in cut_units(job, items, chunksize, start, func_bytes, self.remote_reads):
             self.inbox.submit(batch, open_call)
+
+    def submit_elastic(self, job: Job, items: Sequence) -> None:
+        """Queue *items* as one elastic unit, which dispatch cuts as it goes."""
+        func_bytes = self.encode_function(job.func)
+        self.inbox.submit([Unit(job, 0, items, func_bytes, remote=self.remote_reads,
+                                elastic=True)])
 
     def close(self) -> None:
         """No more calls; workers exit once the queued work is done."""
@@ -293,10 +299,9 @@ class Engine:
         if not unit.job.wanted(unit):
             pending.popleft()
             return None
-        count = self._pacer.elastic_size(unit)
-        if count >= len(unit.items):
+        head, error = unit.cut(self._pacer.elastic_size(unit))
+        if not unit.items:
             pending.popleft()
-        head, error = unit.cut(count)
         if error is not None:
             failed.append((head, error))
             return None
@@ -337,7 +342,7 @@ class Engine:
             return  # the job was already failed (terminate)
         self._pacer.learn(unit, micros / 1e6)
         ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, None)),
-                                 unit.job.kind == EACH)
+                                 unit.job.kind in PER_ITEM)
         self._deliver(unit.job.unit_done if ok else unit.job.unit_failed, unit, value)
 
     def _on_control(self, worker: Worker, status: int, body: memoryview) -> None:
@@ -386,6 +391,8 @@ class Engine:
                                          worker.crash_stack())
         worker.inflight.clear()
         self._workers.forget(worker)
+        if death.spent is not None:
+            death.spent.release()
         if death.rerun:
             self.inbox.requeue_first(death.rerun)
         if death.culprit is not None and death.error is not None:

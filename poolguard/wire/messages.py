@@ -38,7 +38,8 @@ class Kind(IntEnum):
     APPLY = 0          # one item: (args, kwargs)
     MAP = 1            # func(item) for each item
     STARMAP = 2        # func(*item) for each item
-    EACH = 3           # func(*item) for each item, each item's outcome on its own
+    EACH = 3           # func(item) for each item, each item's outcome on its own
+    EACH_STAR = 4      # func(*item) for each item, each item's outcome on its own
 
 
 class Status(IntEnum):
@@ -59,7 +60,8 @@ class Control(IntEnum):
     WORKER = -2        # worker -> parent: a message about the worker itself
 
 
-APPLY, MAP, STARMAP, EACH = Kind
+APPLY, MAP, STARMAP, EACH, EACH_STAR = Kind
+PER_ITEM = frozenset((EACH, EACH_STAR))   # kinds whose items have outcomes of their own
 OK, RAISED, UNENCODABLE, READY, INIT_FAILED, RETIRING = Status
 STOP, CONTROL = Control
 
@@ -93,13 +95,13 @@ def encode_task(task_id: int, kind: int, func_bytes: bytes, items: Sequence,
     collector = buffers.Collector() if buffers.AVAILABLE else None
     payload: Any = items
     if collector is not None and len(items) <= _SEARCH_LIMIT:
-        payload = buffers.shareable(items, kind in (STARMAP, EACH), kind == APPLY,
+        payload = buffers.shareable(items, kind in (STARMAP, EACH_STAR), kind == APPLY,
                                     remote) or items
     body = dumps((kind, func_bytes, payload), collector)
     if collector is None:
         return frame(TASK_HEADER.pack(task_id, 0), body), None
     if payload is items and len(body) >= buffers.MIN_SIZE and len(items) > _SEARCH_LIMIT:
-        wrapped = buffers.shareable(items, kind in (STARMAP, EACH), kind == APPLY, remote)
+        wrapped = buffers.shareable(items, kind in (STARMAP, EACH_STAR), kind == APPLY, remote)
         if wrapped is not None:
             collector.taken.clear()
             body = dumps((kind, func_bytes, wrapped), collector)
@@ -195,7 +197,7 @@ def decode_exception(body: Union[bytes, memoryview]) -> BaseException:
 def decode_reply(status: int, body: Union[bytes, memoryview],
                  describe: Callable[[], str], each: bool = False) -> Tuple[bool, Any]:
     """Parent side: (True, list of results) or (False, exception) from a task's
-    reply; for an EACH unit, (True, (results, {offset: exception})).  Never
+    reply; for a PER_ITEM unit, (True, (results, {offset: exception})).  Never
     raises: whatever unpickling the body does (even raising SystemExit)
     becomes that task's error.  *describe* names the task."""
     if status == RAISED:
