@@ -19,14 +19,16 @@ class _FutureJob(Job):
     """One future: a ``submit`` call, or one chunk of ``map`` (whose items may
     come back in parts when a retry split the chunk)."""
 
+    __slots__ = ("engine", "future", "_settled", "_start", "_values", "_missing")
+
     def __init__(self, engine: Engine, func: Callable, kind: int, call: str,
                  future: Future, start: int = 0, count: int = 1):
-        super().__init__(func, kind, call)
+        self.func, self.kind, self.call = func, kind, call
         self.engine = engine
         self.future = future
         self._settled = False
         self._start = start
-        self._values: List[Any] = [None] * count
+        self._values: Optional[List[Any]] = [None] * count if kind != APPLY else None
         self._missing = count
 
     def wanted(self, unit: Unit) -> bool:
@@ -41,6 +43,7 @@ class _FutureJob(Job):
             self._settle(self.future.set_result, values[0])
             return
         lo = unit.start - self._start
+        assert self._values is not None
         self._values[lo:lo + len(values)] = values
         self._missing -= len(values)
         if self._missing == 0:

@@ -91,9 +91,10 @@ class Pacer:
         at most half the items of its function measured so far, so that a
         few fast first items cannot send a run of slow ones to one worker.
         (A fast item cut with a slow one still waits for it: its result
-        comes with the unit's.)"""
+        comes with the unit's.)  One item when workers retire after so many
+        tasks: each item is a task then, as in the standard executor."""
         known = self._per_item.get(unit.func_bytes)
-        if known is None:
+        if known is None or self._maxtasks is not None:   # each item counts as a task
             return 1
         average, seen = known
         wanted = int(CHUNK_TIME / average) if average > 0 else len(unit.items)

@@ -56,7 +56,7 @@ from ..options import Guards
 from ..wire import buffers
 from ..wire.channels import Spiller, WatchSet
 from ..wire.messages import (CONTROL, INIT_FAILED, PER_ITEM, READY, REPLY_HEADER, RETIRING,
-                             decode_exception, decode_reply, dumps_call)
+                             decode_exception, decode_reply, encode_function)
 from ..wire.slots import SharedSlots
 from . import at_exit
 from .callbacks import CallbackThread, report_callback_error
@@ -108,6 +108,7 @@ class Engine:
         self._kernel_log = KernelLog(diagnosis.SOURCES)
         self.guard_keeper = GuardKeeper(guards, self._slots)
         self._pacer = Pacer(self._slots, maxtasks)
+        self._last_function: Tuple[Any, bytes] = (None, b"")   # see encode_function
         self._postmortem = Postmortem(guards, self._kernel_log, processes, initializer)
         self._thread = threading.Thread(target=self._run, name="poolguard-supervisor",
                                         daemon=True)
@@ -117,14 +118,28 @@ class Engine:
     # ---- called from other threads -------------------------------------------------
 
     def encode_function(self, func: Callable) -> bytes:
+        last = self._last_function
+        if last[0] is func:   # a run of submits of one function pickles it once
+            return last[1]
         plain = getattr(func, "__wrapped__", func)   # checkpoint's wrapper
-        return dumps_call(func, func, self._launcher.main_by_value(plain))
+        data, by_name = encode_function(func, self._launcher.main_by_value(plain))
+        if by_name:
+            self._last_function = (func, data)
+        return data
 
     def submit_items(self, job: Job, items: Sequence, chunksize: int, start: int = 0,
                      func_bytes: Optional[bytes] = None, open_call: bool = False) -> None:
         """Cut *items* into units (jobs.py) and queue them batch by batch."""
         if func_bytes is None:
             func_bytes = self.encode_function(job.func)
+        if len(items) == 1:   # submit, apply_async: no batching to do
+            try:
+                unit = Unit(job, start, items, func_bytes, remote=self.remote_reads)
+            except (Exception, SystemExit) as exc:   # a __reduce__ may even call exit()
+                job.unit_failed(Unit.placeholder(job, start, items), exc)
+                return
+            self.inbox.submit((unit,), open_call)
+            return
         for batch in cut_units(job, items, chunksize, start, func_bytes, self.remote_reads):
             self.inbox.submit(batch, open_call)
 

@@ -229,6 +229,8 @@ def shareable(items: Any, star: bool, apply: bool, remote: bool,
     *remote*, else LargeBytes) and each large ``bytearray`` in LargeBytes, or
     None if there is none.  Only the
     arguments themselves are looked at, not what they contain."""
+    if not _any_large(items, star, apply, min_size):   # the common case: build nothing
+        return None
     found = False
     wrapper = RemoteBytes if remote else LargeBytes
 
@@ -251,3 +253,23 @@ def shareable(items: Any, star: bool, apply: bool, remote: bool,
         else:
             out.append(wrap(item))
     return out if found else None
+
+
+def _any_large(items: Any, star: bool, apply: bool, min_size: int) -> bool:
+    """Is any argument a bytes or bytearray of *min_size* or more?  (The
+    cheap look before ``shareable`` builds anything.)"""
+    for item in items:
+        if apply:
+            args, kwds = item
+            values = (*args, *kwds.values()) if kwds else args
+        elif star and type(item) is tuple:
+            values = item
+        else:
+            values = (item,)
+        for value in values:
+            if type(value) in _BYTES_TYPES and len(value) >= min_size:
+                return True
+    return False
+
+
+_BYTES_TYPES = (bytes, bytearray)

@@ -47,6 +47,9 @@ class FrameReader:
                 state = "eof"
                 break
             self.buf += data
+            if len(data) < PIPE_SIZE:   # it was all there: spare a read that would
+                state = "drained"       # only say so (and a wait for the GIL after it)
+                break
         frames, pos = split_frames(self.buf)
         if pos:
             del self.buf[:pos]

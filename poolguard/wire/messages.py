@@ -22,6 +22,7 @@ import struct
 import sys
 import traceback
 from enum import IntEnum
+from types import BuiltinFunctionType, FunctionType
 from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
 from typing import Any, Callable, FrozenSet, List, Optional, Sequence, Tuple, Type, Union
 
@@ -135,6 +136,17 @@ def dumps_call(func: Callable, payload: Any, by_value_main: bool) -> bytes:
     if by_value_main and getattr(func, "__module__", None) == "__main__":
         return cloudpickle.dumps(payload, protocol=PROTOCOL)
     return dumps(payload)
+
+
+def encode_function(func: Callable, by_value_main: bool) -> Tuple[bytes, bool]:
+    """*func* pickled as ``dumps_call`` does, and whether that pickle is only
+    its name (a plain function the standard pickler took), so that it can be
+    reused for later calls: one sent by value (a lambda, a closure) may have
+    changed since."""
+    data = dumps_call(func, func, by_value_main)
+    by_name = (type(func) in (FunctionType, BuiltinFunctionType)
+               and b"cloudpickle" not in data and len(data) < 512)
+    return data, by_name
 
 
 def top_level_names_of_main() -> FrozenSet[str]:
