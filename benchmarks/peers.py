@@ -81,6 +81,28 @@ class Poolguard(Adapter):
         self.pool.terminate()
 
 
+class PoolguardExecutor(Adapter):
+    name = "poolguard executor"
+
+    def __init__(self, workers: int):
+        super().__init__(workers)
+        import poolguard
+        self.pool = poolguard.ProcessPoolExecutor(workers)
+
+    def map(self, fn, items, chunksize=None):
+        # No chunksize: batches sized from measured task times.
+        return list(self.pool.map(fn, items, chunksize=chunksize))
+
+    def submit(self, fn, *args):
+        return _Handle(self.pool.submit(fn, *args), "result")
+
+    def worker_pids(self):
+        return self.pool.pids
+
+    def close(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class Multiprocessing(Adapter):
     name = "multiprocessing.Pool"
     survives_crash = False   # hangs: the lost task is never failed
@@ -188,7 +210,7 @@ class Mpire(Adapter):
         self.pool.terminate()
 
 
-ALL = [Poolguard, Multiprocessing, Executor, Loky, Pebble, Billiard, Mpire]
+ALL = [Poolguard, PoolguardExecutor, Multiprocessing, Executor, Loky, Pebble, Billiard, Mpire]
 _MODULES = {"loky": "loky", "pebble": "pebble", "billiard": "billiard", "mpire": "mpire"}
 
 
@@ -210,7 +232,7 @@ def available(names: Optional[List[str]] = None) -> Dict[str, type]:
 def version_of(name: str) -> str:
     import importlib.metadata
     import platform
-    package = {"poolguard": "poolguard", "loky": "loky", "pebble": "pebble",
+    package = {"poolguard": "poolguard", "poolguard executor": "poolguard", "loky": "loky", "pebble": "pebble",
                "billiard": "billiard", "mpire": "mpire"}.get(name)
     if package is None:
         return f"Python {platform.python_version()}"

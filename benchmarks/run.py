@@ -119,6 +119,31 @@ def results_bytes(pools, args):
                        timed_map(work.make_bytes, [8 << 20] * 64, 1))
 
 
+def submit_result(pools, args):
+    """20,000 submissions of a tiny task, then every result."""
+    def run(adapter: peers.Adapter) -> float:
+        start = time.perf_counter()
+        handles = [adapter.submit(work.inc, i) for i in range(20_000)]
+        assert sum(h.result(60) for h in handles) == sum(range(1, 20_001))
+        return time.perf_counter() - start
+    return interleaved(pools, args.workers, args.rounds, run)
+
+
+def head_of_line(pools, args):
+    """A 1 s task, then three of 50 ms: time until the three short ones are
+    done (a pool that queues one behind the long task waits for it)."""
+    def run(adapter: peers.Adapter) -> float:
+        start = time.perf_counter()
+        long = adapter.submit(work.nap, 1.0)
+        short = [adapter.submit(work.nap, 0.05) for _ in range(3)]
+        for handle in short:
+            handle.result(30)
+        elapsed = time.perf_counter() - start
+        long.result(30)
+        return elapsed
+    return interleaved(pools, args.workers, args.rounds, run)
+
+
 def isolated(kind: str):
     """Run *kind* (detection, recovery) for each pool in a child interpreter of
     its own session: a pool that hangs is then killed whole, with its workers
@@ -275,6 +300,8 @@ def monitoring(pools, args):
 WORKLOADS = {
     "tiny": ("map(x + 1) over 200,000 ints, default chunking", tiny_default),
     "tiny1": ("map(x + 1) over 20,000 ints, chunksize=1", tiny_chunk1),
+    "submit": ("20,000 submits of x + 1, then their results", submit_result),
+    "hol": ("three 50 ms tasks after a 1 s one: until the three are done", head_of_line),
     "payload": ("64 arguments of 8 MiB bytes, returning len()", payload_bytes),
     "numpy": ("64 NumPy arrays of 8 MiB, returning len()", payload_numpy),
     "results": ("64 results of 8 MiB bytes", results_bytes),
