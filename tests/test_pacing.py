@@ -155,10 +155,10 @@ def test_pacer_rules():
         def __init__(self, inflight, backlog, blind):
             self.inflight, self.backlog, self.blind = inflight, backlog, blind
 
-    assert pacer.may_take(FakeWorker([], 0.0, 0))
-    assert not pacer.may_take(FakeWorker([unit], 0.0, 1))            # unknown: one only
-    assert pacer.may_take(FakeWorker([unit], WINDOW / 10, 0))
-    assert not pacer.may_take(FakeWorker([unit] * MAX_AHEAD, 0.0, 0))
+    assert pacer.may_take(FakeWorker([], 0.0, 0), unit)
+    assert not pacer.may_take(FakeWorker([unit], 0.0, 1), unit)            # unknown: one only
+    assert pacer.may_take(FakeWorker([unit], WINDOW / 10, 0), unit)
+    assert not pacer.may_take(FakeWorker([unit] * MAX_AHEAD, 0.0, 0), unit)
 
 
 def test_frame_input_reads_bursts_and_large_frames():

@@ -58,21 +58,31 @@ class Pacer:
         known = self._per_item.get(unit.func_bytes)
         return None if known is None else known[0] * len(unit.items)
 
-    def may_take(self, worker: Worker) -> bool:
-        """May *worker* be sent one more unit now?"""
+    def may_take(self, worker: Worker, head: Unit) -> bool:
+        """May *worker* be sent one more unit, *head* (the next pending), now?"""
         if self._maxtasks is not None and worker.sent >= self._maxtasks:
             return False
         if not worker.inflight:
             return True
         return (not worker.blind and len(worker.inflight) < MAX_AHEAD
-                and self._time_left(worker) < WINDOW)
+                and self._time_left(worker) < self._patience(head))
 
-    def next_wake(self, workers: Iterable[Worker]) -> Optional[float]:
-        """Seconds until some busy worker may take its next unit (None: no
-        such worker).  Only asked while units are pending."""
-        times = [self._time_left(w) - WINDOW for w in workers
+    def next_wake(self, workers: Iterable[Worker], head: Unit) -> Optional[float]:
+        """Seconds until some busy worker may take *head*, the next pending
+        unit (None: no such worker)."""
+        patience = self._patience(head)
+        times = [self._time_left(w) - patience for w in workers
                  if w.usable and w.inflight and not w.blind and len(w.inflight) < MAX_AHEAD]
         return max(0.0, min(times)) if times else None
+
+    def _patience(self, head: Unit) -> float:
+        """How long *head* may wait in a pipe: WINDOW, or half its own
+        expected time (a long unit, say a map's chunk, then never leaves its
+        worker idle for a round trip, and waits at most half its length)."""
+        if head.elastic:
+            return WINDOW
+        expected = self.expected(head)
+        return WINDOW if expected is None else max(WINDOW, expected / 2)
 
     def _time_left(self, worker: Worker) -> float:
         """The expected time of what *worker* has in flight, less what the

@@ -245,8 +245,9 @@ class Engine:
 
     def _next_wake(self) -> Optional[float]:
         wake = self.guard_keeper.next_wake(self._workers)
-        if self.inbox.pending:
-            paced = self._pacer.next_wake(self._workers)
+        pending = self.inbox.pending
+        if pending:
+            paced = self._pacer.next_wake(self._workers, pending[0])
             if paced is not None and (wake is None or paced < wake):
                 return paced
         return wake
@@ -288,7 +289,7 @@ class Engine:
             while pending and progress:
                 progress = False
                 for worker in workers:
-                    if not (pending and self._pacer.may_take(worker)):
+                    if not (pending and self._pacer.may_take(worker, pending[0])):
                         continue
                     progress = True
                     unit = self._next_unit(pending, failed)
