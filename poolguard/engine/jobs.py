@@ -180,20 +180,28 @@ class _Rest(abc.Sequence):
         return self._items[self._lo + index]
 
 
+def make_unit(job: Job, start: int, items: Sequence, func_bytes: bytes,
+              remote: bool) -> Optional[Unit]:
+    """A unit of *items*; None if they cannot be pickled, the job having
+    been failed with the pickling error, as in the standard library."""
+    try:
+        return Unit(job, start, items, func_bytes, remote=remote)
+    except (Exception, SystemExit) as exc:   # a __reduce__ may even call exit()
+        job.unit_failed(Unit.placeholder(job, start, items), exc)
+        return None
+
+
 def cut_units(job: Job, items: Sequence, chunksize: int, start: int, func_bytes: bytes,
               remote: bool) -> Iterator[List[Unit]]:
     """*items* as units of *chunksize*, in batches of doubling size, so that
-    workers start on the first while later ones are still being pickled.  A
-    unit whose items cannot be pickled fails at once with the pickling error,
-    as in the standard library."""
+    workers start on the first while later ones are still being pickled
+    (items that cannot be pickled: see ``make_unit``)."""
     batch: List[Unit] = []
     batch_size = 1
     for lo in range(0, len(items), chunksize):
-        chunk = items[lo:lo + chunksize]
-        try:
-            batch.append(Unit(job, start + lo, chunk, func_bytes, remote=remote))
-        except (Exception, SystemExit) as exc:   # a __reduce__ may even call exit()
-            job.unit_failed(Unit.placeholder(job, start + lo, chunk), exc)
+        unit = make_unit(job, start + lo, items[lo:lo + chunksize], func_bytes, remote)
+        if unit is not None:
+            batch.append(unit)
         if len(batch) >= batch_size:
             yield batch
             batch, batch_size = [], batch_size * 2

@@ -62,7 +62,7 @@ from . import at_exit
 from .callbacks import CallbackThread, report_callback_error
 from .guards import GuardKeeper
 from .inbox import CLOSING, RUNNING, TERMINATING, Inbox
-from .jobs import Job, Unit, cut_units
+from .jobs import Job, Unit, cut_units, make_unit
 from .pacing import Pacer
 from .launch import ParentAlive, StartError, WorkerSpec, ZygoteLauncher, make_launcher
 from .postmortem import Postmortem, name_of
@@ -83,7 +83,6 @@ class Engine:
         # At interpreter exit: finish the submitted work (executors, as the
         # standard library's do) or terminate (pools, as multiprocessing's do).
         self.finish_at_exit = finish_at_exit
-        self._maxtasks = maxtasks
         self._initializer = initializer
         self.inbox = inbox = Inbox()
         self._alive = ParentAlive()
@@ -133,12 +132,9 @@ class Engine:
         if func_bytes is None:
             func_bytes = self.encode_function(job.func)
         if len(items) == 1:   # submit, apply_async: no batching to do
-            try:
-                unit = Unit(job, start, items, func_bytes, remote=self.remote_reads)
-            except (Exception, SystemExit) as exc:   # a __reduce__ may even call exit()
-                job.unit_failed(Unit.placeholder(job, start, items), exc)
-                return
-            self.inbox.submit((unit,), open_call)
+            unit = make_unit(job, start, items, func_bytes, self.remote_reads)
+            if unit is not None:
+                self.inbox.submit((unit,), open_call)
             return
         for batch in cut_units(job, items, chunksize, start, func_bytes, self.remote_reads):
             self.inbox.submit(batch, open_call)
@@ -245,12 +241,12 @@ class Engine:
 
     def _next_wake(self) -> Optional[float]:
         wake = self.guard_keeper.next_wake(self._workers)
-        pending = self.inbox.pending
-        if pending:
-            paced = self._pacer.next_wake(self._workers, pending[0])
-            if paced is not None and (wake is None or paced < wake):
-                return paced
-        return wake
+        try:
+            head = self.inbox.pending[0]
+        except IndexError:   # none (a caller's shutdown may also have just taken them)
+            return wake
+        paced = self._pacer.next_wake(self._workers, head)
+        return paced if paced is not None and (wake is None or paced < wake) else wake
 
     # ---- workers -------------------------------------------------------------------
 
