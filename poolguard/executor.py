@@ -19,11 +19,9 @@ class _FutureJob(Job):
     """One future: a ``submit`` call, or one chunk of ``map`` (whose items may
     come back in parts when a retry split the chunk)."""
 
-    __slots__ = ("engine", "future", "_settled", "_start", "_values", "_missing")
-
     def __init__(self, engine: Engine, func: Callable, kind: int, call: str,
                  future: Future, start: int = 0, count: int = 1):
-        self.func, self.kind, self.call = func, kind, call
+        super().__init__(func, kind, call)
         self.engine = engine
         self.future = future
         self._settled = False
@@ -61,7 +59,6 @@ class _FutureJob(Job):
             self.engine.call_soon(_set_quietly, setter, value)
         else:
             _set_quietly(setter, value)
-
 
     def cancel(self, unit: Unit) -> None:
         if not self.future.cancel():
