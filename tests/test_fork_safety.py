@@ -17,17 +17,7 @@ from typing import Optional
 import pytest
 
 from conftest import wait_until
-
-ROOT = str(Path(__file__).resolve().parent.parent)
-SCRIPT_LIMIT = 45      # seconds a script may run before it dumps its stacks and exits
-
-PRELUDE = f"""
-import faulthandler, os, sys, threading, time
-import poolguard
-if __name__ == "__main__":
-    faulthandler.dump_traceback_later({SCRIPT_LIMIT}, exit=True)
-    METHOD = sys.argv[1]
-"""
+from scripts import ROOT, SCRIPT_LIMIT, run_script
 
 SLOW_MODULE = "import time\ntime.sleep({delay})\nVALUE = {value}\n"
 
@@ -49,27 +39,7 @@ def square(x):
 
 def run(tmp_path: Path, body: str, method: str, timeout: float = SCRIPT_LIMIT + 15,
         modules: Optional[dict] = None) -> str:
-    """Run PRELUDE + *body* as a script; return its stdout, failing with its
-    output when it fails or hangs."""
-    (tmp_path / "tasks_mod.py").write_text(TASKS)
-    for name, text in (modules or {}).items():
-        (tmp_path / f"{name}.py").write_text(text)
-    script = tmp_path / "prog.py"
-    # Under the main guard: spawn and forkserver import the script again.
-    script.write_text(PRELUDE + 'if __name__ == "__main__":\n'
-                      + textwrap.indent(textwrap.dedent(body), "    "))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, str(tmp_path)]))
-    proc = subprocess.Popen([sys.executable, str(script), method], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)   # the group we created: script, zygote, workers
-        out, err = proc.communicate()
-        pytest.fail(f"script hung\nstdout:\n{out}\nstderr:\n{err}")
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
-    return out
+    return run_script(tmp_path, body, method, timeout, {"tasks_mod": TASKS, **(modules or {})})
 
 
 @pytest.mark.parametrize("front", ["pool", "executor"])

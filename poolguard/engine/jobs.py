@@ -52,8 +52,7 @@ class Job:
         item = items[offset]
         if self.kind == APPLY:
             args, kwds = item
-            parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwds.items()]
-            return TaskInfo(name, _clip(", ".join(parts)), None, self.call)
+            return TaskInfo(name, arguments_text(args, kwds), None, self.call)
         if self.kind in (STARMAP, EACH_STAR):
             try:
                 text = ", ".join(_short(a) for a in item)
@@ -61,6 +60,12 @@ class Job:
                 text = _short(item)
             return TaskInfo(name, _clip(text), unit.start + offset, self.call)
         return TaskInfo(name, _short(item), unit.start + offset, self.call)
+
+
+def arguments_text(args: Sequence, kwds: dict) -> str:
+    """``1, 'a', x=3``: the arguments of a call as a crash message shows them."""
+    parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwds.items()]
+    return _clip(", ".join(parts))
 
 
 def _short(obj: Any) -> str:

@@ -126,6 +126,10 @@ class Engine:
             self._last_function = (func, data)
         return data
 
+    def main_by_value(self, func: Callable) -> bool:
+        """Must *func*, of ``__main__``, go to the workers by value?"""
+        return self._launcher.main_by_value(getattr(func, "__wrapped__", func))
+
     def submit_items(self, job: Job, items: Sequence, chunksize: int, start: int = 0,
                      func_bytes: Optional[bytes] = None, open_call: bool = False) -> None:
         """Cut *items* into units (jobs.py) and queue them batch by batch."""

@@ -1,0 +1,198 @@
+"""A joblib parallel backend on poolguard: ``import poolguard.joblib`` registers
+``"poolguard"``, so that ``joblib.Parallel`` and scikit-learn's ``n_jobs``
+run on a :class:`poolguard.ProcessPoolExecutor`::
+
+    import joblib, poolguard.joblib
+    with joblib.parallel_config(backend="poolguard", n_jobs=4, retries=1):
+        GridSearchCV(estimator, grid, n_jobs=4).fit(X, y)
+
+A worker that dies fails its batch with :class:`poolguard.WorkerCrashedError`
+naming the call (``task.function``, ``task.arguments``, and ``task.item``: its
+index among the tasks the ``Parallel`` call was given), instead of joblib's
+``TerminatedWorkerError`` for the whole call.  Backend options are the
+executor's: ``task_timeout``, ``max_worker_memory``, ``retries``,
+``retry_on``, ``mp_context``, ``initializer``, ``initargs``,
+``max_tasks_per_child``.
+
+joblib is an optional dependency: ``import poolguard`` never imports it.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, List, Optional, Tuple
+
+import cloudpickle
+import joblib
+from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
+from joblib.parallel import register_parallel_backend
+
+from .engine import Engine, Unit
+from .engine.jobs import arguments_text
+from .errors import TaskInfo
+from .executor import ProcessPoolExecutor, _FutureJob
+from .options import resolve_workers
+from .wire.messages import STARMAP
+
+__all__ = ["PoolguardBackend", "register"]
+
+_OPTIONS = ("task_timeout", "max_worker_memory", "retries", "retry_on", "mp_context",
+            "initializer", "initargs", "max_tasks_per_child")
+
+
+def _run_call(func: Callable, args: tuple, kwargs: dict, nested: tuple) -> Any:
+    """In the worker: one call of a joblib batch, under the nested backend
+    joblib chose for calls made from inside it (as its own batches do)."""
+    backend, n_jobs = nested
+    with joblib.parallel_config(backend=backend, n_jobs=n_jobs):
+        return func(*args, **kwargs)
+
+
+class _ByValue:
+    """A function of ``__main__`` the workers do not have: sent with cloudpickle."""
+
+    def __init__(self, func: Callable) -> None:
+        self.func = func
+
+    def __reduce__(self) -> Tuple[Callable, tuple]:
+        return cloudpickle.loads, (cloudpickle.dumps(self.func),)
+
+
+def _callable_name(func: Any) -> str:
+    """The user's function behind joblib's and scikit-learn's wrappers."""
+    for _ in range(5):
+        if isinstance(func, functools.partial):
+            func = func.func
+        elif hasattr(func, "function") and callable(func.function):  # sklearn's delayed
+            func = func.function
+        else:
+            break
+    return getattr(func, "__qualname__", None) or repr(func)
+
+
+class _BatchJob(_FutureJob):
+    """One joblib batch: a future whose value is the list of its calls' results.
+    A crash names the call inside the batch that was running."""
+
+    def __init__(self, engine: Engine, future: Future, first: int, count: int) -> None:
+        super().__init__(engine, _run_call, STARMAP, "joblib.Parallel", future, 0, count)
+        self.first = first   # index of the batch's first call in the Parallel call
+
+    def describe(self, unit: Unit, offset: Optional[int]) -> TaskInfo:
+        items = unit.items
+        if offset is None and len(items) == 1:
+            offset = 0
+        if offset is None or offset >= len(items):
+            return super().describe(unit, offset)
+        func, args, kwargs, _ = items[offset]
+        return TaskInfo(_callable_name(func), arguments_text(args, kwargs),
+                        self.first + unit.start + offset, self.call)
+
+
+class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):
+    """joblib's process backend contract, on a poolguard executor made for
+    each ``Parallel`` call (or ``with Parallel(...)`` block)."""
+
+    supports_retrieve_callback = True
+    supports_timeout = True
+    default_n_jobs = 1
+
+    def __init__(self, nesting_level: Optional[int] = None,
+                 inner_max_num_threads: Optional[int] = None, **options: Any) -> None:
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise TypeError(f"poolguard backend: unknown option(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(_OPTIONS)}")
+        super().__init__(nesting_level=nesting_level,
+                         inner_max_num_threads=inner_max_num_threads)
+        self._options = options
+        self._executor: Optional[ProcessPoolExecutor] = None
+        self._workers = 0
+        self._lock = threading.Lock()
+        self._dispatched = 0   # calls handed out in the current Parallel call
+
+    def effective_n_jobs(self, n_jobs: Optional[int]) -> int:
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is None:
+            return 1
+        if n_jobs < 0:
+            return max(resolve_workers(None, "n_jobs") + 1 + n_jobs, 1)
+        return resolve_workers(n_jobs, "n_jobs")
+
+    def configure(self, n_jobs: Optional[int] = 1, parallel: Any = None, prefer: Any = None,
+                  require: Any = None, context: Any = None, **joblib_options: Any) -> int:
+        """*joblib_options* (``max_nbytes``, ``mmap_mode``, ``temp_folder``,
+        ``verbose``) are for joblib's memory mapping, which poolguard does
+        not need: large buffers already travel outside the pipes."""
+        workers = self.effective_n_jobs(n_jobs)
+        self.parallel = parallel
+        if self._executor is not None and self._workers != workers:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._executor is None:
+            options = dict(self._options)
+            options.setdefault("mp_context", context)
+            self._executor = ProcessPoolExecutor(workers, **options)
+            self._workers = workers
+        return workers
+
+    def start_call(self) -> None:
+        self._dispatched = 0
+
+    def submit(self, func: Any, callback: Optional[Callable[[Future], Any]] = None) -> Future:
+        executor = self._executor
+        if executor is None:
+            raise RuntimeError("the poolguard backend is not configured (or was terminated)")
+        future: Future = Future()
+        with self._lock:
+            first = self._dispatched
+            self._dispatched += len(func.items)
+        engine = executor._running()
+        calls = [self._prepare(engine, f, args, kwargs, (func._backend, func._n_jobs))
+                 for f, args, kwargs in func.items]
+        job = _BatchJob(engine, future, first, len(calls))
+        if callback is not None:
+            future.add_done_callback(callback)
+        try:
+            engine.submit_items(job, calls, len(calls))
+        except (Exception, SystemExit) as exc:   # did not pickle
+            if future.set_running_or_notify_cancel():
+                future.set_exception(exc)
+        return future
+
+    @staticmethod
+    def _prepare(engine: Engine, func: Callable, args: tuple, kwargs: dict,
+                 nested: tuple) -> Tuple[Any, tuple, dict, tuple]:
+        if getattr(func, "__module__", None) == "__main__" and engine.main_by_value(func):
+            func = _ByValue(func)   # type: ignore[assignment]
+        return func, tuple(args), dict(kwargs), nested
+
+    def retrieve_result_callback(self, future: Future) -> List[Any]:
+        return future.result()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """A call failed: what is still running is of no use; stop it."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.terminate_workers()
+        if ensure_ready and self.parallel is not None:
+            self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)
+
+    def terminate(self) -> None:
+        """End of a Parallel call: the workers go.  Several calls share them
+        in a ``with Parallel(...) as parallel:`` block, as with joblib's
+        own backends."""
+        self.reset_batch_stats()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+
+def register() -> None:
+    """Register the ``"poolguard"`` backend (done on import)."""
+    register_parallel_backend("poolguard", PoolguardBackend)
+
+
+register()
