@@ -15,7 +15,8 @@ from .errors import (PoolguardError, PoolTerminatedError, PoolThrottledError,
                      WorkerInitError, WorkerMemoryError, WorkerStoppedWarning)
 from .engine.workers import WorkerStatus
 from .executor import ProcessPoolExecutor
-from .pool import ApplyResult, AsyncResult, IMapIterator, MapResult, Pool
+from .pool import Pool
+from .results import ApplyResult, AsyncResult, IMapIterator, MapResult
 
 __all__ = [
     "Pool", "ProcessPoolExecutor", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",

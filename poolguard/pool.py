@@ -1,189 +1,23 @@
 """``poolguard.Pool``: the ``multiprocessing.Pool`` front on the engine."""
 from __future__ import annotations
 
-import collections
 import itertools
 import threading
 import warnings
-from multiprocessing import TimeoutError
-from typing import (Any, Callable, Deque, Dict, Generic, Iterable, Iterator, List, Mapping,
-                    Optional, Sequence, TypeVar, Union)
+from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Sequence, TypeVar, Union
 
 from .checkpoint import CheckpointArg, checkpointed
 from .front import WorkerReports
-from .engine import Engine, Job, Unit, report_callback_error
+from .engine import Engine, Unit
 from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
                       resolve_workers)
 from .errors import PoolTerminatedError
+from .results import ApplyResult, AsyncResult, Callback, IMapIterator, MapResult
 from .wire.messages import APPLY, MAP, STARMAP
 
+__all__ = ["Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator"]
+
 T = TypeVar("T")
-Callback = Optional[Callable[[Any], object]]
-
-
-class ApplyResult(Job, Generic[T]):
-    """The result of ``apply_async``; ``AsyncResult`` in ``multiprocessing.pool``."""
-
-    def __init__(self, pool: "Pool", func: Callable, kind: int, call: str,
-                 callback: Callback, error_callback: Callback):
-        super().__init__(func, kind, call)
-        self._pool: Optional[Pool] = pool   # keeps the pool alive while we wait
-        self._event = threading.Event()
-        self._lock = threading.Lock()
-        self._callback = callback
-        self._error_callback = error_callback
-        self._success = False
-        self._settled = False
-        self._value: Any = None
-
-    def ready(self) -> bool:
-        return self._event.is_set()
-
-    def successful(self) -> bool:
-        if not self.ready():
-            raise ValueError(f"{self!r} not ready")
-        return self._success
-
-    def wait(self, timeout: Optional[float] = None) -> None:
-        self._event.wait(timeout)
-
-    def get(self, timeout: Optional[float] = None) -> T:
-        self.wait(timeout)
-        if not self.ready():
-            raise TimeoutError
-        if self._success:
-            return self._value
-        raise self._value
-
-    def unit_done(self, unit: Unit, values: list) -> None:
-        self._set(True, values[0])
-
-    def unit_failed(self, unit: Unit, exc: BaseException) -> None:
-        self._set(False, exc)
-
-    def _set(self, success: bool, value: Any) -> None:
-        with self._lock:
-            if self._settled:
-                return
-            self._settled = True
-            self._success, self._value = success, value
-        callback = self._callback if success else self._error_callback
-        pool = self._pool
-        if callback is not None and pool is not None and pool._engine is not None:
-            # Off the supervisor thread: a slow callback must not delay the
-            # detection of a death.  get() returns after it, as in the stdlib.
-            pool._engine.call_soon(self._finish, callback, value)
-        else:
-            self._finish(None, value)
-
-    def _finish(self, callback: Callback, value: Any) -> None:
-        try:
-            if callback is not None:
-                callback(value)
-        except Exception:   # reported before get() returns
-            report_callback_error()
-        finally:
-            self._event.set()
-            self._pool = None
-
-
-AsyncResult = ApplyResult
-
-
-class MapResult(ApplyResult[List[T]]):
-    """The result of ``map_async``/``starmap_async``: fails at the first failed chunk."""
-
-    def __init__(self, pool: "Pool", func: Callable, kind: int, call: str, length: int,
-                 callback: Callback, error_callback: Callback):
-        super().__init__(pool, func, kind, call, callback, error_callback)
-        self._values: List[Any] = [None] * length
-        self._remaining = length
-        if length == 0:
-            self._set(True, self._values)
-
-    def unit_done(self, unit: Unit, values: list) -> None:
-        self._values[unit.start:unit.start + len(values)] = values
-        self._remaining -= len(values)
-        if self._remaining == 0:
-            self._set(True, self._values)
-
-
-class IMapIterator(Job, Iterator[T]):
-    """Results of ``imap`` (in input order) or ``imap_unordered`` (as they come).
-
-    A failed chunk raises its error once, where its items would have been, and
-    iteration then goes on with the next chunk.
-    """
-
-    def __init__(self, pool: "Pool", func: Callable, kind: int, call: str, ordered: bool):
-        super().__init__(func, kind, call)
-        self._pool: Optional[Pool] = pool
-        self._ordered = ordered
-        self._cond = threading.Condition(threading.Lock())
-        self._by_start: Dict[int, tuple] = {}     # ordered: start -> (ok, payload, n)
-        self._arrived: Deque[tuple] = collections.deque()   # unordered
-        self._buffer: Deque[Any] = collections.deque()
-        self._position = 0                # input positions accounted for
-        self._length: Optional[int] = None
-
-    def __iter__(self) -> "IMapIterator[T]":
-        return self
-
-    def next(self, timeout: Optional[float] = None) -> T:
-        with self._cond:
-            while True:
-                if self._buffer:
-                    return self._buffer.popleft()
-                if self._length is not None and self._position >= self._length:
-                    self._pool = None
-                    raise StopIteration
-                entry = self._take()
-                if entry is not None:
-                    ok, payload, n = entry
-                    self._position += n
-                    if ok:
-                        self._buffer.extend(payload)
-                        continue
-                    raise payload
-                if not self._cond.wait(timeout):
-                    raise TimeoutError
-
-    __next__ = next
-
-    def _take(self) -> Optional[tuple]:
-        if self._ordered:
-            return self._by_start.pop(self._position, None)
-        return self._arrived.popleft() if self._arrived else None
-
-    def _put(self, start: int, entry: tuple) -> None:
-        with self._cond:
-            if self._ordered:
-                self._by_start[start] = entry
-            else:
-                self._arrived.append(entry)
-            self._cond.notify_all()
-
-    def unit_done(self, unit: Unit, values: list) -> None:
-        self._put(unit.start, (True, values, len(values)))
-
-    def unit_failed(self, unit: Unit, exc: BaseException) -> None:
-        self._put(unit.start, (False, exc, len(unit.items)))
-
-    def wait_for_room(self, produced: int, ahead: int, engine: Engine) -> bool:
-        """Hold a lazy producer back while *ahead* items wait to be consumed,
-        so an endless iterable does not fill memory.  False once the pool stops."""
-        with self._cond:
-            while produced - self._position >= ahead:
-                if engine.state not in ("running", "closing"):
-                    return False
-                # Also woken by each result; the timeout only notices terminate().
-                self._cond.wait(0.2)
-        return True
-
-    def _set_length(self, length: int) -> None:
-        with self._cond:
-            self._length = length
-            self._cond.notify_all()
 
 
 class Pool(WorkerReports):
