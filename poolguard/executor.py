@@ -11,6 +11,7 @@ from .front import WorkerReports
 from .engine import Engine, Job, Unit
 from .engine.at_exit import interpreter_exiting
 from .wire.messages import APPLY, EACH, EACH_STAR, STARMAP
+from .progress import Progress, ProgressArg, check_progress, finish_progress, make_progress
 from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
                       resolve_workers)
 
@@ -117,6 +118,7 @@ class _MapJob(Job):
                 position += count
         finally:
             self._dropped = True   # what is not cut yet is not run
+            finish_progress(self.progress)
 
     def _next_entry(self, position: int, end: Optional[float]) -> tuple:
         with self._cond:
@@ -186,36 +188,39 @@ class ProcessPoolExecutor(Executor, WorkerReports):
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: Optional[float] = None, chunksize: Optional[int] = None,
-            checkpoint: CheckpointArg = None) -> Iterator[Any]:
+            checkpoint: CheckpointArg = None, progress: ProgressArg = None) -> Iterator[Any]:
         """Like ``Executor.map``: arguments are read at once, results come in
         order, each item's exception raised at its place (a worker's death
         too: only the item it was running fails).  Without *chunksize*,
         items are sent in batches sized from how long they take; with it,
         as the standard library does, a chunk fails as a whole.
-        *checkpoint*: see ``Pool.map``."""
+        *checkpoint*, *progress*: see ``Pool.map``."""
         if chunksize is not None and (isinstance(chunksize, bool)
                                       or not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
+        check_progress(progress)
         fn = checkpointed(fn, checkpoint)
         end = None if timeout is None else time.monotonic() + timeout
         if chunksize is None:
-            return self._map_elastic(fn, iterables, end)
+            return self._map_elastic(fn, iterables, end, progress)
         arguments = list(zip(*iterables, strict=False))   # the shortest ends it, as in the stdlib
         futures: List[Future] = []
         with self._shutdown_lock:
             engine = self._running()
             func_bytes = engine.encode_function(fn)
+            counts = make_progress(progress, engine, "map", fn, len(arguments))
             for lo in range(0, len(arguments), chunksize):
                 future: Future = Future()
                 job = _FutureJob(engine, fn, STARMAP, "map", future, lo,
                                  len(arguments[lo:lo + chunksize]))
+                job.progress = counts
                 engine.submit_items(job, arguments[lo:lo + chunksize], chunksize, lo,
                                     func_bytes)
                 futures.append(future)
-        return _results_in_order(futures, end)
+        return _results_in_order(futures, end, counts)
 
-    def _map_elastic(self, fn: Callable, iterables: tuple,
-                     end: Optional[float]) -> Iterator[Any]:
+    def _map_elastic(self, fn: Callable, iterables: tuple, end: Optional[float],
+                     progress: ProgressArg) -> Iterator[Any]:
         if len(iterables) == 1:   # no 1-tuples to make, send and unpack
             arguments: list = list(iterables[0])
             job = _MapJob(fn, EACH, len(arguments))
@@ -224,6 +229,7 @@ class ProcessPoolExecutor(Executor, WorkerReports):
             job = _MapJob(fn, EACH_STAR, len(arguments))
         with self._shutdown_lock:
             engine = self._running()
+            job.progress = make_progress(progress, engine, "map", fn, len(arguments))
             if arguments:
                 engine.submit_elastic(job, arguments)
         return job.results(end)
@@ -269,7 +275,8 @@ class ProcessPoolExecutor(Executor, WorkerReports):
 
 
 
-def _results_in_order(futures: List[Future], end: Optional[float]) -> Iterator[Any]:
+def _results_in_order(futures: List[Future], end: Optional[float],
+                      progress: Optional[Progress]) -> Iterator[Any]:
     futures.reverse()
     try:
         while futures:
@@ -285,3 +292,4 @@ def _results_in_order(futures: List[Future], end: Optional[float]) -> Iterator[A
     finally:
         for future in futures:
             future.cancel()
+        finish_progress(progress)

@@ -18,7 +18,6 @@ joblib is an optional dependency: ``import poolguard`` never imports it.
 """
 from __future__ import annotations
 
-import functools
 import threading
 from concurrent.futures import Future
 from typing import Any, Callable, List, Optional, Tuple
@@ -29,7 +28,7 @@ from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 from joblib.parallel import register_parallel_backend
 
 from .engine import Engine, Unit
-from .engine.jobs import arguments_text
+from .engine.jobs import arguments_text, function_name
 from .errors import TaskInfo
 from .executor import ProcessPoolExecutor, _FutureJob
 from .options import resolve_workers
@@ -59,18 +58,6 @@ class _ByValue:
         return cloudpickle.loads, (cloudpickle.dumps(self.func),)
 
 
-def _callable_name(func: Any) -> str:
-    """The user's function behind joblib's and scikit-learn's wrappers."""
-    for _ in range(5):
-        if isinstance(func, functools.partial):
-            func = func.func
-        elif hasattr(func, "function") and callable(func.function):  # sklearn's delayed
-            func = func.function
-        else:
-            break
-    return getattr(func, "__qualname__", None) or repr(func)
-
-
 class _BatchJob(_FutureJob):
     """One joblib batch: a future whose value is the list of its calls' results.
     A crash names the call inside the batch that was running."""
@@ -86,7 +73,7 @@ class _BatchJob(_FutureJob):
         if offset is None or offset >= len(items):
             return super().describe(unit, offset)
         func, args, kwargs, _ = items[offset]
-        return TaskInfo(_callable_name(func), arguments_text(args, kwargs),
+        return TaskInfo(function_name(func), arguments_text(args, kwargs),
                         self.first + unit.start + offset, self.call)
 
 

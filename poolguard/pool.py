@@ -12,6 +12,7 @@ from .engine import Engine, Unit
 from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
                       resolve_workers)
 from .errors import PoolTerminatedError
+from .progress import ProgressArg, check_progress, make_progress
 from .results import ApplyResult, AsyncResult, Callback, IMapIterator, MapResult
 from .wire.messages import APPLY, MAP, STARMAP
 
@@ -67,35 +68,37 @@ class Pool(WorkerReports):
     # ---- map family ----
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
-            chunksize: Optional[int] = None, *, checkpoint: CheckpointArg = None) -> List[T]:
+            chunksize: Optional[int] = None, *, checkpoint: CheckpointArg = None,
+            progress: ProgressArg = None) -> List[T]:
         return self._map_async(func, iterable, chunksize, MAP, "map",
-                               checkpoint=checkpoint).get()
+                               checkpoint=checkpoint, progress=progress).get()
 
     def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any],
                   chunksize: Optional[int] = None, callback: Callback = None,
-                  error_callback: Callback = None, *,
-                  checkpoint: CheckpointArg = None) -> MapResult[T]:
+                  error_callback: Callback = None, *, checkpoint: CheckpointArg = None,
+                  progress: ProgressArg = None) -> MapResult[T]:
         return self._map_async(func, iterable, chunksize, MAP, "map", callback,
-                               error_callback, checkpoint)
+                               error_callback, checkpoint, progress)
 
     def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
-                chunksize: Optional[int] = None, *,
-                checkpoint: CheckpointArg = None) -> List[T]:
+                chunksize: Optional[int] = None, *, checkpoint: CheckpointArg = None,
+                progress: ProgressArg = None) -> List[T]:
         return self._map_async(func, iterable, chunksize, STARMAP, "starmap",
-                               checkpoint=checkpoint).get()
+                               checkpoint=checkpoint, progress=progress).get()
 
     def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                       chunksize: Optional[int] = None, callback: Callback = None,
-                      error_callback: Callback = None, *,
-                      checkpoint: CheckpointArg = None) -> MapResult[T]:
+                      error_callback: Callback = None, *, checkpoint: CheckpointArg = None,
+                      progress: ProgressArg = None) -> MapResult[T]:
         return self._map_async(func, iterable, chunksize, STARMAP, "starmap", callback,
-                               error_callback, checkpoint)
+                               error_callback, checkpoint, progress)
 
     def _map_async(self, func: Callable, iterable: Iterable, chunksize: Optional[int],
                    kind: int, call: str, callback: Callback = None,
-                   error_callback: Callback = None,
-                   checkpoint: CheckpointArg = None) -> MapResult:
+                   error_callback: Callback = None, checkpoint: CheckpointArg = None,
+                   progress: ProgressArg = None) -> MapResult:
         engine = self._running()
+        check_progress(progress)
         func = checkpointed(func, checkpoint)
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         if chunksize is None:
@@ -103,27 +106,33 @@ class Pool(WorkerReports):
             chunksize += bool(extra)
         _check_chunksize(chunksize if items else 1)
         result: MapResult = MapResult(self, func, kind, call, len(items), callback,
-                                      error_callback)
+                                      error_callback,
+                                      make_progress(progress, engine, call, func, len(items)))
         if items:
             engine.submit_items(result, items, chunksize)
         return result
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
-             chunksize: int = 1, *, checkpoint: CheckpointArg = None) -> IMapIterator[T]:
-        return self._imap(func, iterable, chunksize, True, checkpoint)
+             chunksize: int = 1, *, checkpoint: CheckpointArg = None,
+             progress: ProgressArg = None) -> IMapIterator[T]:
+        return self._imap(func, iterable, chunksize, True, checkpoint, progress)
 
     def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any],
-                       chunksize: int = 1, *,
-                       checkpoint: CheckpointArg = None) -> IMapIterator[T]:
-        return self._imap(func, iterable, chunksize, False, checkpoint)
+                       chunksize: int = 1, *, checkpoint: CheckpointArg = None,
+                       progress: ProgressArg = None) -> IMapIterator[T]:
+        return self._imap(func, iterable, chunksize, False, checkpoint, progress)
 
     def _imap(self, func: Callable, iterable: Iterable, chunksize: int,
-              ordered: bool, checkpoint: CheckpointArg) -> IMapIterator:
+              ordered: bool, checkpoint: CheckpointArg,
+              progress: ProgressArg) -> IMapIterator:
         engine = self._running()
+        check_progress(progress)
         func = checkpointed(func, checkpoint)
         _check_chunksize(chunksize)
-        result: IMapIterator = IMapIterator(self, func, MAP,
-                                            "imap" if ordered else "imap_unordered", ordered)
+        call = "imap" if ordered else "imap_unordered"
+        known = len(iterable) if isinstance(iterable, (list, tuple, range)) else None
+        result: IMapIterator = IMapIterator(self, func, MAP, call, ordered,
+                                            make_progress(progress, engine, call, func, known))
         if isinstance(iterable, (list, tuple, range)):
             engine.submit_items(result, iterable, chunksize)
             result._set_length(len(iterable))

@@ -12,6 +12,7 @@ from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Dict, Ge
                     Generic, Iterator, List, Optional, Tuple, TypeVar)
 
 from .engine import Engine, Job, Unit, report_callback_error
+from .progress import Progress, finish_progress
 
 if TYPE_CHECKING:
     import asyncio
@@ -114,9 +115,13 @@ class ApplyResult(Job, Generic[T]):
             self._success, self._value = success, value
         callback = self._callback if success else self._error_callback
         pool = self._pool
-        if callback is not None and pool is not None and pool._engine is not None:
+        if self.progress is not None:
+            self.progress.finish()
+        if (callback is not None or self.progress is not None) and pool is not None \
+                and pool._engine is not None:
             # Off the supervisor thread: a slow callback must not delay the
-            # detection of a death.  get() returns after it, as in the stdlib.
+            # detection of a death.  get() returns after it, as in the stdlib
+            # (and after the last progress report, queued before it).
             pool._engine.call_soon(self._finish, callback, value)
         else:
             self._finish(None, value)
@@ -141,8 +146,10 @@ class MapResult(ApplyResult[List[T]]):
     """The result of ``map_async``/``starmap_async``: fails at the first failed chunk."""
 
     def __init__(self, pool: "Pool", func: Callable, kind: int, call: str, length: int,
-                 callback: Callback, error_callback: Callback):
+                 callback: Callback, error_callback: Callback,
+                 progress: Optional[Progress] = None):
         super().__init__(pool, func, kind, call, callback, error_callback)
+        self.progress = progress
         self._values: List[Any] = [None] * length
         self._remaining = length
         if length == 0:
@@ -162,8 +169,10 @@ class IMapIterator(Job, Iterator[T]):
     iteration then goes on with the next chunk.
     """
 
-    def __init__(self, pool: "Pool", func: Callable, kind: int, call: str, ordered: bool):
+    def __init__(self, pool: "Pool", func: Callable, kind: int, call: str, ordered: bool,
+                 progress: Optional[Progress] = None):
         super().__init__(func, kind, call)
+        self.progress = progress
         self._pool: Optional[Pool] = pool
         self._ordered = ordered
         self._cond = threading.Condition(threading.Lock())
@@ -180,10 +189,15 @@ class IMapIterator(Job, Iterator[T]):
     def next(self, timeout: Optional[float] = None) -> T:
         with self._cond:
             while True:
-                if self._ready():
-                    return self._buffer.popleft()
+                try:
+                    if self._ready():
+                        return self._buffer.popleft()
+                except StopIteration:
+                    break
                 if not self._cond.wait(timeout):
                     raise TimeoutError
+        finish_progress(self.progress)   # its last line before the caller's next one
+        raise StopIteration
 
     __next__ = next
 
@@ -198,6 +212,8 @@ class IMapIterator(Job, Iterator[T]):
                     if self._ready():
                         return self._buffer.popleft()
                 except StopIteration:
+                    if self.progress is not None:
+                        self.progress.finish()
                     raise StopAsyncIteration from None
                 waiter = self._waiters.new()
             await waiter
@@ -253,5 +269,7 @@ class IMapIterator(Job, Iterator[T]):
     def _set_length(self, length: int) -> None:
         with self._cond:
             self._length = length
+            if self.progress is not None:
+                self.progress.set_total(length)
             self._cond.notify_all()
             self._waiters.wake()

@@ -6,13 +6,17 @@ answered by one reply.  The job is the sink its units report to.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import reprlib
 from collections import abc
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import TaskInfo
-from ..wire.messages import APPLY, EACH_STAR, STARMAP, encode_task
+from ..wire.messages import APPLY, EACH_STAR, PER_ITEM, STARMAP, encode_task
+
+if TYPE_CHECKING:
+    from ..progress import Progress
 
 _unit_ids = itertools.count()
 
@@ -21,6 +25,8 @@ class Job:
     """One call of a front (an ``apply_async``, a ``map``, a ``submit``): the sink
     its units report to.  Fronts subclass it; the supervisor calls
     ``unit_done``/``unit_failed`` exactly once per unit."""
+
+    progress: Optional["Progress"] = None   # progress=: counted as units finish
 
     def __init__(self, func: Callable, kind: int, call: str):
         self.func = func
@@ -33,6 +39,25 @@ class Job:
     def unit_failed(self, unit: "Unit", exc: BaseException) -> None:
         raise NotImplementedError
 
+    def unit_retried(self, unit: "Unit") -> None:
+        """*unit*'s worker died and it runs again elsewhere (``retries=``)."""
+        if self.progress is not None:
+            self.progress.count_retry()
+
+    def count_progress(self, unit: "Unit", ok: bool, value: Any) -> None:
+        """Before *value* is delivered: what it adds to ``progress=``."""
+        progress = self.progress
+        assert progress is not None
+        if not ok:
+            progress.count(len(unit.items), value, len(unit.items))
+        elif self.kind in PER_ITEM:
+            values, errors = value
+            progress.count(len(values) - len(errors))
+            for error in errors.values():
+                progress.count(1, error, 1)
+        else:
+            progress.count(len(value))
+
     def wanted(self, unit: "Unit") -> bool:
         """False when the unit should be dropped before it is sent (cancelled)."""
         return True
@@ -42,8 +67,7 @@ class Job:
         self.unit_failed(unit, RuntimeError("not run: the pool shut down"))
 
     def describe(self, unit: "Unit", offset: Optional[int]) -> TaskInfo:
-        func = getattr(self.func, "__wrapped__", self.func)   # checkpoint's wrapper
-        name = getattr(func, "__qualname__", None) or repr(func)
+        name = function_name(self.func)
         items = unit.items
         if offset is None and len(items) == 1:
             offset = 0
@@ -60,6 +84,21 @@ class Job:
                 text = _short(item)
             return TaskInfo(name, _clip(text), unit.start + offset, self.call)
         return TaskInfo(name, _short(item), unit.start + offset, self.call)
+
+
+def function_name(func: Any) -> str:
+    """The user's function behind wrappers: checkpoint's, ``functools.partial``,
+    scikit-learn's ``delayed``."""
+    for _ in range(5):
+        if isinstance(func, functools.partial):
+            func = func.func
+        elif hasattr(func, "__wrapped__"):
+            func = func.__wrapped__
+        elif callable(getattr(func, "function", None)):   # scikit-learn's _FuncWrapper
+            func = func.function
+        else:
+            break
+    return getattr(func, "__qualname__", None) or repr(func)
 
 
 def arguments_text(args: Sequence, kwds: dict) -> str:

@@ -359,7 +359,7 @@ class Engine:
         self._pacer.learn(unit, micros / 1e6)
         ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, None)),
                                  unit.job.kind in PER_ITEM)
-        self._deliver(unit.job.unit_done if ok else unit.job.unit_failed, unit, value)
+        self._deliver(unit, ok, value)
 
     def _on_control(self, worker: Worker, status: int, body: memoryview) -> None:
         if status == READY:
@@ -384,13 +384,16 @@ class Engine:
         self._init_error = error
 
     def _deliver_failure(self, unit: Unit, exc: BaseException) -> None:
-        self._deliver(unit.job.unit_failed, unit, exc)
+        self._deliver(unit, False, exc)
 
     @staticmethod
-    def _deliver(method: Callable, unit: Unit, value: Any) -> None:
+    def _deliver(unit: Unit, ok: bool, value: Any) -> None:
         unit.release()
+        job = unit.job
         try:
-            method(unit, value)
+            if job.progress is not None:   # first: its last report precedes the result
+                job.count_progress(unit, ok, value)
+            (job.unit_done if ok else job.unit_failed)(unit, value)
         except Exception:  # a user callback raised: report it, keep watching
             report_callback_error()
 
@@ -415,6 +418,7 @@ class Engine:
             self._deliver_failure(death.culprit, death.error)
         elif death.culprit is not None:   # retried: its parts are queued
             death.culprit.release()
+            death.culprit.job.unit_retried(death.culprit)
         if death.throttle is not None:
             self._set_init_error(death.throttle, death.throttle.__cause__)
 
