@@ -69,7 +69,7 @@ def main() -> None:
                 order = (False, True) if i % 2 == 0 else (True, False)
                 for flag in order:
                     (on if flag else off).append(measure(run, target, flag))
-            ratio = statistics.median(a / b for a, b in zip(on, off))
+            ratio = statistics.median(a / b for a, b in zip(on, off, strict=True))
             print(f"{name:<32}{statistics.median(off) * 1e3:>11.1f} ms"
                   f"{statistics.median(on) * 1e3:>11.1f} ms{ratio:>8.3f}x")
 

@@ -26,3 +26,11 @@ __all__ = [
     "WorkerStoppedWarning", "TaskInfo", "WorkerStatus", "Checkpoint", "CheckpointWarning",
 ]
 __version__ = "0.1.0"
+
+# Errors and warnings print (and pickle) as poolguard.WorkerCrashedError, not
+# poolguard.errors.WorkerCrashedError: where users import them from.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and issubclass(_obj, BaseException):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -62,6 +62,25 @@ _HINTS = {
 }
 
 
+# The last line of a crash message, by verdict.
+_ADVICE = {
+    "oom": "give each task more memory (fewer processes=, a larger memory limit for the "
+           "job or container), or set max_worker_memory= so poolguard stops the task "
+           "before the kernel does; retries= runs it again if the peak was passing.",
+    "outside": "check the limits of the job scheduler (time, memory: `sacct`, `qstat`) and "
+               "of the container, and what else may signal this process; retries= runs "
+               "the task again.",
+    "crash": "the stack above shows the call that crashed; run the task on this input "
+             "alone to reproduce it.",
+    "native": "run the task on this input alone to reproduce it; a C extension or ctypes "
+              "call is the usual culprit.",
+    "self": "the task's own code signalled its process: look for os.kill or a kill "
+            "command in it.",
+    "exit": "look for os._exit() in the task, or a C library calling exit(); run the task "
+            "on this input alone to reproduce it.",
+    "unknown": "the exit status could not be read; retries= runs the task again.",
+}
+
 _PHASES = {
     "running": "while running",
     "decoding": "while decoding the arguments of",
@@ -139,32 +158,20 @@ class WorkerCrashedError(PoolguardError, BrokenProcessPool):
         *diagnosis* is a :class:`poolguard.diagnosis.Diagnosis` or ``None``;
         *guard* says how poolguard's own guard stopped the worker, if it did."""
         signame = signal_name(-exitcode) if exitcode is not None and exitcode < 0 else None
-        if guard is not None:
-            how = guard
-        elif not exit_status_known or exitcode is None:
-            how = "died (exit status unknown)"
+        if not exit_status_known or exitcode is None:
             exitcode, signame = None, None
-        elif signame:
-            how = f"was killed by {signame}"
-        else:
-            how = f"exited with code {exitcode}"
+        how = guard or (f"was killed by {signame}" if signame else
+                        f"exited with code {exitcode}" if exitcode is not None else
+                        "died (exit status unknown)")
         what = _PHASES.get(phase, f"while {phase}")
         message = f"worker {pid} {how} {what}" + (f" {task}" if task is not None else "")
-        if guard is not None:
-            pass   # poolguard stopped it itself: no guessing at other causes
-        elif diagnosis is not None and diagnosis.verdict in ("confirmed", "likely", "possible"):
-            message += f". OOM {diagnosis.verdict}: {diagnosis.evidence}"
-        elif diagnosis is not None and diagnosis.outside_kill:
-            message += f". {diagnosis.evidence[0].upper()}{diagnosis.evidence[1:]}"
-        elif signame in _HINTS:
-            message += f". Likely cause: {_HINTS[signame]}"
-        elif signame is None and exitcode is not None:
-            message += (". The process ended itself (os._exit, or native code "
-                        "calling exit()) without reporting an error")
+        if guard is None:   # poolguard stopped it itself: no guessing at other causes
+            message += _cause(diagnosis, signame, exitcode)
         if peak_rss is not None and "RSS peaked" not in message:
             message += f" (RSS peaked at {peak_rss / 2**20:.0f} MiB during the task)"
         if crash_stack:
             message += f"\n{cls.stack_title}:\n{crash_stack}"
+        message += "\nWhat to do: " + cls._advice(diagnosis, signame, exitcode, crash_stack)
         oom = diagnosis.oom if diagnosis is not None else (
             False if signame in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT") else None)
         return cls(message, pid=pid, exitcode=exitcode, signal=signame, task=task, oom=oom,
@@ -172,6 +179,35 @@ class WorkerCrashedError(PoolguardError, BrokenProcessPool):
                    oom_verdict=diagnosis.verdict if diagnosis is not None else "unknown",
                    oom_evidence=diagnosis.evidence if diagnosis is not None else "",
                    last_rss=last_rss, crash_stack=crash_stack)
+
+    @staticmethod
+    def _advice(diagnosis: Any, signame: Optional[str], exitcode: Optional[int],
+                crash_stack: Optional[str]) -> str:
+        if diagnosis is not None and diagnosis.self_kill:
+            return _ADVICE["self"]
+        if diagnosis is not None and diagnosis.verdict in ("confirmed", "likely", "possible"):
+            return _ADVICE["oom"]
+        if signame in _HINTS and signame not in ("SIGKILL", "SIGTERM"):
+            return _ADVICE["crash" if crash_stack else "native"]
+        if signame is not None:
+            return _ADVICE["outside"]
+        return _ADVICE["exit" if exitcode is not None else "unknown"]
+
+
+def _cause(diagnosis: Any, signame: Optional[str], exitcode: Optional[int]) -> str:
+    """The sentence after "worker N was killed by S while running f(x)"."""
+    if diagnosis is not None and diagnosis.self_kill:
+        return f". Not an OOM kill: {diagnosis.evidence}"
+    if diagnosis is not None and diagnosis.verdict in ("confirmed", "likely", "possible"):
+        return f". OOM {diagnosis.verdict}: {diagnosis.evidence}"
+    if diagnosis is not None and diagnosis.outside_kill:
+        return f". {diagnosis.evidence[0].upper()}{diagnosis.evidence[1:]}"
+    if signame in _HINTS:
+        return f". Likely cause: {_HINTS[signame]}"
+    if signame is None and exitcode is not None:
+        return (". The process ended itself (os._exit, or native code calling exit()) "
+                "without reporting an error")
+    return ""
 
 
 class TaskTimeoutError(WorkerCrashedError, TimeoutError):
@@ -182,6 +218,11 @@ class TaskTimeoutError(WorkerCrashedError, TimeoutError):
     stack_title = "Where the worker was when task_timeout fired (every thread)"
     limit: Optional[float] = None
 
+    @staticmethod
+    def _advice(*_: Any) -> str:
+        return ("the stack above shows where the task was; raise task_timeout= if it needs "
+                "longer, or look there for what it waited on.")
+
 
 class WorkerMemoryError(WorkerCrashedError, MemoryError):
     """The worker went over ``max_worker_memory`` while running this task and
@@ -189,6 +230,11 @@ class WorkerMemoryError(WorkerCrashedError, MemoryError):
 
     limit: Optional[int] = None
     rss: Optional[int] = None
+
+    @staticmethod
+    def _advice(*_: Any) -> str:
+        return ("raise max_worker_memory= if the task needs that much, or make it use less "
+                "(smaller inputs or chunks, fewer copies).")
 
 
 class WorkerInitError(PoolguardError, BrokenProcessPool):
@@ -265,7 +311,9 @@ class WorkerStoppedWarning(RuntimeWarning):
 
 
 def _rebuild(cls: Any, args: tuple, state: dict) -> Any:
-    err = cls.__new__(cls)
+    # TaskTimeoutError is a TimeoutError: its memory layout is OSError's, whose
+    # __new__ must make it (the first __new__ in its MRO is RuntimeError's).
+    err = OSError.__new__(cls) if issubclass(cls, OSError) else cls.__new__(cls)
     Exception.__init__(err, *args)
     err.__dict__.update(state)
     return err

@@ -25,7 +25,7 @@ from .wire.framing import FrameInput
 from .wire.messages import (APPLY, CONTROL, EACH_STAR, INIT_FAILED, MAP, OK, PROTOCOL, RAISED, READY,
                             PER_ITEM, REPLY_HEADER, RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE,
                             decode_task, encode_exception)
-from .wire.slots import DECODING, IDLE, SENDING
+from .wire.slots import DECODING, IDLE, SENDING, SENT_BY_COMMAND
 
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = _short_repr.maxother = 200
@@ -40,6 +40,7 @@ def worker_main(spec: Any, index: int, task_conn, result_conn, crash_conn,
     _prepare(crash_conn, fds_to_close)
     _die_with_parent(spec.alive_conn, parent_pid, spec.group_guardian)
     slot = spec.slots.view(index)
+    _watch_own_signals(slot)
     # Frames are read in bulk: a burst of small tasks costs one read.
     send, recv = result_conn.send_bytes, FrameInput(task_conn.fileno()).recv
     try:
@@ -88,6 +89,34 @@ def _prepare(crash_conn, fds_to_close: Sequence[int]) -> None:
         buffers.close_inherited()   # fork: other tasks' argument buffers
 
 
+def _watch_own_signals(slot: memoryview) -> None:
+    """An audit hook notes in the slot a signal the task sends its own process
+    (``os.kill``, ``os.killpg``) or a ``kill`` command naming our pid that it
+    starts (``os.system``, ``subprocess``): the parent then does not blame
+    the outside for that death.  The hook runs before the call it audits."""
+    pid = os.getpid()
+    mine = (pid, 0, -pid)
+    me = str(pid)
+
+    def hook(event: str, args: tuple) -> None:
+        if not event.startswith(("os.kill", "os.system", "subprocess.Popen")):
+            return
+        try:
+            if event in ("os.kill", "os.killpg") and args[0] in mine:
+                slot[3] = int(args[1])
+            elif event in ("os.system", "subprocess.Popen"):
+                command = args[0] if event == "os.system" else args[1]
+                if isinstance(command, (bytes, str)):
+                    command = [command]
+                words = " ".join(os.fsdecode(word) for word in command).replace(";", " ").split()
+                if me in words and any(word.endswith("kill") for word in words):
+                    slot[3] = SENT_BY_COMMAND
+        except Exception:   # an audit hook must never fail the call it watches
+            pass
+
+    sys.addaudithook(hook)
+
+
 def _serve(slot: memoryview, send, recv, maxtasks: Optional[int], timed: bool) -> None:
     clock = time.monotonic_ns
     done = 0
@@ -101,7 +130,7 @@ def _serve(slot: memoryview, send, recv, maxtasks: Optional[int], timed: bool) -
         if task_id == STOP:
             return
         slot[2] = started = clock()   # before the item word: the parent reads them in that order
-        slot[0], slot[1] = task_id, DECODING
+        slot[0], slot[1], slot[3] = task_id, DECODING, 0
         status, body = _run_unit(slot, data, task_id, handle_size, cache, timed, clock)
         del data
         took = min((clock() - started) // 1000, 0xFFFFFFFF)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import time
+import traceback
 
 import pytest
 
@@ -65,6 +67,9 @@ def test_segfault_gives_the_python_stack(method):
     assert err.signal == "SIGSEGV" and err.oom is False and err.oom_verdict == "ruled out"
     assert 'in crash_in_native_code' in err.crash_stack
     assert "Python stack at the crash" in str(err) and "crash_in_native_code" in str(err)
+    assert str(err).splitlines()[-1] == ("What to do: the stack above shows the call that "
+                                         "crashed; run the task on this input alone to "
+                                         "reproduce it.")
 
 
 def test_outside_kill_says_so_and_what_was_checked(tmp_path):
@@ -81,6 +86,37 @@ def test_outside_kill_says_so_and_what_was_checked(tmp_path):
     assert "came from outside the process" in str(err)
     assert "last RSS" in err.oom_evidence      # what was checked is listed
     assert err.last_rss is not None and err.last_rss > 1 << 20
+    assert str(err).splitlines()[-1].startswith("What to do: check the limits of the job "
+                                                "scheduler")
+
+
+@pytest.mark.parametrize("how, signame", [("os.kill", "SIGKILL"), ("os.killpg", "SIGTERM"),
+                                          ("os.system", "SIGKILL"), ("subprocess", "SIGKILL")])
+def test_a_signal_the_task_sent_itself_is_not_blamed_on_the_outside(method, how, signame):
+    with poolguard.Pool(1, context=method) as pool:
+        with pytest.raises(WorkerCrashedError) as info:
+            pool.apply(tasks.kill_myself, (how, signame))
+        assert pool.apply(tasks.square, (3,)) == 9
+    err = info.value
+    assert err.signal == signame and err.oom is False and err.oom_verdict == "ruled out"
+    text = str(err)
+    assert "outside" not in text and "Not an OOM kill: the task" in text
+    if how.startswith("os.kill"):
+        assert f"the task sent {signame} to its own process" in text
+    else:
+        assert "a command it started (os.system or subprocess) named its pid" in text
+    assert text.splitlines()[-1].startswith("What to do: the task's own code signalled")
+
+
+def test_errors_print_as_poolguard_names():
+    for name in poolguard.__all__:
+        obj = getattr(poolguard, name)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            assert obj.__module__ == "poolguard", name
+    line = traceback.format_exception_only(poolguard.WorkerMemoryError("too big"))[-1]
+    assert line == "poolguard.WorkerMemoryError: too big\n"
+    again = pickle.loads(pickle.dumps(poolguard.TaskTimeoutError("late", pid=7)))
+    assert type(again) is poolguard.TaskTimeoutError and again.pid == 7
 
 
 def test_sigterm_from_outside(tmp_path):
@@ -92,6 +128,7 @@ def test_sigterm_from_outside(tmp_path):
         with pytest.raises(WorkerCrashedError) as info:
             result.get(10)
     assert info.value.signal == "SIGTERM" and "outside the process" in str(info.value)
+    assert "What to do: check the limits of the job scheduler" in str(info.value)
 
 
 def test_every_source_unreadable_still_gives_the_error_at_once(tmp_path, monkeypatch):

@@ -55,12 +55,12 @@ class Postmortem:
         death.culprit, offset = worker.running(slot)
         death.rerun = [unit for unit in worker.inflight if unit is not death.culprit]
         if death.culprit is not None:
-            self._blame(death, worker, offset, slot.item, exitcode, crash_stack)
+            self._blame(death, worker, offset, slot, exitcode, crash_stack)
         elif not worker.left_on_purpose:
             death.throttle = self._fruitless_death(worker, slot, exitcode, crash_stack)
         return death
 
-    def _blame(self, death: Death, worker: Worker, offset: Optional[int], item: int,
+    def _blame(self, death: Death, worker: Worker, offset: Optional[int], slot: Slot,
                exitcode: Optional[int], crash_stack: Optional[str]) -> None:
         culprit = death.culprit
         assert culprit is not None
@@ -73,7 +73,7 @@ class Postmortem:
             death.rerun.extend(part for part in parts if part is not alone)
             death.spent, death.culprit, offset = culprit, alone, 0
             culprit = alone
-        error = self.crash_error(worker, culprit, offset, item, exitcode, crash_stack)
+        error = self.crash_error(worker, culprit, offset, slot, exitcode, crash_stack)
         if self._may_retry(culprit, error):
             culprit.attempts.append(error.summary())
             death.rerun.extend(culprit.split(offset))   # the caller releases the culprit
@@ -82,17 +82,17 @@ class Postmortem:
             error.add_attempts(culprit.attempts)
         death.error = error
 
-    def crash_error(self, worker: Worker, culprit: Unit, offset: Optional[int], item: int,
+    def crash_error(self, worker: Worker, culprit: Unit, offset: Optional[int], slot: Slot,
                     exitcode: Optional[int], crash_stack: Optional[str]) -> WorkerCrashedError:
         guard = worker.guard
-        phase = _PHASES.get(item, "running")
+        phase = _PHASES.get(slot.item, "running")
         cls = _ERRORS.get(guard.kind, WorkerCrashedError) if guard else WorkerCrashedError
         if guard is not None and guard.kind == "memory":
             verdict: Optional[diagnosis.Diagnosis] = diagnosis.Diagnosis(
                 diagnosis.CONFIRMED, "poolguard's memory guard killed it", ["max_worker_memory"])
         elif exitcode is not None and guard is None:
             verdict = diagnose(_signal(exitcode), worker.watch, self._kernel_log,
-                               diagnosis.SOURCES)
+                               diagnosis.SOURCES, slot.sent)
         else:
             verdict = None
         error = cls.from_death(

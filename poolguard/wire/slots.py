@@ -1,9 +1,11 @@
-"""Each worker's slot: three int64 words in shared memory.
+"""Each worker's slot: four int64 words in shared memory.
 
 Before each task the worker writes the task id into its own slot, and before
 each item of a chunk the item's index (and, with a task_timeout, its start
 time).  The parent reads the slot after the worker's death, so it learns
 exactly which item was running without any lock a dying worker could hold.
+The fourth word says whether the task signalled its own process (worker.py's
+audit hook), so that such a death is not blamed on the outside.
 """
 from __future__ import annotations
 
@@ -30,20 +32,20 @@ class ItemWord(IntEnum):
 
 IDLE, INITIALIZING = TaskWord.IDLE, TaskWord.INITIALIZING
 DECODING, SENDING = ItemWord.DECODING, ItemWord.SENDING
+SENT_BY_COMMAND = -1   # fourth word: a command the task started named our pid with "kill"
 
-
-
-_SLOT = struct.Struct("qqq")
+_SLOT = struct.Struct("qqqq")
 
 
 class Slot(NamedTuple):
     task_id: int       # a unit's id, or a TaskWord
     item: int          # the running item's offset in the unit, or an ItemWord
     started: int       # CLOCK_MONOTONIC ns when the unit (or, timed, the item) started
+    sent: int = 0      # signal the task sent its own process, SENT_BY_COMMAND, or 0
 
 
 class SharedSlots:
-    """One [task id, item, start time] triple of int64 per worker slot, in
+    """One [task id, item, start time, signal sent] row of int64 per worker slot, in
     shared memory the pool owns and frees (a memfd; passed to spawned workers
     as a descriptor).  The start time (CLOCK_MONOTONIC ns) is the unit's, or
     each item's when the pool has a task_timeout."""
@@ -62,7 +64,7 @@ class SharedSlots:
         return Slot._make(_SLOT.unpack_from(self.map, _SLOT.size * index))
 
     def write(self, index: int, task_id: int, item: int) -> None:
-        _SLOT.pack_into(self.map, _SLOT.size * index, task_id, item, 0)
+        _SLOT.pack_into(self.map, _SLOT.size * index, task_id, item, 0, 0)
 
     def view(self, index: int) -> memoryview:
         """The worker's fast handle on its own slot."""
