@@ -8,7 +8,8 @@ Engine: :mod:`poolguard.engine` (supervisor loop), :mod:`poolguard.worker`
 Beside it: :mod:`poolguard.diagnosis` (why a worker died),
 :mod:`poolguard.checkpoint` (resumable steps).
 """
-from .checkpoint import Checkpoint, CheckpointWarning
+from typing import TYPE_CHECKING, Any
+
 from .errors import (PoolguardError, PoolTerminatedError, PoolThrottledError,
                      ResultDecodingError, ResultEncodingError, TaskDecodeError, TaskInfo,
                      TaskTimeoutError, UnpicklableTaskError, WorkerCrashedError,
@@ -18,19 +19,34 @@ from .executor import ProcessPoolExecutor
 from .pool import Pool
 from .results import ApplyResult, AsyncResult, IMapIterator, MapResult
 
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint, CheckpointKeyError, CheckpointWarning
+
 __all__ = [
     "Pool", "ProcessPoolExecutor", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "PoolguardError", "WorkerCrashedError", "WorkerInitError", "UnpicklableTaskError",
     "PoolTerminatedError", "PoolThrottledError", "TaskTimeoutError", "WorkerMemoryError",
     "ResultEncodingError", "ResultDecodingError", "TaskDecodeError",
     "WorkerStoppedWarning", "TaskInfo", "WorkerStatus", "Checkpoint", "CheckpointWarning",
+    "CheckpointKeyError",
 ]
 __version__ = "0.1.0"
 
 # Errors and warnings print (and pickle) as poolguard.WorkerCrashedError, not
 # poolguard.errors.WorkerCrashedError: where users import them from.
 for _name in __all__:
-    _obj = globals()[_name]
+    _obj = globals().get(_name)
     if isinstance(_obj, type) and issubclass(_obj, BaseException):
         _obj.__module__ = __name__
 del _name, _obj
+
+_LAZY = {"Checkpoint": "checkpoint", "CheckpointWarning": "checkpoint",
+         "CheckpointKeyError": "checkpoint"}
+
+
+def __getattr__(name: str) -> Any:
+    """What most programs never use is imported on first use (import time)."""
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

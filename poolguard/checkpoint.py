@@ -513,3 +513,7 @@ def _files(directory: str) -> Iterator[str]:
     for base, _dirs, files in os.walk(directory):
         for name in files:
             yield os.path.join(base, name)
+
+
+# Printed and pickled under the name users import them by.
+CheckpointKeyError.__module__ = CheckpointWarning.__module__ = "poolguard"

@@ -4,16 +4,19 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
-from .checkpoint import CheckpointArg, checkpointed
 from .front import WorkerReports
 from .engine import Engine, Job, Unit
 from .engine.at_exit import interpreter_exiting
 from .wire.messages import APPLY, EACH, EACH_STAR, STARMAP
 from .progress import Progress, ProgressArg, check_progress, finish_progress, make_progress
-from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
+from .options import (checkpointed, check_initializer, check_max_tasks, make_guards, resolve_context,
                       resolve_workers)
+
+
+if TYPE_CHECKING:
+    from .checkpoint import CheckpointArg
 
 
 class _FutureJob(Job):

@@ -4,7 +4,19 @@ from __future__ import annotations
 import multiprocessing
 import re
 from dataclasses import dataclass
-from typing import Any, FrozenSet, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, FrozenSet, Iterable, Optional, Union
+
+if TYPE_CHECKING:
+    from .checkpoint import CheckpointArg
+
+
+def checkpointed(func: Callable, checkpoint: "CheckpointArg") -> Callable:
+    """*func* wrapped for ``checkpoint=``, or itself.  The checkpoint module
+    (hashing, HMAC keys, ``inspect``) is imported only by programs that use it."""
+    if checkpoint is None:
+        return func
+    from . import checkpoint as store
+    return store.checkpointed(func, checkpoint)
 
 
 def resolve_context(context: Any) -> multiprocessing.context.BaseContext:

@@ -4,12 +4,12 @@ from __future__ import annotations
 import itertools
 import threading
 import warnings
-from typing import Any, Callable, Iterable, Iterator, List, Mapping, Optional, Sequence, TypeVar, Union
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Mapping, Optional,
+                    Sequence, TypeVar, Union)
 
-from .checkpoint import CheckpointArg, checkpointed
 from .front import WorkerReports
 from .engine import Engine, Unit
-from .options import (check_initializer, check_max_tasks, make_guards, resolve_context,
+from .options import (checkpointed, check_initializer, check_max_tasks, make_guards, resolve_context,
                       resolve_workers)
 from .errors import PoolTerminatedError
 from .progress import ProgressArg, check_progress, make_progress
@@ -17,6 +17,9 @@ from .results import ApplyResult, AsyncResult, Callback, IMapIterator, MapResult
 from .wire.messages import APPLY, MAP, STARMAP
 
 __all__ = ["Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator"]
+
+if TYPE_CHECKING:
+    from .checkpoint import CheckpointArg
 
 T = TypeVar("T")
 
