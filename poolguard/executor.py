@@ -4,7 +4,8 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional,
+                    TypeVar, Union)
 
 from .front import WorkerReports
 from .engine import Engine, Job, Unit
@@ -17,6 +18,8 @@ from .options import (checkpointed, check_initializer, check_max_tasks, make_gua
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointArg
+
+T = TypeVar("T")
 
 
 class _FutureJob(Job):
@@ -167,10 +170,10 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                               resolve_context(mp_context), finish_at_exit=True,
                               guards=guards)
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "Future[T]":
         """As the stdlib's: a function or argument that does not pickle fails
         the returned future, it does not raise here."""
-        future: Future = Future()
+        future: Future[T] = Future()
         with self._shutdown_lock:
             engine = self._running()
             job = _FutureJob(engine, fn, APPLY, "submit", future)
@@ -189,9 +192,9 @@ class ProcessPoolExecutor(Executor, WorkerReports):
             raise RuntimeError("cannot schedule new futures after shutdown")
         return engine
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+    def map(self, fn: Callable[..., T], *iterables: Iterable[Any],
             timeout: Optional[float] = None, chunksize: Optional[int] = None,
-            checkpoint: CheckpointArg = None, progress: ProgressArg = None) -> Iterator[Any]:
+            checkpoint: CheckpointArg = None, progress: ProgressArg = None) -> Iterator[T]:
         """Like ``Executor.map``: arguments are read at once, results come in
         order, each item's exception raised at its place (a worker's death
         too: only the item it was running fails).  Without *chunksize*,

@@ -1,0 +1,61 @@
+"""A user's program touching every public API, checked by ``mypy --strict``
+in CI (``.ci/run``): the types a user sees must be as precise as the
+standard library's stubs.  Never run; only type-checked."""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Future
+from typing import Iterator, List
+
+import poolguard
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def pool_calls(pool: poolguard.Pool) -> int:
+    one: int = pool.apply(square, (3,))
+    many: List[int] = pool.map(square, range(10), progress=True)
+    pairs: List[int] = pool.starmap(add, [(1, 2), (3, 4)])
+    lazy: poolguard.IMapIterator[int] = pool.imap(square, range(10))
+    unordered: Iterator[int] = pool.imap_unordered(square, range(10), chunksize=2)
+    pending: poolguard.AsyncResult[int] = pool.apply_async(square, (2,))
+    mapped: poolguard.MapResult[int] = pool.map_async(square, range(3))
+    return one + sum(many) + sum(pairs) + sum(lazy) + sum(unordered) + pending.get(1.0) \
+        + sum(mapped.get())
+
+
+def executor_calls(executor: poolguard.ProcessPoolExecutor) -> int:
+    future: Future[int] = executor.submit(square, 3)
+    results: Iterator[int] = executor.map(square, range(10), chunksize=None)
+    return future.result() + sum(results)
+
+
+async def awaiting(pool: poolguard.Pool) -> int:
+    value: int = await pool.apply_async(square, (3,))
+    values: List[int] = await pool.map_async(square, range(3))
+    total = 0
+    async for x in pool.imap(square, range(3)):
+        total += x
+    return value + sum(values) + total
+
+
+def errors(exc: BaseException) -> str:
+    if isinstance(exc, poolguard.WorkerCrashedError) and exc.task is not None:
+        item: int | None = exc.task.item
+        return f"{exc.task.function} {exc.pid} {exc.signal} {exc.oom} {item}"
+    if isinstance(exc, poolguard.TaskTimeoutError):
+        return str(exc.limit)
+    return ""
+
+
+def main() -> None:
+    with poolguard.Pool(2, task_timeout=5.0, retries=1) as pool:
+        print(pool_calls(pool), asyncio.run(awaiting(pool)))
+    with poolguard.ProcessPoolExecutor(2, max_worker_memory="1GiB") as executor:
+        print(executor_calls(executor))
