@@ -38,9 +38,11 @@ def test_executor_map_batches_tiny_items_and_keeps_their_order(method):
     with poolguard.ProcessPoolExecutor(2, mp_context=method) as ex:
         assert list(ex.map(tasks.square, range(N))) == [x * x for x in range(N)]
         assert list(ex.map(tasks.add, range(N), range(N, 0, -1))) == [N] * N
-        # The pacer measured the function and cut batches of many items.
+        # The pacer measured the function.  Its figure is a time: a loaded
+        # machine that descheduled one batch may inflate it, so the bound is
+        # loose (how well it batches is measured in benchmarks/).
         per_item, seen = ex._engine._pacer._per_item[ex._engine.encode_function(tasks.square)]
-        assert seen >= N and per_item < WINDOW
+        assert seen >= N and 0 < per_item < 0.05
 
 
 @pytest.mark.parametrize("how", ["sigkill", "segfault"])
