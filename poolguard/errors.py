@@ -10,7 +10,7 @@ import signal as _signal
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 
 class PoolguardError(Exception):
@@ -114,6 +114,7 @@ class WorkerCrashedError(PoolguardError, BrokenProcessPool):
     """
 
     stack_title = "Python stack at the crash, as faulthandler wrote it"
+    advice: Optional[str] = None   # a guard's own "What to do:" line, else by verdict
 
     def __init__(self, message: str, *, pid: Optional[int] = None,
                  exitcode: Optional[int] = None, signal: Optional[str] = None,
@@ -165,13 +166,14 @@ class WorkerCrashedError(PoolguardError, BrokenProcessPool):
                         "died (exit status unknown)")
         what = _PHASES.get(phase, f"while {phase}")
         message = f"worker {pid} {how} {what}" + (f" {task}" if task is not None else "")
+        cause, advice = _explain(diagnosis, signame, exitcode, crash_stack)
         if guard is None:   # poolguard stopped it itself: no guessing at other causes
-            message += _cause(diagnosis, signame, exitcode)
+            message += cause
         if peak_rss is not None and "RSS peaked" not in message:
             message += f" (RSS peaked at {peak_rss / 2**20:.0f} MiB during the task)"
         if crash_stack:
             message += f"\n{cls.stack_title}:\n{crash_stack}"
-        message += "\nWhat to do: " + cls._advice(diagnosis, signame, exitcode, crash_stack)
+        message += "\nWhat to do: " + (cls.advice or _ADVICE[advice])
         oom = diagnosis.oom if diagnosis is not None else (
             False if signame in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT") else None)
         return cls(message, pid=pid, exitcode=exitcode, signal=signame, task=task, oom=oom,
@@ -180,34 +182,26 @@ class WorkerCrashedError(PoolguardError, BrokenProcessPool):
                    oom_evidence=diagnosis.evidence if diagnosis is not None else "",
                    last_rss=last_rss, crash_stack=crash_stack)
 
-    @staticmethod
-    def _advice(diagnosis: Any, signame: Optional[str], exitcode: Optional[int],
-                crash_stack: Optional[str]) -> str:
-        if diagnosis is not None and diagnosis.self_kill:
-            return _ADVICE["self"]
-        if diagnosis is not None and diagnosis.verdict in ("confirmed", "likely", "possible"):
-            return _ADVICE["oom"]
-        if signame in _HINTS and signame not in ("SIGKILL", "SIGTERM"):
-            return _ADVICE["crash" if crash_stack else "native"]
-        if signame is not None:
-            return _ADVICE["outside"]
-        return _ADVICE["exit" if exitcode is not None else "unknown"]
 
-
-def _cause(diagnosis: Any, signame: Optional[str], exitcode: Optional[int]) -> str:
-    """The sentence after "worker N was killed by S while running f(x)"."""
+def _explain(diagnosis: Any, signame: Optional[str], exitcode: Optional[int],
+             crash_stack: Optional[str]) -> Tuple[str, str]:
+    """The sentence after "worker N was killed by S while running f(x)", and
+    the key of its advice in _ADVICE."""
     if diagnosis is not None and diagnosis.self_kill:
-        return f". Not an OOM kill: {diagnosis.evidence}"
+        return f". Not an OOM kill: {diagnosis.evidence}", "self"
     if diagnosis is not None and diagnosis.verdict in ("confirmed", "likely", "possible"):
-        return f". OOM {diagnosis.verdict}: {diagnosis.evidence}"
+        return f". OOM {diagnosis.verdict}: {diagnosis.evidence}", "oom"
+    crashed = signame in _HINTS and signame not in ("SIGKILL", "SIGTERM")
+    advice = ("crash" if crash_stack else "native") if crashed else \
+        "outside" if signame is not None else "exit" if exitcode is not None else "unknown"
     if diagnosis is not None and diagnosis.outside_kill:
-        return f". {diagnosis.evidence[0].upper()}{diagnosis.evidence[1:]}"
+        return f". {diagnosis.evidence[0].upper()}{diagnosis.evidence[1:]}", advice
     if signame in _HINTS:
-        return f". Likely cause: {_HINTS[signame]}"
+        return f". Likely cause: {_HINTS[signame]}", advice
     if signame is None and exitcode is not None:
         return (". The process ended itself (os._exit, or native code calling exit()) "
-                "without reporting an error")
-    return ""
+                "without reporting an error", advice)
+    return "", advice
 
 
 class TaskTimeoutError(WorkerCrashedError, TimeoutError):
@@ -218,10 +212,8 @@ class TaskTimeoutError(WorkerCrashedError, TimeoutError):
     stack_title = "Where the worker was when task_timeout fired (every thread)"
     limit: Optional[float] = None
 
-    @staticmethod
-    def _advice(*_: Any) -> str:
-        return ("the stack above shows where the task was; raise task_timeout= if it needs "
-                "longer, or look there for what it waited on.")
+    advice = ("the stack above shows where the task was; raise task_timeout= if it needs "
+              "longer, or look there for what it waited on.")
 
 
 class WorkerMemoryError(WorkerCrashedError, MemoryError):
@@ -231,10 +223,8 @@ class WorkerMemoryError(WorkerCrashedError, MemoryError):
     limit: Optional[int] = None
     rss: Optional[int] = None
 
-    @staticmethod
-    def _advice(*_: Any) -> str:
-        return ("raise max_worker_memory= if the task needs that much, or make it use less "
-                "(smaller inputs or chunks, fewer copies).")
+    advice = ("raise max_worker_memory= if the task needs that much, or make it use less "
+              "(smaller inputs or chunks, fewer copies).")
 
 
 class WorkerInitError(PoolguardError, BrokenProcessPool):

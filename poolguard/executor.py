@@ -5,7 +5,7 @@ import threading
 import time
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional,
-                    TypeVar, Union)
+                    Tuple, TypeVar, Union)
 
 from .front import WorkerReports
 from .engine import Engine, Job, Unit
@@ -174,15 +174,21 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         """As the stdlib's: a function or argument that does not pickle fails
         the returned future, it does not raise here."""
         future: Future[T] = Future()
+        self._queue(future, lambda engine: (_FutureJob(engine, fn, APPLY, "submit", future),
+                                            [(args, kwargs)]))
+        return future
+
+    def _queue(self, future: Future, build: Callable[[Engine], Tuple[Job, list]]) -> None:
+        """Queue the one-unit job *build* makes for *future* (``submit``, a
+        joblib batch); what does not pickle fails the future, not the call."""
         with self._shutdown_lock:
             engine = self._running()
-            job = _FutureJob(engine, fn, APPLY, "submit", future)
+            job, items = build(engine)
             try:
-                engine.submit_items(job, [(args, kwargs)], 1)
+                engine.submit_items(job, items, len(items))
             except (Exception, SystemExit) as exc:   # the function did not pickle
                 if future.set_running_or_notify_cancel():
                     future.set_exception(exc)
-        return future
 
     def _running(self) -> Engine:
         engine = self._engine

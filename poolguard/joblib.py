@@ -27,7 +27,7 @@ import joblib
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 from joblib.parallel import register_parallel_backend
 
-from .engine import Engine, Unit
+from .engine import Engine
 from .engine.jobs import arguments_text, function_name
 from .errors import TaskInfo
 from .executor import ProcessPoolExecutor, _FutureJob
@@ -66,15 +66,10 @@ class _BatchJob(_FutureJob):
         super().__init__(engine, _run_call, STARMAP, "joblib.Parallel", future, 0, count)
         self.first = first   # index of the batch's first call in the Parallel call
 
-    def describe(self, unit: Unit, offset: Optional[int]) -> TaskInfo:
-        items = unit.items
-        if offset is None and len(items) == 1:
-            offset = 0
-        if offset is None or offset >= len(items):
-            return super().describe(unit, offset)
-        func, args, kwargs, _ = items[offset]
-        return TaskInfo(function_name(func), arguments_text(args, kwargs),
-                        self.first + unit.start + offset, self.call)
+    def describe_item(self, item: Any, index: int) -> TaskInfo:
+        func, args, kwargs, _ = item
+        return TaskInfo(function_name(func), arguments_text(args, kwargs), self.first + index,
+                        self.call)
 
 
 class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):
@@ -136,17 +131,16 @@ class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):
         with self._lock:
             first = self._dispatched
             self._dispatched += len(func.items)
-        engine = executor._running()
-        calls = [self._prepare(engine, f, args, kwargs, (func._backend, func._n_jobs))
-                 for f, args, kwargs in func.items]
-        job = _BatchJob(engine, future, first, len(calls))
+        nested = (func._backend, func._n_jobs)
+
+        def build(engine: Engine) -> Tuple[_BatchJob, list]:
+            calls = [self._prepare(engine, f, args, kwargs, nested)
+                     for f, args, kwargs in func.items]
+            return _BatchJob(engine, future, first, len(calls)), calls
+
         if callback is not None:
             future.add_done_callback(callback)
-        try:
-            engine.submit_items(job, calls, len(calls))
-        except (Exception, SystemExit) as exc:   # did not pickle
-            if future.set_running_or_notify_cancel():
-                future.set_exception(exc)
+        executor._queue(future, build)
         return future
 
     @staticmethod

@@ -65,7 +65,7 @@ class ProgressInfo(NamedTuple):
 def check_progress(progress: ProgressArg) -> None:
     """At the call, not later: what ``progress=`` accepts."""
     if progress is None or isinstance(progress, bool) or callable(progress) \
-            or callable(getattr(progress, "update", None)):
+            or _is_bar(progress):
         return
     raise TypeError(f"progress must be True, a callable or a tqdm bar, not "
                     f"{type(progress).__name__}")
@@ -216,8 +216,13 @@ def _is_tty(stream: Any) -> bool:
         return False
 
 
+def _is_bar(progress: Any) -> bool:
+    """A tqdm bar, or anything shaped like one."""
+    return callable(getattr(progress, "update", None)) and hasattr(progress, "n")
+
+
 def _make_view(progress: ProgressArg, label: str, total: Optional[int]) -> Any:
-    if callable(getattr(progress, "update", None)) and hasattr(progress, "n"):
+    if _is_bar(progress):
         return _TqdmView(progress, owned=False)
     if progress is not True:
         assert callable(progress)

@@ -67,13 +67,17 @@ class Job:
         self.unit_failed(unit, RuntimeError("not run: the pool shut down"))
 
     def describe(self, unit: "Unit", offset: Optional[int]) -> TaskInfo:
-        name = function_name(self.func)
         items = unit.items
         if offset is None and len(items) == 1:
             offset = 0
         if offset is None or offset >= len(items):
-            return TaskInfo(name, f"<{len(items)} items from {unit.start}>", unit.start, self.call)
-        item = items[offset]
+            return TaskInfo(function_name(self.func), f"<{len(items)} items from {unit.start}>",
+                            unit.start, self.call)
+        return self.describe_item(items[offset], unit.start + offset)
+
+    def describe_item(self, item: Any, index: int) -> TaskInfo:
+        """One item of this job, at *index* in its input."""
+        name = function_name(self.func)
         if self.kind == APPLY:
             args, kwds = item
             return TaskInfo(name, arguments_text(args, kwds), None, self.call)
@@ -82,8 +86,8 @@ class Job:
                 text = ", ".join(_short(a) for a in item)
             except TypeError:
                 text = _short(item)
-            return TaskInfo(name, _clip(text), unit.start + offset, self.call)
-        return TaskInfo(name, _short(item), unit.start + offset, self.call)
+            return TaskInfo(name, _clip(text), index, self.call)
+        return TaskInfo(name, _short(item), index, self.call)
 
 
 def function_name(func: Any) -> str:

@@ -120,14 +120,14 @@ class Engine:
         last = self._last_function
         if last[0] is func:   # a run of submits of one function pickles it once
             return last[1]
-        plain = getattr(func, "__wrapped__", func)   # checkpoint's wrapper
-        data, by_name = encode_function(func, self._launcher.main_by_value(plain))
+        data, by_name = encode_function(func, self.main_by_value(func))
         if by_name:
             self._last_function = (func, data)
         return data
 
     def main_by_value(self, func: Callable) -> bool:
-        """Must *func*, of ``__main__``, go to the workers by value?"""
+        """Must *func*, of ``__main__``, go to the workers by value?  A
+        wrapper (checkpoint's) is judged by the function it wraps."""
         return self._launcher.main_by_value(getattr(func, "__wrapped__", func))
 
     def submit_items(self, job: Job, items: Sequence, chunksize: int, start: int = 0,
