@@ -110,9 +110,14 @@ class WorkerCrashedError(PoolguardError, BrokenProcessPool):
     - ``peak_rss``: the highest RSS sampled during the task, ``last_rss``: the
       last sample before death (bytes, or ``None``);
     - ``crash_stack``: the Python stack faulthandler wrote at a fatal signal;
-    - ``attempts``: with ``retries``, one line per earlier failed attempt.
+    - ``attempts``: with ``retries``, one line per earlier failed attempt;
+    - ``host``: on a cluster, the machine the worker ran on, and
+      ``dask_worker`` the address of the dask worker that started it (both
+      ``None`` on one machine).
     """
 
+    host: Optional[str] = None
+    dask_worker: Optional[str] = None
     stack_title = "Python stack at the crash, as faulthandler wrote it"
     advice: Optional[str] = None   # a guard's own "What to do:" line, else by verdict
 
@@ -148,6 +153,18 @@ class WorkerCrashedError(PoolguardError, BrokenProcessPool):
         lines = "; ".join(f"{i}. {line}" for i, line in enumerate(self.attempts, 1))
         self.args = (f"{self.args[0]}\nFailed after {len(self.attempts)} attempts: {lines}",
                      ) + self.args[1:]
+
+    def place(self, host: str, dask_worker: str, note: str = "") -> None:
+        """Say where the worker ran (on a cluster), in the message too:
+        "worker 123 on node7 (dask worker tcp://...) was killed ..."."""
+        self.host, self.dask_worker = host, dask_worker
+        message = str(self.args[0]) if self.args else ""
+        head = f"worker {self.pid} "
+        if message.startswith(head):
+            message = f"{head}on {host} (dask worker {dask_worker}) {message[len(head):]}"
+        if note:
+            message = message.replace("\nWhat to do: ", f"\n{note}\nWhat to do: ", 1)
+        self.args = (message,) + self.args[1:]
 
     @classmethod
     def from_death(cls, *, pid: int, exitcode: Optional[int], task: Optional[TaskInfo],

@@ -8,7 +8,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List
                     Tuple, TypeVar, Union)
 
 from .front import WorkerReports
-from .engine import Engine, Job, Unit
+from .engine import Engine, EngineSurface, Job, Unit
 from .engine.at_exit import interpreter_exiting
 from .wire.messages import APPLY, EACH, EACH_STAR, STARMAP
 from .progress import Progress, ProgressArg, check_progress, finish_progress, make_progress
@@ -26,7 +26,7 @@ class _FutureJob(Job):
     """One future: a ``submit`` call, or one chunk of ``map`` (whose items may
     come back in parts when a retry split the chunk)."""
 
-    def __init__(self, engine: Engine, func: Callable, kind: int, call: str,
+    def __init__(self, engine: EngineSurface, func: Callable, kind: int, call: str,
                  future: Future, start: int = 0, count: int = 1):
         super().__init__(func, kind, call)
         self.engine = engine
@@ -148,6 +148,10 @@ class ProcessPoolExecutor(Executor, WorkerReports):
     When a worker dies, only the future of the task it was running fails, with
     :class:`poolguard.WorkerCrashedError`; the other futures complete, the
     worker is replaced, and the executor stays usable (no ``BrokenProcessPool``).
+
+    Guards: as ``poolguard.Pool``'s.  ``cluster``: run on a dask.distributed
+    cluster (see ``poolguard.Pool``); ``max_workers`` then defaults to the
+    cluster's thread count.
     """
 
     def __init__(self, max_workers: Optional[int] = None, mp_context: Any = None,
@@ -156,17 +160,25 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                  max_tasks_per_child: Optional[int] = None,
                  task_timeout: Optional[float] = None,
                  max_worker_memory: Union[int, str, None] = None, retries: int = 0,
-                 retry_on: Optional[Iterable[str]] = None) -> None:
-        self._engine: Optional[Engine] = None
+                 retry_on: Optional[Iterable[str]] = None, cluster: Any = None) -> None:
+        self._engine: Optional[EngineSurface] = None
         check_initializer(initializer)
         if max_workers is not None and not isinstance(max_workers, bool) \
                 and isinstance(max_workers, int) and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
-        self._max_workers = resolve_workers(max_workers, "max_workers")
         guards = make_guards(task_timeout, max_worker_memory, retries, retry_on)
+        maxtasks = check_max_tasks(max_tasks_per_child, "max_tasks_per_child")
         self._shutdown_lock = threading.Lock()
-        self._engine = Engine(self._max_workers, initializer, initargs,
-                              check_max_tasks(max_tasks_per_child, "max_tasks_per_child"),
+        if cluster is not None:
+            from .cluster import make_engine
+            self._engine = make_engine(
+                cluster, None if max_workers is None else
+                resolve_workers(max_workers, "max_workers"),
+                initializer, initargs, maxtasks, mp_context, True, guards)
+            self._max_workers = self._engine.processes
+            return
+        self._max_workers = resolve_workers(max_workers, "max_workers")
+        self._engine = Engine(self._max_workers, initializer, initargs, maxtasks,
                               resolve_context(mp_context), finish_at_exit=True,
                               guards=guards)
 
@@ -178,7 +190,7 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                                             [(args, kwargs)]))
         return future
 
-    def _queue(self, future: Future, build: Callable[[Engine], Tuple[Job, list]]) -> None:
+    def _queue(self, future: Future, build: Callable[[EngineSurface], Tuple[Job, list]]) -> None:
         """Queue the one-unit job *build* makes for *future* (``submit``, a
         joblib batch); what does not pickle fails the future, not the call."""
         with self._shutdown_lock:
@@ -190,7 +202,7 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                 if future.set_running_or_notify_cancel():
                     future.set_exception(exc)
 
-    def _running(self) -> Engine:
+    def _running(self) -> EngineSurface:
         engine = self._engine
         if interpreter_exiting():
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
@@ -267,7 +279,7 @@ class ProcessPoolExecutor(Executor, WorkerReports):
             engine.terminate()
         engine.join()
 
-    def _cancel_pending(self, engine: Engine) -> None:
+    def _cancel_pending(self, engine: EngineSurface) -> None:
         """Cancel what no worker has taken, but for one unit per idle worker:
         the standard executor has already handed that many to its call queue
         when shutdown() comes right after submit(), and runs them."""

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from .engine import Engine
+from .engine import EngineSurface
 from .engine.workers import WorkerStatus
 
 
 class WorkerReports:
     """``pids``, ``status()`` and ``dump_stacks()`` of a front over ``_engine``."""
 
-    _engine: Optional[Engine]
+    _engine: Optional[EngineSurface]
 
     @property
     def pids(self) -> List[int]:

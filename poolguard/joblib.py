@@ -27,7 +27,7 @@ import joblib
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 from joblib.parallel import register_parallel_backend
 
-from .engine import Engine
+from .engine import EngineSurface
 from .engine.jobs import arguments_text, function_name
 from .errors import TaskInfo
 from .executor import ProcessPoolExecutor, _FutureJob
@@ -62,7 +62,7 @@ class _BatchJob(_FutureJob):
     """One joblib batch: a future whose value is the list of its calls' results.
     A crash names the call inside the batch that was running."""
 
-    def __init__(self, engine: Engine, future: Future, first: int, count: int) -> None:
+    def __init__(self, engine: EngineSurface, future: Future, first: int, count: int) -> None:
         super().__init__(engine, _run_call, STARMAP, "joblib.Parallel", future, 0, count)
         self.first = first   # index of the batch's first call in the Parallel call
 
@@ -133,7 +133,7 @@ class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):
             self._dispatched += len(func.items)
         nested = (func._backend, func._n_jobs)
 
-        def build(engine: Engine) -> Tuple[_BatchJob, list]:
+        def build(engine: EngineSurface) -> Tuple[_BatchJob, list]:
             calls = [self._prepare(engine, f, args, kwargs, nested)
                      for f, args, kwargs in func.items]
             return _BatchJob(engine, future, first, len(calls)), calls
@@ -144,7 +144,7 @@ class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):
         return future
 
     @staticmethod
-    def _prepare(engine: Engine, func: Callable, args: tuple, kwargs: dict,
+    def _prepare(engine: EngineSurface, func: Callable, args: tuple, kwargs: dict,
                  nested: tuple) -> Tuple[Any, tuple, dict, tuple]:
         if getattr(func, "__module__", None) == "__main__" and engine.main_by_value(func):
             func = _ByValue(func)   # type: ignore[assignment]

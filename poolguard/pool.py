@@ -8,7 +8,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Mapp
                     Sequence, TypeVar, Union)
 
 from .front import WorkerReports
-from .engine import Engine, Unit
+from .engine import Engine, EngineSurface, Unit
 from .options import (checkpointed, check_initializer, check_max_tasks, make_guards, resolve_context,
                       resolve_workers)
 from .errors import PoolTerminatedError
@@ -37,6 +37,11 @@ class Pool(WorkerReports):
     the task fails with ``WorkerMemoryError``), ``retries`` (re-runs of a task
     whose worker died) and ``retry_on`` (which deaths: "crash", "oom",
     "timeout", "memory"; all by default).
+
+    ``cluster``: run on a dask.distributed cluster instead of this machine
+    (a ``distributed.Client``, a scheduler address, or a cluster object);
+    ``processes`` then defaults to the cluster's thread count.  A Client
+    given is never closed by the pool; one it made is.
     """
 
     def __init__(self, processes: Optional[int] = None,
@@ -44,13 +49,21 @@ class Pool(WorkerReports):
                  initargs: Iterable[Any] = (), maxtasksperchild: Optional[int] = None,
                  context: Any = None, *, task_timeout: Optional[float] = None,
                  max_worker_memory: Union[int, str, None] = None, retries: int = 0,
-                 retry_on: Optional[Iterable[str]] = None) -> None:
-        self._engine: Optional[Engine] = None   # __del__ may run if we raise below
+                 retry_on: Optional[Iterable[str]] = None, cluster: Any = None) -> None:
+        self._engine: Optional[EngineSurface] = None   # __del__ may run if we raise below
         check_initializer(initializer)
-        self._processes = resolve_workers(processes, "Number of processes")
         guards = make_guards(task_timeout, max_worker_memory, retries, retry_on)
-        self._engine = Engine(self._processes, initializer, initargs,
-                              check_max_tasks(maxtasksperchild, "maxtasksperchild"),
+        maxtasks = check_max_tasks(maxtasksperchild, "maxtasksperchild")
+        if cluster is not None:
+            from .cluster import make_engine
+            self._engine = make_engine(
+                cluster, None if processes is None else
+                resolve_workers(processes, "Number of processes"),
+                initializer, initargs, maxtasks, context, False, guards)
+            self._processes = self._engine.processes
+            return
+        self._processes = resolve_workers(processes, "Number of processes")
+        self._engine = Engine(self._processes, initializer, initargs, maxtasks,
                               resolve_context(context), guards=guards)
 
     # ---- single calls ----
@@ -189,7 +202,7 @@ class Pool(WorkerReports):
                f"pool_size={getattr(self, '_processes', '?')}>"
 
 
-    def _running(self) -> Engine:
+    def _running(self) -> EngineSurface:
         engine = self._engine
         if engine is None or engine.state != "running":
             raise ValueError("Pool not running")
@@ -201,7 +214,7 @@ def _check_chunksize(chunksize: Any) -> None:
         raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
 
 
-def _produce(engine: Engine, job: IMapIterator, items: Iterator, chunksize: int,
+def _produce(engine: EngineSurface, job: IMapIterator, items: Iterator, chunksize: int,
              func_bytes: bytes) -> None:
     """Cut a lazy iterable into units as it yields; runs on its own thread."""
     count = 0

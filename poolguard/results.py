@@ -11,7 +11,7 @@ from multiprocessing import TimeoutError
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Dict, Generator,
                     Generic, Iterator, List, Optional, Tuple, TypeVar)
 
-from .engine import Engine, Job, Unit, report_callback_error
+from .engine import EngineSurface, Job, Unit, report_callback_error
 from .progress import Progress, finish_progress
 
 if TYPE_CHECKING:
@@ -255,7 +255,7 @@ class IMapIterator(Job, Iterator[T]):
     def unit_failed(self, unit: Unit, exc: BaseException) -> None:
         self._put(unit.start, (False, exc, len(unit.items)))
 
-    def wait_for_room(self, produced: int, ahead: int, engine: Engine) -> bool:
+    def wait_for_room(self, produced: int, ahead: int, engine: EngineSurface) -> bool:
         """Hold a lazy producer back while *ahead* items wait to be consumed,
         so an endless iterable does not fill memory.  False once the pool stops."""
         with self._cond:

@@ -125,19 +125,43 @@ def _helper_pids() -> set:
     return pids
 
 
+# Processes a module-scoped fixture keeps across its tests (a dask cluster's
+# nannies and workers).  Their multiprocessing helpers are kept too; the
+# processes they start are not.
+KEPT_PIDS: set = set()
+_HELPER_COMMANDS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+
+
+def _kept(child: psutil.Process) -> bool:
+    if child.pid in KEPT_PIDS:
+        return True
+    if not KEPT_PIDS or child.ppid() not in KEPT_PIDS:
+        return False
+    command = " ".join(child.cmdline())
+    return any(helper in command for helper in _HELPER_COMMANDS)
+
+
 def _children() -> set:
     out = set()
     for child in psutil.Process().children(recursive=True):
         try:
-            if child.status() != psutil.STATUS_ZOMBIE:
+            if child.status() != psutil.STATUS_ZOMBIE and not _kept(child):
                 out.add(child.pid)
         except psutil.NoSuchProcess:
             pass
     return out - _helper_pids()
 
 
+# Set by a module whose fixture runs a dask scheduler in this process: its
+# connections (and its clients') come and go with their pools, not ours.
+IGNORE_SOCKETS = False
+
+
 def _fds() -> set:
-    return set(os.listdir("/proc/self/fd"))
+    fds = set(os.listdir("/proc/self/fd"))
+    if IGNORE_SOCKETS:
+        fds = {fd for fd in fds if not _describe_fd(fd).startswith("socket:")}
+    return fds
 
 
 def _our_threads() -> list:

@@ -2,6 +2,8 @@
 
 * :mod:`.supervisor` -- the one thread per pool that owns all state: queues,
   dispatch, replies, deaths, guards, shutdown (its docstring has the data flow);
+* :mod:`.surface` -- what the fronts may use of an engine (this one, or the
+  cluster's in poolguard/cluster/);
 * :mod:`.jobs` -- what a front's call becomes: a job cut into units;
 * :mod:`.workers` -- one worker as the supervisor sees it: its state machine,
   its pipes, what it has in flight;
@@ -15,5 +17,6 @@
 from .jobs import Job, Unit
 from .callbacks import report_callback_error
 from .supervisor import Engine
+from .surface import EngineSurface
 
-__all__ = ["Engine", "Job", "Unit", "report_callback_error"]
+__all__ = ["Engine", "EngineSurface", "Job", "Unit", "report_callback_error"]

@@ -13,6 +13,7 @@ from collections import abc
 from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import TaskInfo
+from .callbacks import report_callback_error
 from ..wire.messages import APPLY, EACH_STAR, PER_ITEM, STARMAP, encode_task
 
 if TYPE_CHECKING:
@@ -189,6 +190,13 @@ class Unit:
         return parts
 
     @classmethod
+    def unencoded(cls, job: Job, start: int, items: Sequence, func_bytes: bytes) -> "Unit":
+        """A unit that another engine encodes its own way (the cluster's)."""
+        unit = cls.placeholder(job, start, items)
+        unit.id, unit.func_bytes = next(_unit_ids), func_bytes
+        return unit
+
+    @classmethod
     def placeholder(cls, job: Job, start: int, items: Sequence) -> "Unit":
         """A unit that is never sent: it only carries a failure to its job
         (arguments that did not pickle, an iterable that raised)."""
@@ -226,6 +234,20 @@ class _Rest(abc.Sequence):
         if not 0 <= index < len(self):
             raise IndexError(index)
         return self._items[self._lo + index]
+
+
+def deliver(unit: Unit, ok: bool, value: Any) -> None:
+    """Hand a finished unit's outcome to its job: its values (*ok*) or the
+    exception that fails it.  A user callback that raises is reported, and
+    the engine goes on."""
+    unit.release()
+    job = unit.job
+    try:
+        if job.progress is not None:   # first: its last report precedes the result
+            job.count_progress(unit, ok, value)
+        (job.unit_done if ok else job.unit_failed)(unit, value)
+    except Exception:
+        report_callback_error()
 
 
 def make_unit(job: Job, start: int, items: Sequence, func_bytes: bytes,

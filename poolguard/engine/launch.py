@@ -18,15 +18,18 @@ learns the exit status from whoever is its parent.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
 import signal
 import socket
 import sys
+import threading
 from dataclasses import dataclass
+from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
-from typing import Any, Callable, FrozenSet, List, Optional, Set, Union
+from typing import Any, Callable, FrozenSet, Iterator, List, Optional, Set, Union
 
 from .. import diagnosis
 from ..diagnosis import zombie_exit_status
@@ -191,7 +194,12 @@ class ContextLauncher:
             args=(self.spec, index, *conns,
                   os.getpid() if self._method != "forkserver" else None, []))
         try:
-            process.start()
+            with _children_allowed():
+                process.start()
+            # multiprocessing would join it when a daemonic process of its
+            # own exits, and wait forever: it is ours to reap.
+            if mp_process.current_process().daemon:
+                mp_process._children.discard(process)   # type: ignore[attr-defined]
         except Exception as exc:
             raise StartError(f"{type(exc).__name__}: {exc}") from exc
         finally:
@@ -201,6 +209,28 @@ class ContextLauncher:
 
     def close(self) -> None:
         pass   # each worker was reaped by the supervisor
+
+
+_daemon_flag_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _children_allowed() -> Iterator[None]:
+    """Let ``multiprocessing`` start a worker from a daemonic process (a
+    worker of a dask cluster or of a ``multiprocessing.Pool``).  It refuses
+    because a daemonic process is ended without joining its children, which
+    would be orphaned; ours end with the pool's process whatever happens
+    (the parent-alive pipe, the group guardian)."""
+    config = mp_process.current_process()._config   # type: ignore[attr-defined]
+    if not config.get("daemon"):
+        yield
+        return
+    with _daemon_flag_lock:   # two pools starting workers must not race on the flag
+        config["daemon"] = False
+        try:
+            yield
+        finally:
+            config["daemon"] = True
 
 
 class ZygoteProcess(WorkerProcess):

@@ -59,10 +59,10 @@ from ..wire.messages import (CONTROL, INIT_FAILED, PER_ITEM, READY, REPLY_HEADER
                              decode_exception, decode_reply, encode_function)
 from ..wire.slots import SharedSlots
 from . import at_exit
-from .callbacks import CallbackThread, report_callback_error
+from .callbacks import CallbackThread
 from .guards import GuardKeeper
 from .inbox import CLOSING, RUNNING, TERMINATING, Inbox
-from .jobs import Job, Unit, cut_units, make_unit
+from .jobs import Job, Unit, cut_units, deliver, make_unit
 from .pacing import Pacer
 from .launch import ParentAlive, StartError, WorkerSpec, ZygoteLauncher, make_launcher
 from .postmortem import Postmortem, name_of
@@ -359,7 +359,7 @@ class Engine:
         self._pacer.learn(unit, micros / 1e6)
         ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, None)),
                                  unit.job.kind in PER_ITEM)
-        self._deliver(unit, ok, value)
+        deliver(unit, ok, value)
 
     def _on_control(self, worker: Worker, status: int, body: memoryview) -> None:
         if status == READY:
@@ -384,18 +384,7 @@ class Engine:
         self._init_error = error
 
     def _deliver_failure(self, unit: Unit, exc: BaseException) -> None:
-        self._deliver(unit, False, exc)
-
-    @staticmethod
-    def _deliver(unit: Unit, ok: bool, value: Any) -> None:
-        unit.release()
-        job = unit.job
-        try:
-            if job.progress is not None:   # first: its last report precedes the result
-                job.count_progress(unit, ok, value)
-            (job.unit_done if ok else job.unit_failed)(unit, value)
-        except Exception:  # a user callback raised: report it, keep watching
-            report_callback_error()
+        deliver(unit, False, exc)
 
     # ---- deaths --------------------------------------------------------------------
 

@@ -165,9 +165,11 @@ def top_level_names_of_main() -> FrozenSet[str]:
                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
 
 
-def encode_exception(exc: BaseException) -> bytes:
-    """Worker side: the exception, plus a text copy that always decodes."""
-    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+def encode_exception(exc: BaseException, tb_text: Optional[str] = None) -> bytes:
+    """Worker side: the exception, plus a text copy that always decodes.
+    *tb_text*: its traceback, when it was raised in another process."""
+    if tb_text is None:
+        tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     try:
         text = str(exc)

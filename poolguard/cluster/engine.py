@@ -1,0 +1,325 @@
+"""The engine of a pool on a dask.distributed cluster.
+
+The same surface as :class:`poolguard.engine.Engine`, so both fronts work
+unchanged over it, and the same jobs and units; what differs is where units
+go.  Data flow::
+
+  caller threads             dispatch thread (owns the units in flight)      dask worker
+  --------------             ------------------------------------------      -----------
+  submit_items(job)
+    cut into units
+    v
+  Inbox: pending units, state, wake pipe
+    | ---wake pipe--->  poll(wake pipe)
+    |                     | send: up to `limit` units in flight, each
+    |                     |   pickled by us and submitted as the dask
+    |                     |   task run_unit ----------------------------> on_worker.run_unit:
+    |                     |                                               the pool's sub-pool
+    |                     |                                               (a poolguard engine)
+    |                     |                                               runs the unit in a
+    |                     |                                               child process
+    |  <--wake pipe---  dask's callback thread: the task finished         |
+    |                     | collect: gather finished tasks in one call <--+ (parts, retried)
+    |                     |   parts.decode_* -> deliver(unit, ...) to the job
+    |                     |   (user callbacks: callbacks.py thread)
+
+Deaths, timeouts and memory caps are handled by the sub-pool, next to the
+process; this side only ever sees finished dask tasks.  A dask task that
+fails (its dask worker died under it, or a bug) fails its unit with a
+``WorkerCrashedError`` that says so; one cancelled (the client closed) fails
+it with ``PoolTerminatedError``.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import pickle
+import select
+import sys
+import threading
+import traceback
+import uuid
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import cloudpickle
+
+from ..engine import at_exit
+from ..engine.callbacks import CallbackThread
+from ..engine.inbox import CLOSING, TERMINATING, Inbox
+from ..engine.jobs import Job, Unit, deliver, function_name
+from ..engine.workers import WorkerStatus
+from ..errors import PoolTerminatedError, WorkerCrashedError
+from ..options import Guards
+from ..wire.messages import PROTOCOL, encode_function
+from . import on_worker, parts
+
+DROP_TIMEOUT = 10.0   # seconds to wait for the workers to end a closed pool's sub-pools
+
+
+class ClusterEngine:
+    """Units of the fronts' jobs, run as dask tasks on a cluster."""
+
+    remote_reads = False
+
+    def __init__(self, client: Any, owns_client: bool, processes: int,
+                 initializer: Optional[Callable], initargs: Iterable, maxtasks: Optional[int],
+                 method: Optional[str], finish_at_exit: bool, guards: Guards):
+        self.processes = processes
+        self.guards = guards
+        self.finish_at_exit = finish_at_exit
+        self.inbox = Inbox()
+        self._client = client
+        self._owns_client = owns_client
+        self._token = uuid.uuid4().hex
+        self._config = cloudpickle.dumps(on_worker.SubPoolConfig(
+            initializer, tuple(initargs), maxtasks, method, guards), protocol=PROTOCOL)
+        # Enough tasks in flight to keep every dask thread busy across the
+        # round trips; the rest wait here, where shutdown can still cancel them.
+        self._limit = max(16, 4 * processes)
+        self._running: Dict[str, Tuple[Unit, Any]] = {}   # dask key -> unit, future
+        self._finished: Deque[Any] = collections.deque()  # futures, from dask's thread
+        self._last_function: Tuple[Any, bytes] = (None, b"")
+        self._callbacks = CallbackThread()
+        self._thread = threading.Thread(target=self._run, name="poolguard-cluster",
+                                        daemon=True)
+        at_exit.live_engines.add(self)
+        self._thread.start()
+
+    # ---- called from other threads (the surface both fronts use) --------------------
+
+    def encode_function(self, func: Callable) -> bytes:
+        last = self._last_function
+        if last[0] is func:
+            return last[1]
+        data, by_name = encode_function(func, True)
+        if by_name:
+            self._last_function = (func, data)
+        return data
+
+    def main_by_value(self, func: Callable) -> bool:
+        """A dask worker has no copy of our ``__main__``: always by value."""
+        return True
+
+    def submit_items(self, job: Job, items: Sequence, chunksize: int, start: int = 0,
+                     func_bytes: Optional[bytes] = None, open_call: bool = False) -> None:
+        if func_bytes is None:
+            func_bytes = self.encode_function(job.func)
+        self.inbox.submit([Unit.unencoded(job, start + lo, items[lo:lo + chunksize],
+                                          func_bytes)
+                           for lo in range(0, len(items), chunksize)], open_call)
+
+    def submit_elastic(self, job: Job, items: Sequence) -> None:
+        """The executor's ``map`` without chunksize: four units a thread."""
+        self.submit_items(job, items, max(1, math.ceil(len(items) / (4 * self.processes))))
+
+    def close(self) -> None:
+        self.inbox.close()
+
+    def terminate(self) -> None:
+        self.inbox.terminate()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        if threading.current_thread() not in (self._thread, self._callbacks.thread):
+            self._thread.join(timeout)
+
+    def call_soon(self, func: Callable, *args: Any) -> None:
+        self._callbacks.call_soon(func, *args)
+
+    @property
+    def state(self) -> str:
+        return self.inbox.state
+
+    def units_in_flight(self) -> int:
+        return len(self._running)
+
+    @property
+    def pids(self) -> List[int]:
+        return [s.pid for s in self.status() if s.pid is not None]
+
+    def status(self) -> List[WorkerStatus]:
+        """The sub-pools' processes, on every dask worker."""
+        try:
+            found = self._client.run(on_worker.status, self._token)
+        except Exception:
+            return []
+        return [s for statuses in found.values() for s in statuses]
+
+    def dump_stacks(self) -> None:
+        try:
+            self._client.run(on_worker.dump_stacks, self._token)
+        except Exception:
+            pass
+
+    # ---- the dispatch thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        error: Optional[BaseException] = None
+        try:
+            poller = select.poll()
+            poller.register(self.inbox.wakeup.fd, select.POLLIN)
+            while self._step():
+                poller.poll()
+                self.inbox.wakeup.drain()
+        except BaseException as exc:   # a bug of ours: fail everything rather than hang
+            text = traceback.format_exc()
+            error = PoolTerminatedError(f"poolguard's cluster thread failed ({exc!r}), a bug "
+                                        f"of poolguard's. Its traceback:\n{text}")
+            sys.stderr.write(text)
+        finally:
+            self._shutdown(error)
+
+    def _step(self) -> bool:
+        """One turn; False when the engine has finished."""
+        inbox = self.inbox
+        state = inbox.state
+        if state == TERMINATING:
+            return False
+        self._collect()
+        self._send()
+        return not (state == CLOSING and not inbox.pending and not self._running
+                    and not inbox.open_calls)
+
+    def _send(self) -> None:
+        units: List[Unit] = []
+        inbox = self.inbox
+        with inbox.lock:
+            while inbox.pending and len(self._running) + len(units) < self._limit:
+                unit = inbox.pending.popleft()
+                if unit.job.wanted(unit):
+                    units.append(unit)
+        payloads, sent = [], []
+        for unit in units:
+            job = unit.job
+            try:
+                payloads.append(pickle.dumps(
+                    (job.kind, job.call, function_name(job.func), unit.start,
+                     unit.func_bytes, list(unit.items)), protocol=PROTOCOL))
+                sent.append(unit)
+            except (Exception, SystemExit) as exc:   # arguments that do not pickle
+                deliver(unit, False, exc)
+        if not sent:
+            return
+        keys = [f"poolguard-{function_name(u.job.func)}-{self._token[:8]}-{u.id}"
+                for u in sent]
+        try:
+            futures = self._client.map(on_worker.run_unit, [self._token] * len(sent),
+                                       [self._config] * len(sent), payloads, key=keys,
+                                       pure=False)
+        except Exception as exc:   # the client is closed, the scheduler gone
+            error = PoolTerminatedError(f"could not submit to the dask cluster: {exc!r}")
+            for unit in sent:
+                deliver(unit, False, error)
+            return
+        for unit, future in zip(sent, futures, strict=True):
+            self._running[future.key] = (unit, future)
+            future.add_done_callback(self._on_finished)
+
+    def _on_finished(self, future: Any) -> None:
+        """On dask's callback thread: hand the future over, wake the loop."""
+        self._finished.append(future)
+        self.inbox.wakeup.wake()
+
+    def _collect(self) -> None:
+        finished = []
+        while self._finished:
+            finished.append(self._finished.popleft())
+        done = [f for f in finished if f.status == "finished"]
+        outcomes: List[Any] = []
+        if done:
+            try:
+                outcomes = self._client.gather(done)
+            except Exception:   # one was lost meanwhile: each on its own
+                outcomes = [_outcome(f) for f in done]
+        for future, outcome in zip(done, outcomes, strict=True):
+            self._finish(future, outcome)
+        for future in finished:
+            if future.status != "finished":
+                self._finish(future, _outcome(future))
+
+    def _finish(self, future: Any, outcome: Any) -> None:
+        entry = self._running.pop(future.key, None)
+        if entry is None:
+            return
+        unit = entry[0]
+        if isinstance(outcome, BaseException):
+            deliver(unit, False, _task_failure(unit, outcome))
+            return
+        found, retried = outcome
+        job = unit.job
+        for _ in range(retried):
+            job.unit_retried(unit)
+        for start, count, status, blob in found:
+            lo = start - unit.start
+            part = unit if (lo, count) == (0, len(unit.items)) else \
+                Unit.placeholder(job, start, unit.items[lo:lo + count])
+            if status == parts.OK:
+                ok, value = parts.decode_values(job.kind, blob, str(job.describe(part, None)))
+            else:
+                ok, value = False, parts.decode_failure(status, blob)
+            deliver(part, ok, value)
+
+    # ---- the end --------------------------------------------------------------------
+
+    def _shutdown(self, error: Optional[BaseException]) -> None:
+        terminating = self.inbox.state == TERMINATING or error is not None
+        self.inbox.finish()
+        units = self.inbox.take_pending() + [unit for unit, _ in self._running.values()]
+        futures = [future for _, future in self._running.values()]
+        self._running.clear()
+        if futures:
+            try:
+                self._client.cancel(futures, force=True)
+            except Exception:
+                pass
+        failure = error or PoolTerminatedError("the pool was terminated before this task "
+                                               "finished")
+        for unit in units:
+            deliver(unit, False, failure)
+        self._drop_subpools(terminating)
+        if self._owns_client:
+            try:
+                self._client.close(timeout=DROP_TIMEOUT)
+            except Exception:
+                pass
+        self.inbox.wakeup.close()
+        self._callbacks.stop()
+        at_exit.live_engines.discard(self)
+
+    def _drop_subpools(self, terminate: bool) -> None:
+        """End this pool's sub-pools on every worker, waiting a bounded time
+        (an unreachable worker closes its own after on_worker.IDLE_EXPIRY)."""
+        def drop() -> None:
+            try:
+                self._client.run(on_worker.drop, self._token, terminate)
+            except Exception:
+                pass
+        thread = threading.Thread(target=drop, name="poolguard-cluster-drop", daemon=True)
+        thread.start()
+        thread.join(DROP_TIMEOUT)
+
+
+def _outcome(future: Any) -> Any:
+    """What a dask task left: its result, or the exception that ended it."""
+    try:
+        if future.status == "cancelled":
+            return PoolTerminatedError("the dask task was cancelled (was the client "
+                                       "closed?)")
+        if future.status == "error":
+            return future.exception()
+        return future.result()
+    except BaseException as exc:
+        return exc
+
+
+def _task_failure(unit: Unit, exc: BaseException) -> BaseException:
+    """A dask task that did not return: the dask worker running it died or
+    was lost (``KilledWorker``), or the task was cancelled."""
+    if isinstance(exc, PoolTerminatedError):
+        return exc
+    task = unit.job.describe(unit, None)
+    error = WorkerCrashedError(
+        f"the dask task running {task} failed: {type(exc).__name__}: {exc}. The dask "
+        f"worker itself died or was lost (poolguard's own processes on it would have "
+        f"reported a death of theirs); the scheduler's logs say why.", task=task)
+    error.__cause__ = exc
+    return error
