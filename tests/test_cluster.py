@@ -323,3 +323,29 @@ def test_a_pool_inside_a_dask_worker_and_its_error_through_dask(client, method):
     assert type(error) is WorkerCrashedError and error.signal == "SIGKILL"
     assert error.task.item == 3 and error.task.function == "die_at_3"
     assert error.oom_verdict == "ruled out"
+
+
+def mixed(x):
+    """Item 150 kills its process, item 77 raises, the rest return."""
+    if x == 150:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if x == 77:
+        raise KeyError(x)
+    return -x
+
+
+@pytest.mark.timeout(120)
+def test_bundled_submits_keep_their_own_outcomes(client):
+    """A backlog of submits goes several to a dask task; each future still
+    gets its own value, exception or death."""
+    with distributed.get_task_stream(client) as stream, \
+            poolguard.ProcessPoolExecutor(cluster=client) as executor:
+        futures = [executor.submit(mixed, i) for i in range(300)]
+        outcomes = [f.exception(60) or f.result() for f in futures]
+    assert isinstance(outcomes[150], WorkerCrashedError)
+    assert outcomes[150].task.arguments == "150" and outcomes[150].signal == "SIGKILL"
+    assert isinstance(outcomes[77], KeyError)
+    assert [o for i, o in enumerate(outcomes) if i not in (77, 150)] == \
+        [-i for i in range(300) if i not in (77, 150)]
+    tasks = [t for t in stream.data if str(t["key"]).startswith("poolguard-mixed")]
+    assert 0 < len(tasks) < 300, f"{len(tasks)} dask tasks for 300 submits"

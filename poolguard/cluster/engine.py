@@ -12,14 +12,15 @@ go.  Data flow::
   Inbox: pending units, state, wake pipe
     | ---wake pipe--->  poll(wake pipe)
     |                     | send: up to `limit` units in flight, each
-    |                     |   pickled by us and submitted as the dask
-    |                     |   task run_unit ----------------------------> on_worker.run_unit:
+    |                     |   pickled by us; one dask task per bundle
+    |                     |   (several units when many wait) ----------> on_worker.run_units:
     |                     |                                               the pool's sub-pool
     |                     |                                               (a poolguard engine)
-    |                     |                                               runs the unit in a
+    |                     |                                               runs each unit in a
     |                     |                                               child process
     |  <--wake pipe---  dask's callback thread: the task finished         |
-    |                     | collect: gather finished tasks in one call <--+ (parts, retried)
+    |                     | collect: gather finished tasks in one call <--+ per unit: (parts,
+    |                     |                                                  retried)
     |                     |   parts.decode_* -> deliver(unit, ...) to the job
     |                     |   (user callbacks: callbacks.py thread)
 
@@ -54,6 +55,7 @@ from ..wire.messages import PROTOCOL, encode_function
 from . import on_worker, parts
 
 DROP_TIMEOUT = 10.0   # seconds to wait for the workers to end a closed pool's sub-pools
+BUNDLE = 64           # most units one dask task carries
 
 
 class ClusterEngine:
@@ -75,8 +77,9 @@ class ClusterEngine:
             initializer, tuple(initargs), maxtasks, method, guards), protocol=PROTOCOL)
         # Enough tasks in flight to keep every dask thread busy across the
         # round trips; the rest wait here, where shutdown can still cancel them.
-        self._limit = max(16, 4 * processes)
-        self._running: Dict[str, Tuple[Unit, Any]] = {}   # dask key -> unit, future
+        self._limit = max(1000, 4 * processes)
+        self._running: Dict[str, Tuple[List[Unit], Any]] = {}   # dask key -> units, future
+        self._in_flight = 0   # units in self._running
         self._finished: Deque[Any] = collections.deque()  # futures, from dask's thread
         self._last_function: Tuple[Any, bytes] = (None, b"")
         self._callbacks = CallbackThread()
@@ -130,7 +133,7 @@ class ClusterEngine:
         return self.inbox.state
 
     def units_in_flight(self) -> int:
-        return len(self._running)
+        return self._in_flight
 
     @property
     def pids(self) -> List[int]:
@@ -176,42 +179,50 @@ class ClusterEngine:
             return False
         self._collect()
         self._send()
-        return not (state == CLOSING and not inbox.pending and not self._running
+        return not (state == CLOSING and not inbox.pending and not self._in_flight
                     and not inbox.open_calls)
 
     def _send(self) -> None:
         units: List[Unit] = []
         inbox = self.inbox
         with inbox.lock:
-            while inbox.pending and len(self._running) + len(units) < self._limit:
+            while inbox.pending and self._in_flight + len(units) < self._limit:
                 unit = inbox.pending.popleft()
                 if unit.job.wanted(unit):
                     units.append(unit)
-        payloads, sent = [], []
+        bundles: List[List[Unit]] = []
+        payloads: List[List[bytes]] = []
+        size = _bundle_size(len(units), self.processes)
         for unit in units:
-            job = unit.job
             try:
-                payloads.append(pickle.dumps(
-                    (job.kind, job.call, function_name(job.func), unit.start,
-                     unit.func_bytes, list(unit.items)), protocol=PROTOCOL))
-                sent.append(unit)
+                payload = _encode_unit(unit)
             except (Exception, SystemExit) as exc:   # arguments that do not pickle
                 deliver(unit, False, exc)
-        if not sent:
-            return
-        keys = [f"poolguard-{function_name(u.job.func)}-{self._token[:8]}-{u.id}"
-                for u in sent]
+                continue
+            if not bundles or len(bundles[-1]) >= size:
+                bundles.append([])
+                payloads.append([])
+            bundles[-1].append(unit)
+            payloads[-1].append(payload)
+        if bundles:
+            self._submit(bundles, payloads)
+
+    def _submit(self, bundles: List[List[Unit]], payloads: List[List[bytes]]) -> None:
+        """One dask task per bundle of units, in one call."""
+        keys = [f"poolguard-{function_name(b[0].job.func)}-{self._token[:8]}-{b[0].id}"
+                for b in bundles]
         try:
-            futures = self._client.map(on_worker.run_unit, [self._token] * len(sent),
-                                       [self._config] * len(sent), payloads, key=keys,
+            futures = self._client.map(on_worker.run_units, [self._token] * len(bundles),
+                                       [self._config] * len(bundles), payloads, key=keys,
                                        pure=False)
         except Exception as exc:   # the client is closed, the scheduler gone
             error = PoolTerminatedError(f"could not submit to the dask cluster: {exc!r}")
-            for unit in sent:
+            for unit in (u for bundle in bundles for u in bundle):
                 deliver(unit, False, error)
             return
-        for unit, future in zip(sent, futures, strict=True):
-            self._running[future.key] = (unit, future)
+        for bundle, future in zip(bundles, futures, strict=True):
+            self._running[future.key] = (bundle, future)
+            self._in_flight += len(bundle)
             future.add_done_callback(self._on_finished)
 
     def _on_finished(self, future: Any) -> None:
@@ -240,32 +251,25 @@ class ClusterEngine:
         entry = self._running.pop(future.key, None)
         if entry is None:
             return
-        unit = entry[0]
+        bundle = entry[0]
+        self._in_flight -= len(bundle)
         if isinstance(outcome, BaseException):
-            deliver(unit, False, _task_failure(unit, outcome))
+            for unit in bundle:
+                deliver(unit, False, _task_failure(unit, outcome))
             return
-        found, retried = outcome
-        job = unit.job
-        for _ in range(retried):
-            job.unit_retried(unit)
-        for start, count, status, blob in found:
-            lo = start - unit.start
-            part = unit if (lo, count) == (0, len(unit.items)) else \
-                Unit.placeholder(job, start, unit.items[lo:lo + count])
-            if status == parts.OK:
-                ok, value = parts.decode_values(job.kind, blob, str(job.describe(part, None)))
-            else:
-                ok, value = False, parts.decode_failure(status, blob)
-            deliver(part, ok, value)
+        for unit, (found, retried) in zip(bundle, outcome, strict=True):
+            _deliver_parts(unit, found, retried)
 
     # ---- the end --------------------------------------------------------------------
 
     def _shutdown(self, error: Optional[BaseException]) -> None:
         terminating = self.inbox.state == TERMINATING or error is not None
         self.inbox.finish()
-        units = self.inbox.take_pending() + [unit for unit, _ in self._running.values()]
+        units = self.inbox.take_pending() + [
+            unit for bundle, _ in self._running.values() for unit in bundle]
         futures = [future for _, future in self._running.values()]
         self._running.clear()
+        self._in_flight = 0
         if futures:
             try:
                 self._client.cancel(futures, force=True)
@@ -296,6 +300,35 @@ class ClusterEngine:
         thread = threading.Thread(target=drop, name="poolguard-cluster-drop", daemon=True)
         thread.start()
         thread.join(DROP_TIMEOUT)
+
+
+def _bundle_size(count: int, processes: int) -> int:
+    """Units a dask task carries.  One while the units sent at a time are
+    few (each result comes back as soon as it is ready); from a backlog, up
+    to BUNDLE units, so tiny tasks do not each pay dask's cost of a task."""
+    return max(1, min(BUNDLE, count // (4 * processes)))
+
+
+def _encode_unit(unit: Unit) -> bytes:
+    job = unit.job
+    return pickle.dumps((job.kind, job.call, function_name(job.func), unit.start,
+                         unit.func_bytes, list(unit.items)), protocol=PROTOCOL)
+
+
+def _deliver_parts(unit: Unit, found: List[parts.Part], retried: int) -> None:
+    """A unit's outcome, part by part (see parts.py), to its job."""
+    job = unit.job
+    for _ in range(retried):
+        job.unit_retried(unit)
+    for start, count, status, blob in found:
+        lo = start - unit.start
+        part = unit if (lo, count) == (0, len(unit.items)) else \
+            Unit.placeholder(job, start, unit.items[lo:lo + count])
+        if status == parts.OK:
+            ok, value = parts.decode_values(job.kind, blob, str(job.describe(part, None)))
+        else:
+            ok, value = False, parts.decode_failure(status, blob)
+        deliver(part, ok, value)
 
 
 def _outcome(future: Any) -> Any:

@@ -1,13 +1,14 @@
 """What runs on a dask worker.
 
-Each unit of a pool is one dask task, :func:`run_unit`.  It does not run the
-user's function in the dask worker's own process: a task that dies there
+A pool's units reach a dask worker as dask tasks, :func:`run_units`, each
+carrying one unit or, from a backlog, several.  They do not run the user's
+function in the dask worker's own process: a task that dies there
 takes the worker down, dask runs it again on worker after worker, and the
 caller finally gets ``KilledWorker`` and a hash.  It hands the unit to a
 *sub-pool*: a poolguard engine in that dask worker process, one per pool,
 with as many processes as the worker has threads.  A death there is seen at
 once and named by the local engine; the dask worker lives on, and the task
-returns the error as its result.
+returns the error as the unit's result.
 
 The sub-pool holds the pool's options: initializer, ``task_timeout``,
 ``max_worker_memory`` (no more than the dask worker's ``memory_limit``,
@@ -97,16 +98,19 @@ class _SubPool:
         self.running = 0
         self.last_used = time.monotonic()
 
-    def run(self, kind: int, call: str, name: str, start: int, func_bytes: bytes,
-            items: list) -> Tuple[List[parts.Part], int]:
+    def start(self, kind: int, call: str, name: str, start: int, func_bytes: bytes,
+              items: list) -> _Collect:
         job = _Collect(name, kind, call, len(items))
         try:
             self.engine.submit_items(job, items, len(items), start, func_bytes)
         except ValueError as exc:   # closed under us (expired, or the pool ended)
             job.unit_failed(Unit.placeholder(job, start, items),
                             PoolTerminatedError(f"the pool stopped: {exc}"))
+        return job
+
+    def finish(self, job: _Collect) -> Tuple[List[parts.Part], int]:
         job.finished.wait()
-        return [self._encode(kind, *part) for part in job.parts], job.retried
+        return [self._encode(job.kind, *part) for part in job.parts], job.retried
 
     def _encode(self, kind: int, start: int, count: int, ok: bool, value: Any) -> parts.Part:
         if ok:
@@ -137,19 +141,26 @@ _lock = threading.Lock()
 _reaper: Optional[threading.Thread] = None
 
 
-def run_unit(token: str, config: bytes, payload: bytes) -> Tuple[List[parts.Part], int]:
-    """The dask task of one unit (see parts.py for what comes and goes)."""
-    kind, call, name, start, func_bytes, items = pickle.loads(payload)
+def run_units(token: str, config: bytes,
+              payloads: List[bytes]) -> List[Tuple[List[parts.Part], int]]:
+    """The dask task of a bundle of units, run side by side in the sub-pool
+    (see parts.py for what comes and goes): each unit's parts and retries."""
     subpool = _take(token, config)
     if subpool is None:   # a task of a pool that has ended, started late
-        status, blob = parts.encode_failure(PoolTerminatedError("the pool has ended"))
-        return [(start, len(items), status, blob)], 0
+        return [_ended(payload) for payload in payloads]
     try:
-        return subpool.run(kind, call, name, start, func_bytes, items)
+        jobs = [subpool.start(*pickle.loads(payload)) for payload in payloads]
+        return [subpool.finish(job) for job in jobs]
     finally:
         with _lock:
             subpool.running -= 1
             subpool.last_used = time.monotonic()
+
+
+def _ended(payload: bytes) -> Tuple[List[parts.Part], int]:
+    start, items = pickle.loads(payload)[3::2]
+    status, blob = parts.encode_failure(PoolTerminatedError("the pool has ended"))
+    return [(start, len(items), status, blob)], 0
 
 
 def _take(token: str, config: bytes) -> Optional[_SubPool]:

@@ -1,11 +1,12 @@
 """What crosses the cluster between the pool and a dask worker.
 
-To the worker, one dask task per unit::
+To the worker, one dask task per bundle of units (one unit, unless many
+wait)::
 
-    run_unit(token, config, payload)   payload = pickle((kind, call, name, start,
-                                                         func_bytes, items))
+    run_units(token, config, [payload, ...])
+        payload = pickle((kind, call, name, start, func_bytes, items))
 
-Back, the unit's outcome: ``(parts, retried)``.  The sub-pool on the worker
+Back, each unit's outcome: ``(parts, retried)``.  The sub-pool on the worker
 may split a unit (a worker died on one item: the items before and after it
 run again without it), so a unit comes back as one or more *parts*, each
 ``(start, count, status, blob)`` covering ``count`` items from ``start``:
