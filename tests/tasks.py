@@ -73,12 +73,27 @@ def fail(x):
     raise ValueError(f"bad input {x}")
 
 
+def _refuse_to_load():
+    raise RuntimeError("this object refuses to be unpickled")
+
+
+class FailsToLoad:
+    """Pickles; unpickling it raises."""
+
+    def __reduce__(self):
+        return _refuse_to_load, ()
+
+
 class TwoArgError(Exception):
-    """Pickles, but unpickling calls __init__ with one argument and fails."""
+    """Pickles, but unpickling calls __init__ with one argument and fails.
+    Importing dask makes exceptions of classes that exist then unpickle
+    without __init__ (tblib); the attribute that refuses to load fails them
+    either way."""
 
     def __init__(self, a, b):
         super().__init__(f"two-arg failure {a}/{b}")
         self.a, self.b = a, b
+        self.trap = FailsToLoad()
 
 
 def raise_two_arg(x):

@@ -17,6 +17,7 @@ from poolguard import (PoolTerminatedError, TaskTimeoutError, WorkerCrashedError
                        WorkerMemoryError)
 
 import conftest
+import tasks
 from conftest import KEPT_PIDS, PROMPT, wait_until
 
 distributed = pytest.importorskip("distributed")
@@ -59,6 +60,16 @@ def add(a, b):
 
 def boom(x):
     raise ValueError(f"bad {x}")
+
+
+class TwoArgError(Exception):
+    def __init__(self, a, b):   # pickles, but does not unpickle
+        super().__init__(f"{a}/{b}")
+        self.trap = tasks.FailsToLoad()   # even where dask's tblib unpickles it
+
+
+def raise_two_arg(x):
+    raise TwoArgError(x, "b")
 
 
 _initialized = None
@@ -145,7 +156,10 @@ def test_pool_api_on_the_cluster(client):
         assert isinstance(errors[0], ValueError) and str(errors[0]) == "bad 4"
         assert "in boom" in str(errors[0].__cause__)   # the remote traceback
         assert set(pool.map(read_initialized, range(4))) == {"ready"}
-        with pytest.raises(ValueError, match="bad 0"):
+        seen = []
+        assert pool.map(inc, range(40), progress=seen.append) == list(range(1, 41))
+        assert (seen[-1].done, seen[-1].total, seen[-1].final) == (40, 40, True)
+        with pytest.raises(ValueError, match=r"^bad [0-2]$"):   # the first to arrive
             pool.map(boom, range(3))
 
 
@@ -164,6 +178,11 @@ def test_executor_api_on_the_cluster(client, tmp_path):
         bad = executor.submit(add, 1, multiprocessing.Lock())
         assert isinstance(bad.exception(30), (TypeError, pickle.PicklingError, RuntimeError))
         assert executor.submit(inc, 1).result(30) == 2
+        # An exception that does not unpickle arrives as text, with its traceback.
+        error = executor.submit(raise_two_arg, 1).exception(30)
+        assert isinstance(error, poolguard.UnpicklableTaskError)
+        assert error.type_name.endswith("TwoArgError") and error.text == "1/b"
+        assert "in raise_two_arg" in error.remote_traceback
 
 
 # ---- deaths: the first one, named, at once ----
@@ -349,3 +368,18 @@ def test_bundled_submits_keep_their_own_outcomes(client):
         [-i for i in range(300) if i not in (77, 150)]
     tasks = [t for t in stream.data if str(t["key"]).startswith("poolguard-mixed")]
     assert 0 < len(tasks) < 300, f"{len(tasks)} dask tasks for 300 submits"
+
+
+@pytest.mark.timeout(120)
+def test_a_client_closed_under_the_pool_fails_calls_not_hangs(cluster):
+    client = distributed.Client(cluster, set_as_default=False)
+    pool = poolguard.Pool(cluster=client)
+    try:
+        assert pool.map(inc, [1]) == [2]
+        client.close()
+        with pytest.raises(PoolTerminatedError, match="could not submit"):
+            pool.map(inc, range(10), chunksize=1)
+        with pytest.raises(PoolTerminatedError):
+            pool.apply(inc, (1,))
+    finally:
+        pool.terminate()

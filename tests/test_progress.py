@@ -96,11 +96,11 @@ def test_a_bad_progress_is_refused_at_the_call():
 
 def test_tqdm_on_a_terminal_in_a_fresh_interpreter(tmp_path):
     """A real pseudo-terminal as stderr: tqdm draws; and import poolguard
-    alone imports neither tqdm nor joblib."""
+    alone imports none of tqdm, joblib and dask."""
     script = tmp_path / "bar.py"
     script.write_text(
         "import sys, poolguard\n"
-        "assert 'tqdm' not in sys.modules and 'joblib' not in sys.modules\n"
+        "assert not {'tqdm', 'joblib', 'distributed', 'dask'} & set(sys.modules)\n"
         "def square(x):\n    return x * x\n"
         "if __name__ == '__main__':\n"
         "    with poolguard.Pool(2) as pool:\n"

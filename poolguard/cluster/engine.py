@@ -73,6 +73,7 @@ class ClusterEngine:
         self._client = client
         self._owns_client = owns_client
         self._token = uuid.uuid4().hex
+        self._address = client.scheduler.address
         self._config = cloudpickle.dumps(on_worker.SubPoolConfig(
             initializer, tuple(initargs), maxtasks, method, guards), protocol=PROTOCOL)
         # Enough tasks in flight to keep every dask thread busy across the
@@ -293,10 +294,18 @@ class ClusterEngine:
         """End this pool's sub-pools on every worker, waiting a bounded time
         (an unreachable worker closes its own after on_worker.IDLE_EXPIRY)."""
         def drop() -> None:
+            client = self._client
             try:
-                self._client.run(on_worker.drop, self._token, terminate)
+                if client.status != "running":   # closed under us: a Client of our own
+                    from distributed import Client
+                    client = Client(self._address, set_as_default=False,
+                                    timeout=DROP_TIMEOUT)
+                client.run(on_worker.drop, self._token, terminate)
             except Exception:
                 pass
+            finally:
+                if client is not self._client:
+                    client.close()
         thread = threading.Thread(target=drop, name="poolguard-cluster-drop", daemon=True)
         thread.start()
         thread.join(DROP_TIMEOUT)

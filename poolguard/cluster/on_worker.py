@@ -34,7 +34,7 @@ from ..errors import PoolTerminatedError, WorkerCrashedError, WorkerMemoryError
 from ..options import Guards, resolve_context
 from . import parts
 
-IDLE_EXPIRY = 600.0    # seconds a sub-pool may sit unused before it is closed
+IDLE_EXPIRY = 300.0    # seconds a sub-pool may sit unused before it is closed
 
 
 @dataclass
