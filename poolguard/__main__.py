@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import List, Optional
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m poolguard")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="show multiprocessing.Pool hang where "

@@ -90,7 +90,7 @@ class Checkpoint:
 CheckpointArg = Union[str, "os.PathLike[str]", Checkpoint, None]
 
 
-def checkpointed(func: Callable, checkpoint: CheckpointArg) -> Callable:
+def checkpointed(func: Callable[..., Any], checkpoint: CheckpointArg) -> Callable[..., Any]:
     """*func* wrapped to use the store given as ``checkpoint=``, or *func*
     itself when there is none.  Called by the fronts in the caller's process:
     a bad argument raises here; an unusable store warns here, once."""
@@ -116,7 +116,7 @@ def checkpointed(func: Callable, checkpoint: CheckpointArg) -> Callable:
 class Checkpointed:
     """*func* behind the store: a stored result is returned instead of a call."""
 
-    def __init__(self, func: Callable, store: "Store"):
+    def __init__(self, func: Callable[..., Any], store: "Store"):
         self.func = func
         self.store = store
         self.__wrapped__ = func     # crash reports name the user's function (pickled once:
@@ -146,18 +146,18 @@ class Store:
         self._warned = False
         self._in_worker = False
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[Any, Any]:
         return {"root": self.root, "step": self.step, "secret": self.secret,
                 "writable": self.writable}
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[Any, Any]) -> None:
         self.__init__(state["root"], state["step"], state["secret"])   # type: ignore[misc]
         self.writable = state["writable"]
         self._in_worker = True
 
     # ---- keys and entries ------------------------------------------------------
 
-    def key(self, args: tuple, kwds: dict) -> Optional[str]:
+    def key(self, args: tuple[Any, ...], kwds: dict[Any, Any]) -> Optional[str]:
         """SHA-256 of the pickled arguments in canonical form (sets and dicts,
         at any depth of lists, tuples, sets and dicts, in a sorted order, so
         the key is the same in every interpreter whatever its hash seed);
@@ -262,16 +262,16 @@ class Store:
 
 # ---- the file format and the atomic write --------------------------------------
 
-class _SetOf(tuple):
+class _SetOf(tuple[Any, ...]):
     """A set's or frozenset's elements in canonical order (never equal to a
     plain tuple's pickle)."""
 
 
-class _FrozenSetOf(tuple):
+class _FrozenSetOf(tuple[Any, ...]):
     pass
 
 
-class _DictOf(tuple):
+class _DictOf(tuple[Any, ...]):
     """A dict's (key, value) pairs in canonical order of the keys."""
 
 
@@ -408,7 +408,7 @@ def step_dir_name(step: str) -> str:
     return f"{safe}-{hashlib.sha256(step.encode()).hexdigest()[:8]}"
 
 
-def _function_name(func: Callable) -> str:
+def _function_name(func: Callable[..., Any]) -> str:
     if isinstance(func, functools.partial):
         return f"partial({_function_name(func.func)})"
     func = getattr(func, "__wrapped__", func)
@@ -417,7 +417,7 @@ def _function_name(func: Callable) -> str:
     return f"{module}.{name}"
 
 
-def default_step(func: Callable) -> str:
+def default_step(func: Callable[..., Any]) -> str:
     """The step of a call without an explicit name.  A module-level function
     is its name, so editing its body keeps its results; one of ``__main__``
     also names the script's path (two scripts' ``work`` are two steps);

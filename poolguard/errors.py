@@ -19,7 +19,7 @@ class PoolguardError(Exception):
     They pickle with their attributes, whatever their ``__init__`` takes
     (keyword-only attributes would be lost by Exception's default pickling)."""
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (_rebuild, (type(self), self.args, self.__dict__))
 
 
@@ -285,7 +285,7 @@ class UnpicklableTaskError(PoolguardError):
         self.reason = reason
 
 
-class ResultEncodingError(MaybeEncodingError, pickle.PicklingError):
+class ResultEncodingError(MaybeEncodingError, pickle.PicklingError):   # type: ignore[misc]
     """A task's result could not be pickled in the worker.
     ``multiprocessing.pool.MaybeEncodingError`` (what Pool raises) and
     ``pickle.PicklingError`` (what the standard executor raises)."""
@@ -317,7 +317,7 @@ class WorkerStoppedWarning(RuntimeWarning):
     caller.  Issued once per stop; ``pool.status()`` shows it too."""
 
 
-def _rebuild(cls: Any, args: tuple, state: dict) -> Any:
+def _rebuild(cls: Any, args: tuple[Any, ...], state: dict[Any, Any]) -> Any:
     # TaskTimeoutError is a TimeoutError: its memory layout is OSError's, whose
     # __new__ must make it (the first __new__ in its MRO is RuntimeError's).
     err = OSError.__new__(cls) if issubclass(cls, OSError) else cls.__new__(cls)

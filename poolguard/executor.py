@@ -26,8 +26,8 @@ class _FutureJob(Job):
     """One future: a ``submit`` call, or one chunk of ``map`` (whose items may
     come back in parts when a retry split the chunk)."""
 
-    def __init__(self, engine: EngineSurface, func: Callable, kind: int, call: str,
-                 future: Future, start: int = 0, count: int = 1):
+    def __init__(self, engine: EngineSurface, func: Callable[..., Any], kind: int, call: str,
+                 future: Future[Any], start: int = 0, count: int = 1):
         super().__init__(func, kind, call)
         self.engine = engine
         self.future = future
@@ -41,7 +41,7 @@ class _FutureJob(Job):
         # worker died before starting it is already running.
         return self.future.running() or self.future.set_running_or_notify_cancel()
 
-    def unit_done(self, unit: Unit, values: list) -> None:
+    def unit_done(self, unit: Unit, values: list[Any]) -> None:
         if self._settled:
             return
         if self.kind == APPLY:
@@ -77,17 +77,17 @@ class _MapJob(Job):
     supervisor cuts as the pacer says (few items at a time for long tasks,
     many for tiny ones); each item keeps its own result or exception."""
 
-    def __init__(self, func: Callable, kind: int, length: int):
+    def __init__(self, func: Callable[..., Any], kind: int, length: int):
         super().__init__(func, kind, "map")
         self._length = length
         self._cond = threading.Condition(threading.Lock())
-        self._by_start: Dict[int, tuple] = {}    # start -> (values or None, errors, count)
+        self._by_start: Dict[int, tuple[Any, ...]] = {}    # start -> (values or None, errors, count)
         self._dropped = False
 
     def wanted(self, unit: Unit) -> bool:
         return not self._dropped
 
-    def unit_done(self, unit: Unit, outcome: tuple) -> None:
+    def unit_done(self, unit: Unit, outcome: tuple[Any, ...]) -> None:
         values, errors = outcome
         self._put(unit.start, (values, errors, len(values)))
 
@@ -97,7 +97,7 @@ class _MapJob(Job):
     def cancel(self, unit: Unit) -> None:
         self.unit_failed(unit, CancelledError())
 
-    def _put(self, start: int, entry: tuple) -> None:
+    def _put(self, start: int, entry: tuple[Any, ...]) -> None:
         with self._cond:
             self._by_start[start] = entry
             self._cond.notify()
@@ -126,7 +126,7 @@ class _MapJob(Job):
             self._dropped = True   # what is not cut yet is not run
             finish_progress(self.progress)
 
-    def _next_entry(self, position: int, end: Optional[float]) -> tuple:
+    def _next_entry(self, position: int, end: Optional[float]) -> tuple[Any, ...]:
         with self._cond:
             while position not in self._by_start:
                 timeout = None if end is None else end - time.monotonic()
@@ -190,7 +190,7 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                                             [(args, kwargs)]))
         return future
 
-    def _queue(self, future: Future, build: Callable[[EngineSurface], Tuple[Job, list]]) -> None:
+    def _queue(self, future: Future[Any], build: Callable[[EngineSurface], Tuple[Job, list[Any]]]) -> None:
         """Queue the one-unit job *build* makes for *future* (``submit``, a
         joblib batch); what does not pickle fails the future, not the call."""
         with self._shutdown_lock:
@@ -228,13 +228,13 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         if chunksize is None:
             return self._map_elastic(fn, iterables, end, progress)
         arguments = list(zip(*iterables, strict=False))   # the shortest ends it, as in the stdlib
-        futures: List[Future] = []
+        futures: List[Future[Any]] = []
         with self._shutdown_lock:
             engine = self._running()
             func_bytes = engine.encode_function(fn)
             counts = make_progress(progress, engine, "map", fn, len(arguments))
             for lo in range(0, len(arguments), chunksize):
-                future: Future = Future()
+                future: Future[Any] = Future()
                 job = _FutureJob(engine, fn, STARMAP, "map", future, lo,
                                  len(arguments[lo:lo + chunksize]))
                 job.progress = counts
@@ -243,10 +243,10 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                 futures.append(future)
         return _results_in_order(futures, end, counts)
 
-    def _map_elastic(self, fn: Callable, iterables: tuple, end: Optional[float],
+    def _map_elastic(self, fn: Callable[..., Any], iterables: tuple[Any, ...], end: Optional[float],
                      progress: ProgressArg) -> Iterator[Any]:
         if len(iterables) == 1:   # no 1-tuples to make, send and unpack
-            arguments: list = list(iterables[0])
+            arguments: list[Any] = list(iterables[0])
             job = _MapJob(fn, EACH, len(arguments))
         else:
             arguments = list(zip(*iterables, strict=False))   # the shortest ends it
@@ -299,7 +299,7 @@ class ProcessPoolExecutor(Executor, WorkerReports):
 
 
 
-def _results_in_order(futures: List[Future], end: Optional[float],
+def _results_in_order(futures: List[Future[Any]], end: Optional[float],
                       progress: Optional[Progress]) -> Iterator[Any]:
     futures.reverse()
     try:

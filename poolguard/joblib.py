@@ -40,7 +40,8 @@ _OPTIONS = ("task_timeout", "max_worker_memory", "retries", "retry_on", "mp_cont
             "initializer", "initargs", "max_tasks_per_child")
 
 
-def _run_call(func: Callable, args: tuple, kwargs: dict, nested: tuple) -> Any:
+def _run_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[Any, Any],
+              nested: tuple[Any, ...]) -> Any:
     """In the worker: one call of a joblib batch, under the nested backend
     joblib chose for calls made from inside it (as its own batches do)."""
     backend, n_jobs = nested
@@ -51,10 +52,10 @@ def _run_call(func: Callable, args: tuple, kwargs: dict, nested: tuple) -> Any:
 class _ByValue:
     """A function of ``__main__`` the workers do not have: sent with cloudpickle."""
 
-    def __init__(self, func: Callable) -> None:
+    def __init__(self, func: Callable[..., Any]) -> None:
         self.func = func
 
-    def __reduce__(self) -> Tuple[Callable, tuple]:
+    def __reduce__(self) -> Tuple[Callable[..., Any], tuple[Any, ...]]:
         return cloudpickle.loads, (cloudpickle.dumps(self.func),)
 
 
@@ -62,7 +63,7 @@ class _BatchJob(_FutureJob):
     """One joblib batch: a future whose value is the list of its calls' results.
     A crash names the call inside the batch that was running."""
 
-    def __init__(self, engine: EngineSurface, future: Future, first: int, count: int) -> None:
+    def __init__(self, engine: EngineSurface, future: Future[Any], first: int, count: int) -> None:
         super().__init__(engine, _run_call, STARMAP, "joblib.Parallel", future, 0, count)
         self.first = first   # index of the batch's first call in the Parallel call
 
@@ -72,7 +73,7 @@ class _BatchJob(_FutureJob):
                         self.call)
 
 
-class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):
+class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):   # type: ignore[misc]
     """joblib's process backend contract, on a poolguard executor made for
     each ``Parallel`` call (or ``with Parallel(...)`` block)."""
 
@@ -123,17 +124,17 @@ class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):
     def start_call(self) -> None:
         self._dispatched = 0
 
-    def submit(self, func: Any, callback: Optional[Callable[[Future], Any]] = None) -> Future:
+    def submit(self, func: Any, callback: Optional[Callable[[Future[Any]], Any]] = None) -> Future[Any]:
         executor = self._executor
         if executor is None:
             raise RuntimeError("the poolguard backend is not configured (or was terminated)")
-        future: Future = Future()
+        future: Future[Any] = Future()
         with self._lock:
             first = self._dispatched
             self._dispatched += len(func.items)
         nested = (func._backend, func._n_jobs)
 
-        def build(engine: EngineSurface) -> Tuple[_BatchJob, list]:
+        def build(engine: EngineSurface) -> Tuple[_BatchJob, list[Any]]:
             calls = [self._prepare(engine, f, args, kwargs, nested)
                      for f, args, kwargs in func.items]
             return _BatchJob(engine, future, first, len(calls)), calls
@@ -144,14 +145,15 @@ class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):
         return future
 
     @staticmethod
-    def _prepare(engine: EngineSurface, func: Callable, args: tuple, kwargs: dict,
-                 nested: tuple) -> Tuple[Any, tuple, dict, tuple]:
+    def _prepare(engine: EngineSurface, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[Any, Any],
+                 nested: tuple[Any, ...]) -> Tuple[Any, tuple[Any, ...], dict[Any, Any], tuple[Any, ...]]:
         if getattr(func, "__module__", None) == "__main__" and engine.main_by_value(func):
             func = _ByValue(func)   # type: ignore[assignment]
         return func, tuple(args), dict(kwargs), nested
 
-    def retrieve_result_callback(self, future: Future) -> List[Any]:
-        return future.result()
+    def retrieve_result_callback(self, future: Future[Any]) -> List[Any]:
+        values: List[Any] = future.result()
+        return values
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """A call failed: what is still running is of no use; stop it."""

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from .checkpoint import CheckpointArg
 
 
-def checkpointed(func: Callable, checkpoint: "CheckpointArg") -> Callable:
+def checkpointed(func: Callable[..., Any], checkpoint: "CheckpointArg") -> Callable[..., Any]:
     """*func* wrapped for ``checkpoint=``, or itself.  The checkpoint module
     (hashing, HMAC keys, ``inspect``) is imported only by programs that use it."""
     if checkpoint is None:
@@ -28,13 +28,14 @@ def resolve_context(context: Any) -> multiprocessing.context.BaseContext:
     if not hasattr(context, "Process") or not hasattr(context, "get_start_method"):
         raise TypeError(f"context must be a multiprocessing context or a start method "
                         f"name, not {type(context).__name__}")
-    return context
+    chosen: multiprocessing.context.BaseContext = context
+    return chosen
 
 
 def resolve_workers(n: Optional[int], what: str) -> int:
     if n is None:
         from loky import cpu_count  # counts what cgroups and affinity allow
-        return max(1, cpu_count())
+        return max(1, int(cpu_count()))
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"{what} must be an int or None, not {type(n).__name__}")
     if n < 1:

@@ -5,7 +5,7 @@ import itertools
 import threading
 import warnings
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Mapping, Optional,
-                    Sequence, TypeVar, Union)
+                    TypeVar, Union)
 
 from .front import WorkerReports
 from .engine import Engine, EngineSurface, Unit
@@ -19,12 +19,16 @@ from .wire.messages import APPLY, MAP, STARMAP
 __all__ = ["Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator"]
 
 if TYPE_CHECKING:
+    from multiprocessing.pool import Pool as _StdlibPool
+
     from .checkpoint import CheckpointArg
+else:
+    _StdlibPool = object
 
 T = TypeVar("T")
 
 
-class Pool(WorkerReports):
+class Pool(WorkerReports, _StdlibPool):
     """A ``multiprocessing.Pool`` that survives the death of its workers.
 
     When a worker dies (SIGKILL, the OOM killer, ``os._exit``, a segfault) the
@@ -68,11 +72,11 @@ class Pool(WorkerReports):
 
     # ---- single calls ----
 
-    def apply(self, func: Callable[..., T], args: Sequence[Any] = (),
+    def apply(self, func: Callable[..., T], args: Iterable[Any] = (),
               kwds: Mapping[str, Any] = {}) -> T:
         return self.apply_async(func, args, kwds).get()
 
-    def apply_async(self, func: Callable[..., T], args: Sequence[Any] = (),
+    def apply_async(self, func: Callable[..., T], args: Iterable[Any] = (),
                     kwds: Mapping[str, Any] = {}, callback: Callback = None,
                     error_callback: Callback = None) -> ApplyResult[T]:
         engine = self._running()
@@ -109,10 +113,10 @@ class Pool(WorkerReports):
         return self._map_async(func, iterable, chunksize, STARMAP, "starmap", callback,
                                error_callback, checkpoint, progress)
 
-    def _map_async(self, func: Callable, iterable: Iterable, chunksize: Optional[int],
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: Optional[int],
                    kind: int, call: str, callback: Callback = None,
                    error_callback: Callback = None, checkpoint: CheckpointArg = None,
-                   progress: ProgressArg = None) -> MapResult:
+                   progress: ProgressArg = None) -> MapResult[Any]:
         engine = self._running()
         check_progress(progress)
         func = checkpointed(func, checkpoint)
@@ -121,7 +125,7 @@ class Pool(WorkerReports):
             chunksize, extra = divmod(len(items), self._processes * 4)
             chunksize += bool(extra)
         _check_chunksize(chunksize if items else 1)
-        result: MapResult = MapResult(self, func, kind, call, len(items), callback,
+        result: MapResult[Any] = MapResult(self, func, kind, call, len(items), callback,
                                       error_callback,
                                       make_progress(progress, engine, call, func, len(items)))
         if items:
@@ -129,25 +133,25 @@ class Pool(WorkerReports):
         return result
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
-             chunksize: int = 1, *, checkpoint: CheckpointArg = None,
+             chunksize: Optional[int] = 1, *, checkpoint: CheckpointArg = None,
              progress: ProgressArg = None) -> IMapIterator[T]:
         return self._imap(func, iterable, chunksize, True, checkpoint, progress)
 
     def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any],
-                       chunksize: int = 1, *, checkpoint: CheckpointArg = None,
+                       chunksize: Optional[int] = 1, *, checkpoint: CheckpointArg = None,
                        progress: ProgressArg = None) -> IMapIterator[T]:
         return self._imap(func, iterable, chunksize, False, checkpoint, progress)
 
-    def _imap(self, func: Callable, iterable: Iterable, chunksize: int,
+    def _imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: Any,
               ordered: bool, checkpoint: CheckpointArg,
-              progress: ProgressArg) -> IMapIterator:
+              progress: ProgressArg) -> IMapIterator[Any]:
         engine = self._running()
         check_progress(progress)
         func = checkpointed(func, checkpoint)
         _check_chunksize(chunksize)
         call = "imap" if ordered else "imap_unordered"
         known = len(iterable) if isinstance(iterable, (list, tuple, range)) else None
-        result: IMapIterator = IMapIterator(self, func, MAP, call, ordered,
+        result: IMapIterator[Any] = IMapIterator(self, func, MAP, call, ordered,
                                             make_progress(progress, engine, call, func, known))
         if isinstance(iterable, (list, tuple, range)):
             engine.submit_items(result, iterable, chunksize)
@@ -214,7 +218,7 @@ def _check_chunksize(chunksize: Any) -> None:
         raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
 
 
-def _produce(engine: EngineSurface, job: IMapIterator, items: Iterator, chunksize: int,
+def _produce(engine: EngineSurface, job: IMapIterator[Any], items: Iterator[Any], chunksize: int,
              func_bytes: bytes) -> None:
     """Cut a lazy iterable into units as it yields; runs on its own thread."""
     count = 0

@@ -55,7 +55,7 @@ class ProgressInfo(NamedTuple):
         parts.extend(self.deaths())
         return " · ".join(parts)
 
-    def deaths(self) -> list:
+    def deaths(self) -> list[Any]:
         words = [(self.crashed, "crashed"), (self.retried, "retried"),
                  (self.timed_out, "timed out"),
                  (self.failed - self.crashed - self.timed_out, "raised")]
@@ -71,7 +71,7 @@ def check_progress(progress: ProgressArg) -> None:
                     f"{type(progress).__name__}")
 
 
-def make_progress(progress: ProgressArg, engine: Any, call: str, func: Callable,
+def make_progress(progress: ProgressArg, engine: Any, call: str, func: Callable[..., Any],
                   total: Optional[int]) -> Optional["Progress"]:
     """The Progress of a call, or None when ``progress=`` is not set."""
     if progress is None or progress is False:

@@ -9,17 +9,25 @@ import collections
 import threading
 from multiprocessing import TimeoutError
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Dict, Generator,
-                    Generic, Iterator, List, Optional, Tuple, TypeVar)
+                    Generic, Iterator, List, Optional, Tuple, TypeVar, cast)
 
 from .engine import EngineSurface, Job, Unit, report_callback_error
 from .progress import Progress, finish_progress
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
     import asyncio
+    # For type checkers, each result class is also the standard library's
+    # (see pool.py); at run time they are not subclasses of them.
+    from multiprocessing.pool import ApplyResult as _StdlibApplyResult
+    from multiprocessing.pool import IMapIterator as _StdlibIMapIterator
+    from multiprocessing.pool import MapResult as _StdlibMapResult
 
     from .pool import Pool
-
-T = TypeVar("T")
+else:
+    _StdlibApplyResult = _StdlibMapResult = Generic
+    _StdlibIMapIterator = Iterator
 Callback = Optional[Callable[[Any], object]]
 
 
@@ -56,10 +64,10 @@ def _resolve(future: Any) -> None:
         future.set_result(None)
 
 
-class ApplyResult(Job, Generic[T]):
+class ApplyResult(Job, _StdlibApplyResult[T]):
     """The result of ``apply_async``; ``AsyncResult`` in ``multiprocessing.pool``."""
 
-    def __init__(self, pool: "Pool", func: Callable, kind: int, call: str,
+    def __init__(self, pool: "Pool", func: Callable[..., Any], kind: int, call: str,
                  callback: Callback, error_callback: Callback):
         super().__init__(func, kind, call)
         self._pool: Optional[Pool] = pool   # keeps the pool alive while we wait
@@ -88,7 +96,7 @@ class ApplyResult(Job, Generic[T]):
         if not self.ready():
             raise TimeoutError
         if self._success:
-            return self._value
+            return cast(T, self._value)
         raise self._value
 
     def __await__(self) -> Generator[Any, None, T]:
@@ -101,7 +109,7 @@ class ApplyResult(Job, Generic[T]):
             yield from waiter.__await__()
         return self.get(0)
 
-    def unit_done(self, unit: Unit, values: list) -> None:
+    def unit_done(self, unit: Unit, values: list[Any]) -> None:
         self._set(True, values[0])
 
     def unit_failed(self, unit: Unit, exc: BaseException) -> None:
@@ -142,10 +150,10 @@ class ApplyResult(Job, Generic[T]):
 AsyncResult = ApplyResult
 
 
-class MapResult(ApplyResult[List[T]]):
+class MapResult(ApplyResult[List[T]], _StdlibMapResult[T]):
     """The result of ``map_async``/``starmap_async``: fails at the first failed chunk."""
 
-    def __init__(self, pool: "Pool", func: Callable, kind: int, call: str, length: int,
+    def __init__(self, pool: "Pool", func: Callable[..., Any], kind: int, call: str, length: int,
                  callback: Callback, error_callback: Callback,
                  progress: Optional[Progress] = None):
         super().__init__(pool, func, kind, call, callback, error_callback)
@@ -155,30 +163,30 @@ class MapResult(ApplyResult[List[T]]):
         if length == 0:
             self._set(True, self._values)
 
-    def unit_done(self, unit: Unit, values: list) -> None:
+    def unit_done(self, unit: Unit, values: list[Any]) -> None:
         self._values[unit.start:unit.start + len(values)] = values
         self._remaining -= len(values)
         if self._remaining == 0:
             self._set(True, self._values)
 
 
-class IMapIterator(Job, Iterator[T]):
+class IMapIterator(Job, _StdlibIMapIterator[T]):
     """Results of ``imap`` (in input order) or ``imap_unordered`` (as they come).
 
     A failed chunk raises its error once, where its items would have been, and
     iteration then goes on with the next chunk.
     """
 
-    def __init__(self, pool: "Pool", func: Callable, kind: int, call: str, ordered: bool,
+    def __init__(self, pool: "Pool", func: Callable[..., Any], kind: int, call: str, ordered: bool,
                  progress: Optional[Progress] = None):
         super().__init__(func, kind, call)
         self.progress = progress
         self._pool: Optional[Pool] = pool
         self._ordered = ordered
         self._cond = threading.Condition(threading.Lock())
-        self._by_start: Dict[int, tuple] = {}     # ordered: start -> (ok, payload, n)
-        self._arrived: Deque[tuple] = collections.deque()   # unordered
-        self._buffer: Deque[Any] = collections.deque()
+        self._by_start: Dict[int, tuple[Any, ...]] = {}     # ordered: start -> (ok, payload, n)
+        self._arrived: Deque[tuple[Any, ...]] = collections.deque()   # unordered
+        self._buffer: Deque[T] = collections.deque()
         self._position = 0                # input positions accounted for
         self._length: Optional[int] = None
         self._waiters = LoopWaiters()
@@ -235,12 +243,12 @@ class IMapIterator(Job, Iterator[T]):
             self._buffer.extend(payload)
         return True
 
-    def _take(self) -> Optional[tuple]:
+    def _take(self) -> Optional[tuple[Any, ...]]:
         if self._ordered:
             return self._by_start.pop(self._position, None)
         return self._arrived.popleft() if self._arrived else None
 
-    def _put(self, start: int, entry: tuple) -> None:
+    def _put(self, start: int, entry: tuple[Any, ...]) -> None:
         with self._cond:
             if self._ordered:
                 self._by_start[start] = entry
@@ -249,7 +257,7 @@ class IMapIterator(Job, Iterator[T]):
             self._cond.notify_all()
             self._waiters.wake()
 
-    def unit_done(self, unit: Unit, values: list) -> None:
+    def unit_done(self, unit: Unit, values: list[Any]) -> None:
         self._put(unit.start, (True, values, len(values)))
 
     def unit_failed(self, unit: Unit, exc: BaseException) -> None:

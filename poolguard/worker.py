@@ -17,7 +17,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, Optional, Sequence, Tuple
+from multiprocessing.connection import Connection
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from .errors import TaskDecodeError
 from .wire import buffers
@@ -32,7 +33,8 @@ _short_repr.maxstring = _short_repr.maxother = 200
 _PR_SET_PDEATHSIG = 1
 
 
-def worker_main(spec: Any, index: int, task_conn, result_conn, crash_conn,
+def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Connection,
+                crash_conn: Connection,
                 parent_pid: Optional[int], fds_to_close: Sequence[int]) -> None:
     """The worker process: *spec* is the pool's ``WorkerSpec`` (engine/launch.py),
     the three connections its own pipes, *parent_pid* the process whose death
@@ -59,7 +61,7 @@ def worker_main(spec: Any, index: int, task_conn, result_conn, crash_conn,
         return  # the parent closed our pipes: it is gone or terminating us
 
 
-def _prepare(crash_conn, fds_to_close: Sequence[int]) -> None:
+def _prepare(crash_conn: Connection, fds_to_close: Sequence[int]) -> None:
     """Signals, process group, stack dumps; drop what is not ours to hold."""
     # Ctrl-C reaches the whole process group; the parent alone handles it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -98,7 +100,7 @@ def _watch_own_signals(slot: memoryview) -> None:
     mine = (pid, 0, -pid)
     me = str(pid)
 
-    def hook(event: str, args: tuple) -> None:
+    def hook(event: str, args: tuple[Any, ...]) -> None:
         if not event.startswith(("os.kill", "os.system", "subprocess.Popen")):
             return
         try:
@@ -117,10 +119,11 @@ def _watch_own_signals(slot: memoryview) -> None:
     sys.addaudithook(hook)
 
 
-def _serve(slot: memoryview, send, recv, maxtasks: Optional[int], timed: bool) -> None:
+def _serve(slot: memoryview, send: Callable[[bytes], None], recv: Callable[[], Any],
+           maxtasks: Optional[int], timed: bool) -> None:
     clock = time.monotonic_ns
     done = 0
-    cache: list = [b"", None]    # the last function's pickle, and the function
+    cache: list[Any] = [b"", None]    # the last function's pickle, and the function
     while maxtasks is None or done < maxtasks:
         try:
             data = recv()
@@ -141,8 +144,8 @@ def _serve(slot: memoryview, send, recv, maxtasks: Optional[int], timed: bool) -
     send(REPLY_HEADER.pack(CONTROL, RETIRING, 0))
 
 
-def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cache: list,
-              timed: bool, clock) -> Tuple[int, bytes]:
+def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cache: list[Any],
+              timed: bool, clock: Callable[[], int]) -> Tuple[int, bytes]:
     """Run one unit; the status and body of its reply.  The arguments and
     results are locals of this call, so nothing of the task outlives it in
     the worker."""
@@ -170,6 +173,8 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
         else:
             assert kind == APPLY
             args, kwds = items[0]
+            if timed:   # task_timeout counts the call, as for the items of a map
+                slot[2] = clock()
             slot[1] = 0
             out = [func(*args, **kwds)]
     except BaseException as exc:  # SystemExit too: the task's error, not ours
@@ -184,11 +189,11 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
         return RAISED, encode_exception(exc)
 
 
-def _run_each(slot: memoryview, func, items, star: bool, timed: bool,
-              clock) -> Tuple[int, bytes]:
+def _run_each(slot: memoryview, func: Callable[..., Any], items: Sequence[Any], star: bool,
+              timed: bool, clock: Callable[[], int]) -> Tuple[int, bytes]:
     """A PER_ITEM unit: every item runs, whatever the others did; a raising item
     leaves None in the results and its encoded exception under its offset."""
-    out: list = []
+    out: list[Any] = []
     errors: Dict[int, Any] = {}
     for i, item in enumerate(items):
         if timed:
@@ -206,7 +211,7 @@ def _run_each(slot: memoryview, func, items, star: bool, timed: bool,
         return OK, pickle.dumps(_encodable_only(out, errors), PROTOCOL)
 
 
-def _encodable_only(out: list, errors: Dict[int, Any]) -> tuple:
+def _encodable_only(out: list[Any], errors: Dict[int, Any]) -> tuple[Any, ...]:
     """An item whose result does not pickle gets, in place of an encoded
     exception, the texts the parent makes its ResultEncodingError of."""
     for i, value in enumerate(out):
@@ -218,7 +223,8 @@ def _encodable_only(out: list, errors: Dict[int, Any]) -> tuple:
     return out, errors
 
 
-def _run_timed(slot: memoryview, clock, func, items, star: bool) -> list:
+def _run_timed(slot: memoryview, clock: Callable[[], int], func: Callable[..., Any],
+               items: Sequence[Any], star: bool) -> list[Any]:
     """The item loop when the pool has a task_timeout: each item's start time
     goes to the slot, before its index."""
     out = []
@@ -229,7 +235,7 @@ def _run_timed(slot: memoryview, clock, func, items, star: bool) -> list:
     return out
 
 
-def _die_with_parent(alive_conn, parent_pid: Optional[int], guardian: bool) -> None:
+def _die_with_parent(alive_conn: Connection, parent_pid: Optional[int], guardian: bool) -> None:
     """Exit when the pool's process dies, even by SIGKILL.
 
     Linux: PR_SET_PDEATHSIG, valid while the thread that forked us lives: the

@@ -256,13 +256,15 @@ def test_retries_only_when_asked(client, tmp_path):
 
 @pytest.mark.timeout(120)
 def test_task_timeout_on_the_cluster(client):
+    # Functions of a light module: unpickling one of this module in a fresh
+    # process imports dask, and that may take longer than the timeout.
     with poolguard.ProcessPoolExecutor(cluster=client, task_timeout=1.0) as executor:
-        stuck = executor.submit(sleep_for, 60)
+        stuck = executor.submit(tasks.sleep_then, 60)
         error = stuck.exception(30)
         assert isinstance(error, TaskTimeoutError) and error.limit == 1.0
-        assert "in sleep_for" in error.crash_stack
+        assert "in sleep_then" in error.crash_stack
         assert error.host == socket.gethostname()
-        assert executor.submit(sleep_for, 0.1).result(30) == 0.1   # the slot is free
+        assert executor.submit(tasks.sleep_then, 0.1, "ok").result(30) == "ok"   # slot freed
 
 
 @pytest.mark.timeout(120)

@@ -36,14 +36,14 @@ def connect(cluster: Any) -> Tuple[Any, bool]:
             raise ValueError(f"the Client given as cluster= is {cluster.status}")
         return cluster, False
     if isinstance(cluster, str) or hasattr(cluster, "scheduler_address"):
-        return Client(cluster, set_as_default=False), True
+        return Client(cluster, set_as_default=False), True   # type: ignore[no-untyped-call]
     raise TypeError(f"cluster must be a distributed.Client, a scheduler address such as "
                     f"'tcp://host:8786', or a dask cluster object, not "
                     f"{type(cluster).__name__}")
 
 
-def make_engine(cluster: Any, processes: Optional[int], initializer: Optional[Callable],
-                initargs: Iterable, maxtasks: Optional[int], context: Any,
+def make_engine(cluster: Any, processes: Optional[int], initializer: Optional[Callable[..., Any]],
+                initargs: Iterable[Any], maxtasks: Optional[int], context: Any,
                 finish_at_exit: bool, guards: Guards) -> ClusterEngine:
     """The engine of a front given ``cluster=``; *processes* defaults to the
     cluster's thread count, *context* chooses the start method of the

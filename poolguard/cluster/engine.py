@@ -64,7 +64,7 @@ class ClusterEngine:
     remote_reads = False
 
     def __init__(self, client: Any, owns_client: bool, processes: int,
-                 initializer: Optional[Callable], initargs: Iterable, maxtasks: Optional[int],
+                 initializer: Optional[Callable[..., Any]], initargs: Iterable[Any], maxtasks: Optional[int],
                  method: Optional[str], finish_at_exit: bool, guards: Guards):
         self.processes = processes
         self.guards = guards
@@ -91,7 +91,7 @@ class ClusterEngine:
 
     # ---- called from other threads (the surface both fronts use) --------------------
 
-    def encode_function(self, func: Callable) -> bytes:
+    def encode_function(self, func: Callable[..., Any]) -> bytes:
         last = self._last_function
         if last[0] is func:
             return last[1]
@@ -100,11 +100,11 @@ class ClusterEngine:
             self._last_function = (func, data)
         return data
 
-    def main_by_value(self, func: Callable) -> bool:
+    def main_by_value(self, func: Callable[..., Any]) -> bool:
         """A dask worker has no copy of our ``__main__``: always by value."""
         return True
 
-    def submit_items(self, job: Job, items: Sequence, chunksize: int, start: int = 0,
+    def submit_items(self, job: Job, items: Sequence[Any], chunksize: int, start: int = 0,
                      func_bytes: Optional[bytes] = None, open_call: bool = False) -> None:
         if func_bytes is None:
             func_bytes = self.encode_function(job.func)
@@ -112,7 +112,7 @@ class ClusterEngine:
                                           func_bytes)
                            for lo in range(0, len(items), chunksize)], open_call)
 
-    def submit_elastic(self, job: Job, items: Sequence) -> None:
+    def submit_elastic(self, job: Job, items: Sequence[Any]) -> None:
         """The executor's ``map`` without chunksize: four units a thread."""
         self.submit_items(job, items, max(1, math.ceil(len(items) / (4 * self.processes))))
 
@@ -126,7 +126,7 @@ class ClusterEngine:
         if threading.current_thread() not in (self._thread, self._callbacks.thread):
             self._thread.join(timeout)
 
-    def call_soon(self, func: Callable, *args: Any) -> None:
+    def call_soon(self, func: Callable[..., Any], *args: Any) -> None:
         self._callbacks.call_soon(func, *args)
 
     @property
@@ -298,7 +298,7 @@ class ClusterEngine:
             try:
                 if client.status != "running":   # closed under us: a Client of our own
                     from distributed import Client
-                    client = Client(self._address, set_as_default=False,
+                    client = Client(self._address, set_as_default=False,   # type: ignore[no-untyped-call]
                                     timeout=DROP_TIMEOUT)
                 client.run(on_worker.drop, self._token, terminate)
             except Exception:

@@ -42,7 +42,7 @@ class SubPoolConfig:
     """One pool's options, as every dask worker needs them (sent pickled)."""
 
     initializer: Optional[Callable[..., object]]
-    initargs: tuple
+    initargs: tuple[Any, ...]
     maxtasks: Optional[int]
     method: Optional[str]     # start method of the sub-pool's processes
     guards: Guards
@@ -99,7 +99,7 @@ class _SubPool:
         self.last_used = time.monotonic()
 
     def start(self, kind: int, call: str, name: str, start: int, func_bytes: bytes,
-              items: list) -> _Collect:
+              items: list[Any]) -> _Collect:
         job = _Collect(name, kind, call, len(items))
         try:
             self.engine.submit_items(job, items, len(items), start, func_bytes)
@@ -188,7 +188,7 @@ def drop(token: str, terminate: bool) -> None:
         (subpool.engine.terminate if terminate else subpool.engine.close)()
 
 
-def status(token: str) -> list:
+def status(token: str) -> list[Any]:
     with _lock:
         subpool = _subpools.get(token)
     return subpool.engine.status() if subpool is not None else []

@@ -17,7 +17,7 @@ class CallbackThread:
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self.thread: Optional[threading.Thread] = None
 
-    def call_soon(self, func: Callable, *args: Any) -> None:
+    def call_soon(self, func: Callable[..., Any], *args: Any) -> None:
         with self._lock:
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="poolguard-callbacks",

@@ -29,7 +29,7 @@ class Job:
 
     progress: Optional["Progress"] = None   # progress=: counted as units finish
 
-    def __init__(self, func: Callable, kind: int, call: str):
+    def __init__(self, func: Callable[..., Any], kind: int, call: str):
         self.func = func
         self.kind = kind
         self.call = call
@@ -106,7 +106,7 @@ def function_name(func: Any) -> str:
     return getattr(func, "__qualname__", None) or repr(func)
 
 
-def arguments_text(args: Sequence, kwds: dict) -> str:
+def arguments_text(args: Sequence[Any], kwds: dict[Any, Any]) -> str:
     """``1, 'a', x=3``: the arguments of a call as a crash message shows them."""
     parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwds.items()]
     return _clip(", ".join(parts))
@@ -133,7 +133,7 @@ class Unit:
     __slots__ = ("id", "job", "start", "items", "frame", "func_bytes", "attempts", "shared",
                  "remote", "elastic", "expected")
 
-    def __init__(self, job: Job, start: int, items: Sequence, func_bytes: bytes,
+    def __init__(self, job: Job, start: int, items: Sequence[Any], func_bytes: bytes,
                  attempts: Optional[List[str]] = None, remote: bool = False,
                  elastic: bool = False):
         self.id = next(_unit_ids)
@@ -190,14 +190,14 @@ class Unit:
         return parts
 
     @classmethod
-    def unencoded(cls, job: Job, start: int, items: Sequence, func_bytes: bytes) -> "Unit":
+    def unencoded(cls, job: Job, start: int, items: Sequence[Any], func_bytes: bytes) -> "Unit":
         """A unit that another engine encodes its own way (the cluster's)."""
         unit = cls.placeholder(job, start, items)
         unit.id, unit.func_bytes = next(_unit_ids), func_bytes
         return unit
 
     @classmethod
-    def placeholder(cls, job: Job, start: int, items: Sequence) -> "Unit":
+    def placeholder(cls, job: Job, start: int, items: Sequence[Any]) -> "Unit":
         """A unit that is never sent: it only carries a failure to its job
         (arguments that did not pickle, an iterable that raised)."""
         unit = cls.__new__(cls)
@@ -207,17 +207,17 @@ class Unit:
         return unit
 
 
-class _Rest(abc.Sequence):
+class _Rest(abc.Sequence[Any]):
     """What is left of an elastic unit's items, without copying them at
     each cut."""
 
     __slots__ = ("_items", "_lo")
 
-    def __init__(self, items: Sequence, lo: int):
+    def __init__(self, items: Sequence[Any], lo: int):
         self._items, self._lo = items, lo
 
     @classmethod
-    def of(cls, items: Sequence, lo: int) -> "_Rest":
+    def of(cls, items: Sequence[Any], lo: int) -> "_Rest":
         if isinstance(items, _Rest):
             return cls(items._items, items._lo + lo)
         return cls(items, lo)
@@ -225,7 +225,7 @@ class _Rest(abc.Sequence):
     def __len__(self) -> int:
         return len(self._items) - self._lo
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
             start, stop, step = index.indices(len(self))
             return self._items[self._lo + start:self._lo + stop:step]
@@ -250,7 +250,7 @@ def deliver(unit: Unit, ok: bool, value: Any) -> None:
         report_callback_error()
 
 
-def make_unit(job: Job, start: int, items: Sequence, func_bytes: bytes,
+def make_unit(job: Job, start: int, items: Sequence[Any], func_bytes: bytes,
               remote: bool) -> Optional[Unit]:
     """A unit of *items*; None if they cannot be pickled, the job having
     been failed with the pickling error, as in the standard library."""
@@ -261,7 +261,7 @@ def make_unit(job: Job, start: int, items: Sequence, func_bytes: bytes,
         return None
 
 
-def cut_units(job: Job, items: Sequence, chunksize: int, start: int, func_bytes: bytes,
+def cut_units(job: Job, items: Sequence[Any], chunksize: int, start: int, func_bytes: bytes,
               remote: bool) -> Iterator[List[Unit]]:
     """*items* as units of *chunksize*, in batches of doubling size, so that
     workers start on the first while later ones are still being pickled

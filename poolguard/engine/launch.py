@@ -84,17 +84,19 @@ class WorkerSpec:
     alive_conn: Connection            # EOF when the pool's process is gone
     slots: SharedSlots
     initializer: Any                  # callable (fork) or its pickle (spawn/forkserver)
-    initargs: tuple
+    initargs: tuple[Any, ...]
     maxtasks: Optional[int]
     timed: bool                       # write each item's start time (task_timeout)
-    probe: Optional[tuple]            # may the worker read our memory? (buffers.py)
+    probe: Optional[tuple[Any, ...]]            # may the worker read our memory? (buffers.py)
     # Fork a guardian that kills the worker's group if the pool's process
     # dies (not under the zygote, which does that itself).
     group_guardian: bool = True
 
-    def load_initializer(self) -> Optional[Callable]:
-        init = self.initializer
-        return pickle.loads(init) if isinstance(init, bytes) else init
+    def load_initializer(self) -> Optional[Callable[..., Any]]:
+        init: Optional[Callable[..., Any]] = \
+            pickle.loads(self.initializer) if isinstance(self.initializer, bytes) \
+            else self.initializer
+        return init
 
 
 class WorkerProcess:
@@ -125,7 +127,8 @@ class ContextProcess(WorkerProcess):
     def reap(self) -> Optional[int]:
         if not self._forkserver:
             self.process.join()
-            return self.process.exitcode
+            exitcode: Optional[int] = self.process.exitcode
+            return exitcode
         # Not our child: its status comes through the fork server, which
         # reports 255 when it cannot read it.  Read it ourselves first.
         exitcode = zombie_exit_status(self.pid, diagnosis.SOURCES)
@@ -170,7 +173,7 @@ class ContextLauncher:
         self._method = context.get_start_method()
         self._main_names: Optional[FrozenSet[str]] = None
 
-    def main_by_value(self, func: Callable) -> bool:
+    def main_by_value(self, func: Callable[..., Any]) -> bool:
         """Must a function of __main__ go by value?  Under fork (no zygote)
         workers are forked from our process as it is: never.  Under spawn
         and forkserver, multiprocessing imports the script again in each
@@ -275,7 +278,7 @@ class ZygoteLauncher:
         # Workers have the __main__ of this moment (the zygote's).
         self._main = {k: v for k, v in vars(sys.modules["__main__"]).items() if callable(v)}
 
-    def main_by_value(self, func: Callable) -> bool:
+    def main_by_value(self, func: Callable[..., Any]) -> bool:
         """A function of __main__ defined after the zygote was forked is not
         in the workers' __main__: it goes by value, as under spawn."""
         return self._main.get(getattr(func, "__name__", "")) is not func
@@ -299,9 +302,10 @@ class ZygoteLauncher:
             reply = self._ask(("reap", pid))
         except StartError:
             return None    # the zygote is gone: nobody can read the status now
-        return reply[1]
+        status: Optional[int] = reply[1]
+        return status
 
-    def _ask(self, request: tuple, fds: Optional[List[int]] = None) -> tuple:
+    def _ask(self, request: tuple[Any, ...], fds: Optional[List[int]] = None) -> tuple[Any, ...]:
         """One request, one reply; StartError when the zygote cannot answer."""
         if self.exitcode is not None:
             raise StartError(self.describe_death())
@@ -316,7 +320,8 @@ class ZygoteLauncher:
             why = "no answer" if data is None else "it closed its socket"
         if not data:
             raise StartError(f"the pool's zygote (pid {self.pid}) did not answer: {why}")
-        return pickle.loads(data)
+        reply: tuple[Any, ...] = pickle.loads(data)
+        return reply
 
     def died(self) -> str:
         """Called once its pidfd is readable: reap it, and say what happened."""

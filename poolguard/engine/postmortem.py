@@ -10,7 +10,7 @@ supervisor applies the decision; nothing here touches its queues.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .. import diagnosis
 from ..diagnosis import KernelLog, diagnose
@@ -39,7 +39,7 @@ class Death:
 
 class Postmortem:
     def __init__(self, guards: Guards, kernel_log: KernelLog, processes: int,
-                 initializer: Optional[Callable]):
+                 initializer: Optional[Callable[..., Any]]):
         self.guards = guards
         self._kernel_log = kernel_log
         self._initializer = initializer
@@ -150,5 +150,5 @@ def _signal(exitcode: Optional[int]) -> Optional[str]:
     return signal_name(-exitcode) if exitcode is not None and exitcode < 0 else None
 
 
-def name_of(func: Optional[Callable]) -> str:
+def name_of(func: Optional[Callable[..., Any]]) -> str:
     return getattr(func, "__qualname__", None) or repr(func)

@@ -74,9 +74,9 @@ TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
 class Engine:
     """Worker processes plus the supervisor thread that watches them."""
 
-    def __init__(self, processes: int, initializer: Optional[Callable] = None,
-                 initargs: Iterable = (), maxtasks: Optional[int] = None, context=None,
-                 finish_at_exit: bool = False, guards: Optional[Guards] = None):
+    def __init__(self, processes: int, initializer: Optional[Callable[..., Any]] = None,
+                 initargs: Iterable[Any] = (), maxtasks: Optional[int] = None, context: Any = None,
+                 finish_at_exit: bool = False, guards: Optional[Guards] = None) -> None:
         guards = guards or Guards()
         self.processes = processes
         self.guards = guards
@@ -116,7 +116,7 @@ class Engine:
 
     # ---- called from other threads -------------------------------------------------
 
-    def encode_function(self, func: Callable) -> bytes:
+    def encode_function(self, func: Callable[..., Any]) -> bytes:
         last = self._last_function
         if last[0] is func:   # a run of submits of one function pickles it once
             return last[1]
@@ -125,12 +125,12 @@ class Engine:
             self._last_function = (func, data)
         return data
 
-    def main_by_value(self, func: Callable) -> bool:
+    def main_by_value(self, func: Callable[..., Any]) -> bool:
         """Must *func*, of ``__main__``, go to the workers by value?  A
         wrapper (checkpoint's) is judged by the function it wraps."""
         return self._launcher.main_by_value(getattr(func, "__wrapped__", func))
 
-    def submit_items(self, job: Job, items: Sequence, chunksize: int, start: int = 0,
+    def submit_items(self, job: Job, items: Sequence[Any], chunksize: int, start: int = 0,
                      func_bytes: Optional[bytes] = None, open_call: bool = False) -> None:
         """Cut *items* into units (jobs.py) and queue them batch by batch."""
         if func_bytes is None:
@@ -143,7 +143,7 @@ class Engine:
         for batch in cut_units(job, items, chunksize, start, func_bytes, self.remote_reads):
             self.inbox.submit(batch, open_call)
 
-    def submit_elastic(self, job: Job, items: Sequence) -> None:
+    def submit_elastic(self, job: Job, items: Sequence[Any]) -> None:
         """Queue *items* as one elastic unit, which dispatch cuts as it goes."""
         func_bytes = self.encode_function(job.func)
         self.inbox.submit([Unit(job, 0, items, func_bytes, remote=self.remote_reads,
@@ -163,7 +163,7 @@ class Engine:
         if threading.current_thread() not in (self._thread, self._callbacks.thread):
             self._thread.join(timeout)
 
-    def call_soon(self, func: Callable, *args: Any) -> None:
+    def call_soon(self, func: Callable[..., Any], *args: Any) -> None:
         """Run a user callback on the pool's callback thread, in order."""
         self._callbacks.call_soon(func, *args)
 
@@ -342,7 +342,7 @@ class Engine:
             self._on_reply(worker, data)
         if state == "eof":  # keep the pipe out of the wait set; the death fd says the rest
             self._watch.discard(worker.reader.fd)
-        return state
+        return str(state)
 
     def _on_reply(self, worker: Worker, data: bytes) -> None:
         task_id, status, micros = REPLY_HEADER.unpack_from(data)

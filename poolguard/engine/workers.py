@@ -70,7 +70,7 @@ class Worker:
         self.guard: Optional[GuardStop] = None
         self._escalation: List[Tuple[float, int]] = []   # (when, signal) still to send
         self.item_deadline: Optional[float] = None   # task_timeout expiry of the running item
-        self.seen_item: tuple = ()              # the slot as the timeout guard last read it
+        self.seen_item: tuple[Any, ...] = ()              # the slot as the timeout guard last read it
         self.stopped_since: Optional[float] = None   # seen stopped (SIGSTOP) since then
         self.stop_reported = False
 
@@ -197,7 +197,7 @@ def trim_stack(text: str) -> str:
 _HELPER_FRAME = "in _watch_parent"
 
 
-def signal_process(process, signum: int) -> None:
+def signal_process(process: Any, signum: int) -> None:
     """Signal a worker not yet reaped (so its pid cannot have been reused)."""
     try:
         os.kill(process.pid, signum)

@@ -86,7 +86,7 @@ def _serve(sock: socket.socket, spec: Any, owner: int) -> None:
 
 
 def _fork_worker(context: Any, spec: Any, index: int, fds: List[int], sock: socket.socket,
-                 children: Dict[int, Any]) -> tuple:
+                 children: Dict[int, Any]) -> tuple[Any, ...]:
     conns = (Connection(fds[0], writable=False), Connection(fds[1], readable=False),
              Connection(fds[2], readable=False))
     process = context.Process(target=worker_main, name=f"poolguard-worker-{index}",

@@ -50,7 +50,7 @@ class LargeBytes:
     def __init__(self, data: "bytes | bytearray"):
         self.data = data
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         return type(self.data), (pickle.PickleBuffer(self.data),)
 
 
@@ -62,7 +62,7 @@ class RemoteBytes:
     def __init__(self, data: bytes):
         self.data = data
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         return read_remote, (os.getpid(), id(self.data) + _BYTES_DATA_OFFSET, len(self.data))
 
 
@@ -101,7 +101,7 @@ def read_remote(pid: int, address: int, size: int) -> bytes:
     """Worker side: a new ``bytes`` of *size*, copied from *address* in process
     *pid*, filled before anyone else can see it."""
     readv, new_bytes = _reader()
-    out = new_bytes(None, size)
+    out: bytes = new_bytes(None, size)
     base = id(out) + _BYTES_DATA_OFFSET
     done = 0
     while done < size:
@@ -120,13 +120,13 @@ def read_remote(pid: int, address: int, size: int) -> bytes:
 PROBE = b"poolguard can read its parent" * 8
 
 
-def probe_handle() -> Optional[tuple]:
+def probe_handle() -> Optional[tuple[Any, ...]]:
     if not REMOTE_POSSIBLE:
         return None
     return os.getpid(), id(PROBE) + _BYTES_DATA_OFFSET, len(PROBE)
 
 
-def can_read_parent(handle: Optional[tuple]) -> bool:
+def can_read_parent(handle: Optional[tuple[Any, ...]]) -> bool:
     """Worker side, at start: can we read the parent's memory?"""
     if handle is None:
         return False
@@ -193,7 +193,7 @@ class Collector:
         return False
 
 
-def open_buffers(handle: tuple) -> List[memoryview]:
+def open_buffers(handle: tuple[Any, ...]) -> List[memoryview]:
     """The worker's side: views of each buffer, on a private mapping."""
     pid, fd, inode, size, layout = handle
     local = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
@@ -224,7 +224,7 @@ def close_inherited() -> None:
 
 
 def shareable(items: Any, star: bool, apply: bool, remote: bool,
-              min_size: int = MIN_SIZE) -> Optional[list]:
+              min_size: int = MIN_SIZE) -> Optional[list[Any]]:
     """*items* with each large ``bytes`` argument wrapped (RemoteBytes when
     *remote*, else LargeBytes) and each large ``bytearray`` in LargeBytes, or
     None if there is none.  Only the
@@ -243,7 +243,7 @@ def shareable(items: Any, star: bool, apply: bool, remote: bool,
             return wrapper(value) if kind is bytes else LargeBytes(value)
         return value
 
-    out: list = []
+    out: list[Any] = []
     for item in items:
         if apply:
             args, kwds = item

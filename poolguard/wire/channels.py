@@ -14,7 +14,7 @@ import os
 import select
 import threading
 from multiprocessing import connection as mp_connection
-from typing import Any, Deque, Dict, List, Optional
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .framing import split_frames
 
@@ -30,7 +30,7 @@ class FrameReader:
         self.buf = bytearray()
         os.set_blocking(fd, False)
 
-    def read(self, max_reads: int = 64) -> tuple:
+    def read(self, max_reads: int = 64) -> Tuple[List[bytes], str]:
         """Read what is there now: (complete frames, state), state being
         "eof", "drained" (nothing more for now) or "more" (stopped at max_reads)."""
         state = "more"
@@ -102,7 +102,7 @@ class Spiller:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._queues: Dict[int, Deque[memoryview]] = {}
-        self._to_close: set = set()
+        self._to_close: set[Any] = set()
         self._thread: Optional[threading.Thread] = None
         self._wakeup = WakePipe()
         self._stopping = False
@@ -210,7 +210,7 @@ class WatchSet:
     """
 
     def __init__(self, wake_fd: int):
-        self.owner: Dict[int, tuple] = {}
+        self.owner: Dict[int, tuple[Any, ...]] = {}
         self._wake_fd = wake_fd
         self._poll = select.poll() if hasattr(select, "poll") else None
         if self._poll is not None:

@@ -78,7 +78,8 @@ def dumps(obj: Any, collector: Optional[buffers.Collector] = None) -> bytes:
     except (pickle.PicklingError, AttributeError, TypeError):
         if collector is not None:
             collector.taken.clear()
-        return cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=collector)
+        data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=collector)
+        return data
 
 
 # Chunks of at most this many items are searched for large bytes before
@@ -87,7 +88,7 @@ def dumps(obj: Any, collector: Optional[buffers.Collector] = None) -> bytes:
 _SEARCH_LIMIT = 64
 
 
-def encode_task(task_id: int, kind: int, func_bytes: bytes, items: Sequence,
+def encode_task(task_id: int, kind: int, func_bytes: bytes, items: Sequence[Any],
                 remote: bool = False) -> Tuple[List[bytes], Optional[buffers.SharedBuffers]]:
     """The frame of a task, and the shared buffers it refers to (None if its
     arguments had no large buffer).  The caller closes them when the task is
@@ -116,17 +117,20 @@ def encode_task(task_id: int, kind: int, func_bytes: bytes, items: Sequence,
     return frame(TASK_HEADER.pack(task_id, len(handle)) + handle, body), shared
 
 
-def decode_task(data: bytes, handle_size: int) -> tuple:
+def decode_task(data: bytes, handle_size: int) -> tuple[Any, ...]:
     """Worker side: (kind, func_bytes, items) of a task frame (after the
     length prefix), mapping its shared buffers if it has any."""
     view = memoryview(data)[TASK_HEADER.size:]
+    task: tuple[Any, ...]
     if not handle_size:
-        return pickle.loads(view)
+        task = pickle.loads(view)
+        return task
     handle = pickle.loads(view[:handle_size])
-    return pickle.loads(view[handle_size:], buffers=buffers.open_buffers(handle))
+    task = pickle.loads(view[handle_size:], buffers=buffers.open_buffers(handle))
+    return task
 
 
-def dumps_call(func: Callable, payload: Any, by_value_main: bool) -> bytes:
+def dumps_call(func: Callable[..., Any], payload: Any, by_value_main: bool) -> bytes:
     """Pickle *payload*, which holds *func*.  If *func* lives in ``__main__``
     and the worker does not share our ``__main__`` (spawn, forkserver), it goes
     by value with cloudpickle; the standard pickler would send a name the
@@ -134,11 +138,12 @@ def dumps_call(func: Callable, payload: Any, by_value_main: bool) -> bytes:
     the function it wraps."""
     func = getattr(func, "__wrapped__", func)
     if by_value_main and getattr(func, "__module__", None) == "__main__":
-        return cloudpickle.dumps(payload, protocol=PROTOCOL)
+        data: bytes = cloudpickle.dumps(payload, protocol=PROTOCOL)
+        return data
     return dumps(payload)
 
 
-def encode_function(func: Callable, by_value_main: bool) -> Tuple[bytes, bool]:
+def encode_function(func: Callable[..., Any], by_value_main: bool) -> Tuple[bytes, bool]:
     """*func* pickled as ``dumps_call`` does, and whether that pickle is only
     its name (a plain function the standard pickler took), so that it can be
     reused for later calls: one sent by value (a lambda, a closure) may have

@@ -15,7 +15,7 @@ import struct
 import tempfile
 from enum import IntEnum
 from multiprocessing import reduction
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Tuple
 
 
 class TaskWord(IntEnum):
@@ -57,7 +57,7 @@ class SharedSlots:
         self.fd = fd
         self.map = mmap.mmap(fd, self.size)
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (_attach, (reduction.DupFd(self.fd), self.size // _SLOT.size))
 
     def read(self, index: int) -> "Slot":
@@ -76,7 +76,7 @@ class SharedSlots:
         os.close(self.fd)
 
 
-def _attach(dup_fd, count: int) -> SharedSlots:
+def _attach(dup_fd: Any, count: int) -> SharedSlots:
     return SharedSlots(count, dup_fd.detach())
 
 

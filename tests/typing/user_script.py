@@ -4,6 +4,7 @@ standard library's stubs.  Never run; only type-checked."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing.pool
 from concurrent.futures import Future
 from typing import Iterator, List
 
@@ -28,6 +29,13 @@ def pool_calls(pool: poolguard.Pool) -> int:
     mapped: poolguard.MapResult[int] = pool.map_async(square, range(3))
     return one + sum(many) + sum(pairs) + sum(lazy) + sum(unordered) + pending.get(1.0) \
         + sum(mapped.get())
+
+
+def written_for_the_stdlib(pool: multiprocessing.pool.Pool) -> int:
+    """Code typed for the standard library's Pool accepts poolguard's."""
+    pending: multiprocessing.pool.AsyncResult[int] = pool.apply_async(square, (2,))
+    lazy: multiprocessing.pool.IMapIterator[int] = pool.imap(square, range(3))
+    return pending.get() + sum(lazy) + sum(pool.map(square, range(3)))
 
 
 def executor_calls(executor: poolguard.ProcessPoolExecutor) -> int:
@@ -56,6 +64,8 @@ def errors(exc: BaseException) -> str:
 
 def main() -> None:
     with poolguard.Pool(2, task_timeout=5.0, retries=1) as pool:
-        print(pool_calls(pool), asyncio.run(awaiting(pool)))
+        print(pool_calls(pool), asyncio.run(awaiting(pool)), written_for_the_stdlib(pool))
+    with poolguard.Pool(cluster="tcp://scheduler:8786") as on_a_cluster:
+        print(pool_calls(on_a_cluster))
     with poolguard.ProcessPoolExecutor(2, max_worker_memory="1GiB") as executor:
         print(executor_calls(executor))
