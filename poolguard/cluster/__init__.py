@@ -36,7 +36,7 @@ def connect(cluster: Any) -> Tuple[Any, bool]:
             raise ValueError(f"the Client given as cluster= is {cluster.status}")
         return cluster, False
     if isinstance(cluster, str) or hasattr(cluster, "scheduler_address"):
-        return Client(cluster, set_as_default=False), True   # type: ignore[no-untyped-call]
+        return Client(cluster, set_as_default=False), True
     raise TypeError(f"cluster must be a distributed.Client, a scheduler address such as "
                     f"'tcp://host:8786', or a dask cluster object, not "
                     f"{type(cluster).__name__}")

@@ -298,7 +298,7 @@ class ClusterEngine:
             try:
                 if client.status != "running":   # closed under us: a Client of our own
                     from distributed import Client
-                    client = Client(self._address, set_as_default=False,   # type: ignore[no-untyped-call]
+                    client = Client(self._address, set_as_default=False,
                                     timeout=DROP_TIMEOUT)
                 client.run(on_worker.drop, self._token, terminate)
             except Exception:
