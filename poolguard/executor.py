@@ -7,13 +7,12 @@ from concurrent.futures import CancelledError, Executor, Future, InvalidStateErr
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional,
                     Tuple, TypeVar, Union)
 
-from .front import WorkerReports
-from .engine import Engine, EngineSurface, Job, Unit
+from .front import WorkerReports, start_engine
+from .engine import EngineSurface, Job, Unit
 from .engine.at_exit import interpreter_exiting
 from .wire.messages import APPLY, EACH, EACH_STAR, STARMAP
 from .progress import Progress, ProgressArg, check_progress, finish_progress, make_progress
-from .options import (checkpointed, check_initializer, check_max_tasks, make_guards, resolve_context,
-                      resolve_workers)
+from .options import (checkpointed, check_initializer, check_max_tasks, make_guards)
 
 
 if TYPE_CHECKING:
@@ -169,18 +168,9 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         guards = make_guards(task_timeout, max_worker_memory, retries, retry_on)
         maxtasks = check_max_tasks(max_tasks_per_child, "max_tasks_per_child")
         self._shutdown_lock = threading.Lock()
-        if cluster is not None:
-            from .cluster import make_engine
-            self._engine = make_engine(
-                cluster, None if max_workers is None else
-                resolve_workers(max_workers, "max_workers"),
-                initializer, initargs, maxtasks, mp_context, True, guards)
-            self._max_workers = self._engine.processes
-            return
-        self._max_workers = resolve_workers(max_workers, "max_workers")
-        self._engine = Engine(self._max_workers, initializer, initargs, maxtasks,
-                              resolve_context(mp_context), finish_at_exit=True,
-                              guards=guards)
+        self._engine = start_engine(max_workers, "max_workers", initializer, initargs,
+                                    maxtasks, mp_context, True, guards, cluster)
+        self._max_workers = self._engine.processes
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "Future[T]":
         """As the stdlib's: a function or argument that does not pickle fails

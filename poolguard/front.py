@@ -1,10 +1,28 @@
-"""What both fronts (pool.py, executor.py) share: the reports on their workers."""
+"""What both fronts (pool.py, executor.py) share: how their engine is
+made, and the reports on their workers."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, Callable, Iterable, List, Optional
 
-from .engine import EngineSurface
+from .engine import Engine, EngineSurface
 from .engine.workers import WorkerStatus
+from .options import Guards, resolve_context, resolve_workers
+
+
+def start_engine(processes: Optional[int], what: str,
+                 initializer: Optional[Callable[..., object]], initargs: Iterable[Any],
+                 maxtasks: Optional[int], context: Any, finish_at_exit: bool, guards: Guards,
+                 cluster: Any) -> EngineSurface:
+    """The engine of a front: on this machine, or on the dask cluster given
+    as *cluster* (poolguard.cluster is imported only then).  *what* names
+    *processes* in its errors."""
+    if cluster is not None:
+        from .cluster import make_engine
+        return make_engine(cluster, None if processes is None else
+                           resolve_workers(processes, what),
+                           initializer, initargs, maxtasks, context, finish_at_exit, guards)
+    return Engine(resolve_workers(processes, what), initializer, initargs, maxtasks,
+                  resolve_context(context), finish_at_exit=finish_at_exit, guards=guards)
 
 
 class WorkerReports:

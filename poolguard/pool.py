@@ -7,10 +7,9 @@ import warnings
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Mapping, Optional,
                     TypeVar, Union)
 
-from .front import WorkerReports
-from .engine import Engine, EngineSurface, Unit
-from .options import (checkpointed, check_initializer, check_max_tasks, make_guards, resolve_context,
-                      resolve_workers)
+from .front import WorkerReports, start_engine
+from .engine import EngineSurface, Unit
+from .options import (checkpointed, check_initializer, check_max_tasks, make_guards)
 from .errors import PoolTerminatedError
 from .progress import ProgressArg, check_progress, make_progress
 from .results import ApplyResult, AsyncResult, Callback, IMapIterator, MapResult
@@ -58,17 +57,9 @@ class Pool(WorkerReports, _StdlibPool):
         check_initializer(initializer)
         guards = make_guards(task_timeout, max_worker_memory, retries, retry_on)
         maxtasks = check_max_tasks(maxtasksperchild, "maxtasksperchild")
-        if cluster is not None:
-            from .cluster import make_engine
-            self._engine = make_engine(
-                cluster, None if processes is None else
-                resolve_workers(processes, "Number of processes"),
-                initializer, initargs, maxtasks, context, False, guards)
-            self._processes = self._engine.processes
-            return
-        self._processes = resolve_workers(processes, "Number of processes")
-        self._engine = Engine(self._processes, initializer, initargs, maxtasks,
-                              resolve_context(context), guards=guards)
+        self._engine = start_engine(processes, "Number of processes", initializer, initargs,
+                                    maxtasks, context, False, guards, cluster)
+        self._processes = self._engine.processes
 
     # ---- single calls ----
 

@@ -48,6 +48,7 @@ from ..engine import at_exit
 from ..engine.callbacks import CallbackThread
 from ..engine.inbox import CLOSING, TERMINATING, Inbox
 from ..engine.jobs import Job, Unit, deliver, function_name
+from ..engine.surface import EngineBase
 from ..engine.workers import WorkerStatus
 from ..errors import PoolTerminatedError, WorkerCrashedError
 from ..options import Guards
@@ -58,7 +59,7 @@ DROP_TIMEOUT = 10.0   # seconds to wait for the workers to end a closed pool's s
 BUNDLE = 64           # most units one dask task carries
 
 
-class ClusterEngine:
+class ClusterEngine(EngineBase):
     """Units of the fronts' jobs, run as dask tasks on a cluster."""
 
     remote_reads = False
@@ -115,23 +116,6 @@ class ClusterEngine:
     def submit_elastic(self, job: Job, items: Sequence[Any]) -> None:
         """The executor's ``map`` without chunksize: four units a thread."""
         self.submit_items(job, items, max(1, math.ceil(len(items) / (4 * self.processes))))
-
-    def close(self) -> None:
-        self.inbox.close()
-
-    def terminate(self) -> None:
-        self.inbox.terminate()
-
-    def join(self, timeout: Optional[float] = None) -> None:
-        if threading.current_thread() not in (self._thread, self._callbacks.thread):
-            self._thread.join(timeout)
-
-    def call_soon(self, func: Callable[..., Any], *args: Any) -> None:
-        self._callbacks.call_soon(func, *args)
-
-    @property
-    def state(self) -> str:
-        return self.inbox.state
 
     def units_in_flight(self) -> int:
         return self._in_flight

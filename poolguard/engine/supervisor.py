@@ -66,12 +66,13 @@ from .jobs import Job, Unit, cut_units, deliver, make_unit
 from .pacing import Pacer
 from .launch import ParentAlive, StartError, WorkerSpec, ZygoteLauncher, make_launcher
 from .postmortem import Postmortem, name_of
+from .surface import EngineBase
 from .workers import State, Worker, WorkerSet, WorkerStatus, kill_group
 
 TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
 
 
-class Engine:
+class Engine(EngineBase):
     """Worker processes plus the supervisor thread that watches them."""
 
     def __init__(self, processes: int, initializer: Optional[Callable[..., Any]] = None,
@@ -148,28 +149,6 @@ class Engine:
         func_bytes = self.encode_function(job.func)
         self.inbox.submit([Unit(job, 0, items, func_bytes, remote=self.remote_reads,
                                 elastic=True)])
-
-    def close(self) -> None:
-        """No more calls; workers exit once the queued work is done."""
-        self.inbox.close()
-
-    def terminate(self) -> None:
-        """Stop now: unfinished units fail, workers are killed."""
-        self.inbox.terminate()
-
-    def join(self, timeout: Optional[float] = None) -> None:
-        # From our own threads (a callback calling terminate()) joining would
-        # wait for ourselves.
-        if threading.current_thread() not in (self._thread, self._callbacks.thread):
-            self._thread.join(timeout)
-
-    def call_soon(self, func: Callable[..., Any], *args: Any) -> None:
-        """Run a user callback on the pool's callback thread, in order."""
-        self._callbacks.call_soon(func, *args)
-
-    @property
-    def state(self) -> str:
-        return self.inbox.state
 
     @property
     def pids(self) -> List[int]:

@@ -1,10 +1,13 @@
 """What the fronts may use of an engine: the local one (supervisor.py) and
-the cluster's (poolguard/cluster/engine.py) both offer exactly this."""
+the cluster's (poolguard/cluster/engine.py) both offer exactly this, and
+share :class:`EngineBase` for the part that is the same."""
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, List, Optional, Protocol, Sequence
 
 from ..options import Guards
+from .callbacks import CallbackThread
 from .inbox import Inbox
 from .jobs import Job
 from .workers import WorkerStatus
@@ -44,3 +47,34 @@ class EngineSurface(Protocol):
     def status(self) -> List[WorkerStatus]: ...
 
     def dump_stacks(self) -> None: ...
+
+
+class EngineBase:
+    """The life cycle both engines share: callers change the inbox's state,
+    the engine's own thread acts on it; user callbacks run on another."""
+
+    inbox: Inbox
+    _thread: threading.Thread
+    _callbacks: CallbackThread
+
+    def close(self) -> None:
+        """No more calls; the engine ends once the queued work is done."""
+        self.inbox.close()
+
+    def terminate(self) -> None:
+        """Stop now: unfinished units fail."""
+        self.inbox.terminate()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        # From our own threads (a callback calling terminate()) joining would
+        # wait for ourselves.
+        if threading.current_thread() not in (self._thread, self._callbacks.thread):
+            self._thread.join(timeout)
+
+    def call_soon(self, func: Callable[..., Any], *args: Any) -> None:
+        """Run a user callback on the callback thread, in order."""
+        self._callbacks.call_soon(func, *args)
+
+    @property
+    def state(self) -> str:
+        return self.inbox.state
