@@ -5,6 +5,8 @@ import functools
 import os
 import time
 
+import pytest
+
 import poolguard
 
 import tasks
@@ -43,3 +45,24 @@ def test_imap_unordered_under_kills_with_retries_has_no_duplicates():
     assert sorted(got) == [x * x for x in range(600)]   # each once: no loss, no duplicate
     STATS["results"] += len(got)
     assert len(kills) >= 10
+
+
+def test_a_late_wake_up_writes_nothing_into_a_reused_descriptor():
+    """terminate() after the end, or a dask callback after the engine closed,
+    must not write into whatever file got the wake pipe's number since."""
+    pool = poolguard.Pool(1)
+    write_fd = pool._engine.inbox.wakeup._write_fd
+    pool.terminate()
+    pool.join()
+    read_end, write_end = os.pipe()     # the lowest free numbers: the wake pipe's
+    try:
+        assert write_fd in (read_end, write_end)
+        os.set_blocking(read_end, False)
+        for _ in range(3):
+            pool.terminate()              # each wakes the engine that has ended
+            pool.close()
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 1)
+    finally:
+        os.close(read_end)
+        os.close(write_end)

@@ -60,22 +60,30 @@ class WakePipe:
     """A pipe whose read end a loop polls; other threads ``wake()`` it.
 
     Only the first wake-up between two drains writes a byte: with one byte
-    per submitted batch, the writes cost more than the rest of a tiny task."""
+    per submitted batch, the writes cost more than the rest of a tiny task.
+    A wake-up after ``close()`` (a late ``terminate()``, a callback of
+    dask's) writes nothing: the descriptor's number may belong to another
+    file by then."""
 
     def __init__(self) -> None:
         self.fd, self._write_fd = os.pipe()
         os.set_blocking(self.fd, False)
         os.set_blocking(self._write_fd, False)
         self._woken = False
+        self._closed = False
+        self._lock = threading.Lock()   # taken by the first wake-up between drains only
 
     def wake(self) -> None:
         if self._woken:
             return
-        self._woken = True
-        try:
-            os.write(self._write_fd, b"x")
-        except OSError:
-            pass   # full (the loop will wake anyway) or closed (it has ended)
+        with self._lock:
+            if self._closed:
+                return
+            self._woken = True
+            try:
+                os.write(self._write_fd, b"x")
+            except OSError:
+                pass   # full: the loop will wake anyway
 
     def drain(self) -> None:
         """Read, then clear the flag: the other order could drain a waker's
@@ -87,8 +95,10 @@ class WakePipe:
         self._woken = False
 
     def close(self) -> None:
-        os.close(self.fd)
-        os.close(self._write_fd)
+        with self._lock:
+            self._closed = True
+            os.close(self.fd)
+            os.close(self._write_fd)
 
 
 class Spiller:
