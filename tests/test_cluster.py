@@ -385,3 +385,19 @@ def test_a_client_closed_under_the_pool_fails_calls_not_hangs(cluster):
             pool.apply(inc, (1,))
     finally:
         pool.terminate()
+
+
+@pytest.mark.timeout(120)
+def test_an_argument_the_workers_cannot_unpickle_fails_only_its_task(client, tmp_path,
+                                                                     monkeypatch):
+    (tmp_path / "only_here.py").write_text("class Thing:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))   # this process only, not the workers
+    import only_here
+    with poolguard.ProcessPoolExecutor(cluster=client) as executor:
+        bad = executor.submit(repr, only_here.Thing())
+        good = executor.submit(inc, 1)
+        error = bad.exception(30)
+        assert isinstance(error, poolguard.TaskDecodeError)
+        assert "could not be unpickled on the dask worker" in str(error)
+        assert "only_here" in str(error)
+        assert good.result(30) == 2

@@ -50,7 +50,7 @@ from ..engine.inbox import CLOSING, TERMINATING, Inbox
 from ..engine.jobs import Job, Unit, deliver, function_name
 from ..engine.surface import EngineBase
 from ..engine.workers import WorkerStatus
-from ..errors import PoolTerminatedError, WorkerCrashedError
+from ..errors import PoolguardError, PoolTerminatedError, TaskDecodeError, WorkerCrashedError
 from ..options import Guards
 from ..wire.messages import PROTOCOL, encode_function
 from . import on_worker, parts
@@ -176,7 +176,7 @@ class ClusterEngine(EngineBase):
                 if unit.job.wanted(unit):
                     units.append(unit)
         bundles: List[List[Unit]] = []
-        payloads: List[List[bytes]] = []
+        payloads: List[List[parts.Payload]] = []
         size = _bundle_size(len(units), self.processes)
         for unit in units:
             try:
@@ -192,7 +192,7 @@ class ClusterEngine(EngineBase):
         if bundles:
             self._submit(bundles, payloads)
 
-    def _submit(self, bundles: List[List[Unit]], payloads: List[List[bytes]]) -> None:
+    def _submit(self, bundles: List[List[Unit]], payloads: List[List[parts.Payload]]) -> None:
         """One dask task per bundle of units, in one call."""
         keys = [f"poolguard-{function_name(b[0].job.func)}-{self._token[:8]}-{b[0].id}"
                 for b in bundles]
@@ -302,10 +302,10 @@ def _bundle_size(count: int, processes: int) -> int:
     return max(1, min(BUNDLE, count // (4 * processes)))
 
 
-def _encode_unit(unit: Unit) -> bytes:
+def _encode_unit(unit: Unit) -> parts.Payload:
     job = unit.job
-    return pickle.dumps((job.kind, job.call, function_name(job.func), unit.start,
-                         unit.func_bytes, list(unit.items)), protocol=PROTOCOL)
+    body = pickle.dumps((unit.func_bytes, list(unit.items)), protocol=PROTOCOL)
+    return job.kind, job.call, function_name(job.func), unit.start, len(unit.items), body
 
 
 def _deliver_parts(unit: Unit, found: List[parts.Part], retried: int) -> None:
@@ -339,13 +339,18 @@ def _outcome(future: Any) -> Any:
 
 def _task_failure(unit: Unit, exc: BaseException) -> BaseException:
     """A dask task that did not return: the dask worker running it died or
-    was lost (``KilledWorker``), or the task was cancelled."""
+    was lost (``KilledWorker``), the task was cancelled, or it failed there."""
     if isinstance(exc, PoolTerminatedError):
         return exc
     task = unit.job.describe(unit, None)
-    error = WorkerCrashedError(
-        f"the dask task running {task} failed: {type(exc).__name__}: {exc}. The dask "
-        f"worker itself died or was lost (poolguard's own processes on it would have "
-        f"reported a death of theirs); the scheduler's logs say why.", task=task)
+    if type(exc).__name__ != "KilledWorker":
+        error: PoolguardError = TaskDecodeError(
+            f"the dask task running {task} failed on its dask worker: "
+            f"{type(exc).__name__}: {exc}", exc=exc)
+    else:
+        error = WorkerCrashedError(
+            f"the dask task running {task} failed: {type(exc).__name__}: {exc}. The dask "
+            f"worker itself died or was lost (poolguard's own processes on it would have "
+            f"reported a death of theirs); the scheduler's logs say why.", task=task)
     error.__cause__ = exc
     return error

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ..engine import Engine, Job, Unit
-from ..errors import PoolTerminatedError, WorkerCrashedError, WorkerMemoryError
+from ..errors import PoolTerminatedError, TaskDecodeError, WorkerCrashedError, WorkerMemoryError
 from ..options import Guards, resolve_context
 from . import parts
 
@@ -98,9 +98,16 @@ class _SubPool:
         self.running = 0
         self.last_used = time.monotonic()
 
-    def start(self, kind: int, call: str, name: str, start: int, func_bytes: bytes,
-              items: list[Any]) -> _Collect:
-        job = _Collect(name, kind, call, len(items))
+    def start(self, payload: parts.Payload) -> _Collect:
+        kind, call, name, start, count, body = payload
+        job = _Collect(name, kind, call, count)
+        try:
+            func_bytes, items = pickle.loads(body)
+        except BaseException as exc:   # a class the dask worker cannot import, say
+            job.unit_failed(Unit.placeholder(job, start, [None] * count), TaskDecodeError(
+                f"the task could not be unpickled on the dask worker: "
+                f"{type(exc).__name__}: {exc}", exc=exc))
+            return job
         try:
             self.engine.submit_items(job, items, len(items), start, func_bytes)
         except ValueError as exc:   # closed under us (expired, or the pool ended)
@@ -142,14 +149,14 @@ _reaper: Optional[threading.Thread] = None
 
 
 def run_units(token: str, config: bytes,
-              payloads: List[bytes]) -> List[Tuple[List[parts.Part], int]]:
+              payloads: List[parts.Payload]) -> List[Tuple[List[parts.Part], int]]:
     """The dask task of a bundle of units, run side by side in the sub-pool
     (see parts.py for what comes and goes): each unit's parts and retries."""
     subpool = _take(token, config)
     if subpool is None:   # a task of a pool that has ended, started late
         return [_ended(payload) for payload in payloads]
     try:
-        jobs = [subpool.start(*pickle.loads(payload)) for payload in payloads]
+        jobs = [subpool.start(payload) for payload in payloads]
         return [subpool.finish(job) for job in jobs]
     finally:
         with _lock:
@@ -157,10 +164,10 @@ def run_units(token: str, config: bytes,
             subpool.last_used = time.monotonic()
 
 
-def _ended(payload: bytes) -> Tuple[List[parts.Part], int]:
-    start, items = pickle.loads(payload)[3::2]
+def _ended(payload: parts.Payload) -> Tuple[List[parts.Part], int]:
+    start, count = payload[3], payload[4]
     status, blob = parts.encode_failure(PoolTerminatedError("the pool has ended"))
-    return [(start, len(items), status, blob)], 0
+    return [(start, count, status, blob)], 0
 
 
 def _take(token: str, config: bytes) -> Optional[_SubPool]:

@@ -4,7 +4,10 @@ To the worker, one dask task per bundle of units (one unit, unless many
 wait)::
 
     run_units(token, config, [payload, ...])
-        payload = pickle((kind, call, name, start, func_bytes, items))
+        payload = (kind, call, name, start, count, pickle((func_bytes, items)))
+
+(the function and the items pickled apart: if they do not unpickle on the
+worker, only that unit fails, and says why).
 
 Back, each unit's outcome: ``(parts, retried)``.  The sub-pool on the worker
 may split a unit (a worker died on one item: the items before and after it
@@ -33,6 +36,7 @@ from ..wire.messages import (PER_ITEM, PROTOCOL, decode_exception, encode_except
 OK, RAISED, ERROR = 0, 1, 2
 
 Part = Tuple[int, int, int, bytes]   # start, count, status, blob
+Payload = Tuple[int, str, str, int, int, bytes]   # kind, call, name, start, count, body
 
 
 def encode_failure(exc: BaseException) -> Tuple[int, bytes]:
