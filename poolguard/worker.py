@@ -171,12 +171,7 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
         elif kind == STARMAP:
             out = [func(*item) for slot[1], item in enumerate(items)]
         else:
-            assert kind == APPLY
-            args, kwds = items[0]
-            if timed:   # task_timeout counts the call, as for the items of a map
-                slot[2] = clock()
-            slot[1] = 0
-            out = [func(*args, **kwds)]
+            out = [_call(slot, func, items[0], timed, clock)]
     except BaseException as exc:  # SystemExit too: the task's error, not ours
         return RAISED, encode_exception(exc)
     slot[1] = SENDING
@@ -187,6 +182,16 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
             (repr(exc), _short_repr.repr(out if len(out) != 1 else out[0])), PROTOCOL)
     except BaseException as exc:   # a __reduce__ calling exit(): the task's, as in the stdlib
         return RAISED, encode_exception(exc)
+
+
+def _call(slot: memoryview, func: Callable[..., Any], item: Tuple[Any, Any], timed: bool,
+          clock: Callable[[], int]) -> Any:
+    """An APPLY unit's one call: ``item`` is (args, kwds)."""
+    args, kwds = item
+    if timed:   # task_timeout counts the call, as for the items of a map
+        slot[2] = clock()
+    slot[1] = 0
+    return func(*args, **kwds)
 
 
 def _run_each(slot: memoryview, func: Callable[..., Any], items: Sequence[Any], star: bool,

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import collections
 import math
-import pickle
 import select
 import sys
 import threading
@@ -180,7 +179,7 @@ class ClusterEngine(EngineBase):
         size = _bundle_size(len(units), self.processes)
         for unit in units:
             try:
-                payload = _encode_unit(unit)
+                payload = parts.encode_unit(unit)
             except (Exception, SystemExit) as exc:   # arguments that do not pickle
                 deliver(unit, False, exc)
                 continue
@@ -243,7 +242,7 @@ class ClusterEngine(EngineBase):
                 deliver(unit, False, _task_failure(unit, outcome))
             return
         for unit, (found, retried) in zip(bundle, outcome, strict=True):
-            _deliver_parts(unit, found, retried)
+            parts.deliver_parts(unit, found, retried)
 
     # ---- the end --------------------------------------------------------------------
 
@@ -300,28 +299,6 @@ def _bundle_size(count: int, processes: int) -> int:
     few (each result comes back as soon as it is ready); from a backlog, up
     to BUNDLE units, so tiny tasks do not each pay dask's cost of a task."""
     return max(1, min(BUNDLE, count // (4 * processes)))
-
-
-def _encode_unit(unit: Unit) -> parts.Payload:
-    job = unit.job
-    body = pickle.dumps((unit.func_bytes, list(unit.items)), protocol=PROTOCOL)
-    return job.kind, job.call, function_name(job.func), unit.start, len(unit.items), body
-
-
-def _deliver_parts(unit: Unit, found: List[parts.Part], retried: int) -> None:
-    """A unit's outcome, part by part (see parts.py), to its job."""
-    job = unit.job
-    for _ in range(retried):
-        job.unit_retried(unit)
-    for start, count, status, blob in found:
-        lo = start - unit.start
-        part = unit if (lo, count) == (0, len(unit.items)) else \
-            Unit.placeholder(job, start, unit.items[lo:lo + count])
-        if status == parts.OK:
-            ok, value = parts.decode_values(job.kind, blob, str(job.describe(part, None)))
-        else:
-            ok, value = False, parts.decode_failure(status, blob)
-        deliver(part, ok, value)
 
 
 def _outcome(future: Any) -> Any:

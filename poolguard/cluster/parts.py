@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import pickle
 from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
+from ..engine.jobs import Unit, deliver, function_name
 from ..errors import ResultDecodingError, UnpicklableTaskError
 from ..wire.messages import (PER_ITEM, PROTOCOL, decode_exception, encode_exception,
                              encoding_error)
@@ -37,6 +38,29 @@ OK, RAISED, ERROR = 0, 1, 2
 
 Part = Tuple[int, int, int, bytes]   # start, count, status, blob
 Payload = Tuple[int, str, str, int, int, bytes]   # kind, call, name, start, count, body
+
+
+def encode_unit(unit: Unit) -> Payload:
+    """Pool side: what a unit becomes on its way to a dask worker."""
+    job = unit.job
+    body = pickle.dumps((unit.func_bytes, list(unit.items)), protocol=PROTOCOL)
+    return job.kind, job.call, function_name(job.func), unit.start, len(unit.items), body
+
+
+def deliver_parts(unit: Unit, found: List[Part], retried: int) -> None:
+    """Pool side: a unit's outcome, part by part, to its job."""
+    job = unit.job
+    for _ in range(retried):
+        job.unit_retried(unit)
+    for start, count, status, blob in found:
+        lo = start - unit.start
+        part = unit if (lo, count) == (0, len(unit.items)) else \
+            Unit.placeholder(job, start, unit.items[lo:lo + count])
+        if status == OK:
+            ok, value = decode_values(job.kind, blob, str(job.describe(part, None)))
+        else:
+            ok, value = False, decode_failure(status, blob)
+        deliver(part, ok, value)
 
 
 def encode_failure(exc: BaseException) -> Tuple[int, bytes]:
