@@ -16,12 +16,19 @@ def die_at_2(x):
         os.kill(os.getpid(), signal.SIGKILL)
     return x * 10
 
+def worker_is_daemonic(_):
+    import multiprocessing
+    return multiprocessing.current_process().daemon
+
+
 def inner(method, front, leave_open):
     import multiprocessing
     assert multiprocessing.current_process().daemon
     if front == "pool":
         pool = poolguard.Pool(2, context=method)
         values = pool.map(abs, [-1, -2, -3])
+        # Ours are not daemonic: their tasks may start processes in turn.
+        assert pool.map(worker_is_daemonic, range(2)) == [False, False]
         run = lambda: pool.map(die_at_2, range(4))
         end = pool.terminate
     else:

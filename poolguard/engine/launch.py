@@ -195,7 +195,8 @@ class ContextLauncher:
         process = self.context.Process(
             target=worker_main, name=f"poolguard-worker-{index}",
             args=(self.spec, index, *conns,
-                  os.getpid() if self._method != "forkserver" else None, []))
+                  os.getpid() if self._method != "forkserver" else None, []),
+            daemon=False)   # not inherited from a daemonic pool's process: tasks may fork too
         try:
             with _children_allowed():
                 process.start()
