@@ -124,7 +124,7 @@ def main() -> None:
     print(f"LocalCluster: {args.workers} worker processes x 1 thread; {args.rounds} rounds, "
           f"alternating")
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=50) as cluster, \
+                      dashboard_address=":0", silence_logs=50) as cluster, \
             Client(cluster) as client, \
             poolguard.Pool(cluster=client) as pool, \
             poolguard.ProcessPoolExecutor(cluster=client) as executor:

@@ -30,7 +30,7 @@ def cluster():
     import psutil
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  memory_limit=WORKER_MEMORY, dashboard_address=None,
+                                  memory_limit=WORKER_MEMORY, dashboard_address=":0",
                                   silence_logs=50) as local:
         # The nannies and dask workers live for the module (and so do the
         # fork servers the dask workers start); the leak check skips them.
