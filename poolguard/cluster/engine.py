@@ -44,14 +44,13 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequenc
 import cloudpickle
 
 from ..engine import at_exit
-from ..engine.callbacks import CallbackThread
 from ..engine.inbox import CLOSING, TERMINATING, Inbox
 from ..engine.jobs import Job, Unit, deliver, function_name
 from ..engine.surface import EngineBase
 from ..engine.workers import WorkerStatus
 from ..errors import PoolguardError, PoolTerminatedError, TaskDecodeError, WorkerCrashedError
 from ..options import Guards
-from ..wire.messages import PROTOCOL, encode_function
+from ..wire.messages import PROTOCOL
 from . import on_worker, parts
 
 DROP_TIMEOUT = 10.0   # seconds to wait for the workers to end a closed pool's sub-pools
@@ -82,23 +81,9 @@ class ClusterEngine(EngineBase):
         self._running: Dict[str, Tuple[List[Unit], Any]] = {}   # dask key -> units, future
         self._in_flight = 0   # units in self._running
         self._finished: Deque[Any] = collections.deque()  # futures, from dask's thread
-        self._last_function: Tuple[Any, bytes] = (None, b"")
-        self._callbacks = CallbackThread()
-        self._thread = threading.Thread(target=self._run, name="poolguard-cluster",
-                                        daemon=True)
-        at_exit.live_engines.add(self)
-        self._thread.start()
+        self._start(self._run, "poolguard-cluster")
 
     # ---- called from other threads (the surface both fronts use) --------------------
-
-    def encode_function(self, func: Callable[..., Any]) -> bytes:
-        last = self._last_function
-        if last[0] is func:
-            return last[1]
-        data, by_name = encode_function(func, True)
-        if by_name:
-            self._last_function = (func, data)
-        return data
 
     def main_by_value(self, func: Callable[..., Any]) -> bool:
         """A dask worker has no copy of our ``__main__``: always by value."""

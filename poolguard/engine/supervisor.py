@@ -45,7 +45,6 @@ a worker killed at any instant cannot block anyone else.
 from __future__ import annotations
 
 import sys
-import threading
 import traceback
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -56,10 +55,9 @@ from ..options import Guards
 from ..wire import buffers
 from ..wire.channels import Spiller, WatchSet
 from ..wire.messages import (CONTROL, INIT_FAILED, PER_ITEM, READY, REPLY_HEADER, RETIRING,
-                             decode_exception, decode_reply, encode_function)
+                             decode_exception, decode_reply)
 from ..wire.slots import SharedSlots
 from . import at_exit
-from .callbacks import CallbackThread
 from .guards import GuardKeeper
 from .inbox import CLOSING, RUNNING, TERMINATING, Inbox
 from .jobs import Job, Unit, cut_units, deliver, make_unit
@@ -104,27 +102,13 @@ class Engine(EngineBase):
         # has checked; never again once one could not.
         self.remote_reads = False
         self._remote_refused = False
-        self._callbacks = CallbackThread()
         self._kernel_log = KernelLog(diagnosis.SOURCES)
         self.guard_keeper = GuardKeeper(guards, self._slots)
         self._pacer = Pacer(self._slots, maxtasks)
-        self._last_function: Tuple[Any, bytes] = (None, b"")   # see encode_function
         self._postmortem = Postmortem(guards, self._kernel_log, processes, initializer)
-        self._thread = threading.Thread(target=self._run, name="poolguard-supervisor",
-                                        daemon=True)
-        at_exit.live_engines.add(self)
-        self._thread.start()
+        self._start(self._run, "poolguard-supervisor")
 
     # ---- called from other threads -------------------------------------------------
-
-    def encode_function(self, func: Callable[..., Any]) -> bytes:
-        last = self._last_function
-        if last[0] is func:   # a run of submits of one function pickles it once
-            return last[1]
-        data, by_name = encode_function(func, self.main_by_value(func))
-        if by_name:
-            self._last_function = (func, data)
-        return data
 
     def main_by_value(self, func: Callable[..., Any]) -> bool:
         """Must *func*, of ``__main__``, go to the workers by value?  A

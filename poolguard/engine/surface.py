@@ -4,9 +4,11 @@ share :class:`EngineBase` for the part that is the same."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, List, Optional, Protocol, Sequence
+from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
 
 from ..options import Guards
+from ..wire.messages import encode_function
+from . import at_exit
 from .callbacks import CallbackThread
 from .inbox import Inbox
 from .jobs import Job
@@ -50,12 +52,33 @@ class EngineSurface(Protocol):
 
 
 class EngineBase:
-    """The life cycle both engines share: callers change the inbox's state,
-    the engine's own thread acts on it; user callbacks run on another."""
+    """What both engines share: callers change the inbox's state, the
+    engine's own thread acts on it, user callbacks run on another; and how a
+    function is pickled for the workers."""
 
     inbox: Inbox
     _thread: threading.Thread
     _callbacks: CallbackThread
+    _last_function: Tuple[Any, bytes] = (None, b"")
+
+    def main_by_value(self, func: Callable[..., Any]) -> bool:
+        raise NotImplementedError
+
+    def encode_function(self, func: Callable[..., Any]) -> bytes:
+        last = self._last_function
+        if last[0] is func:   # a run of submits of one function pickles it once
+            return last[1]
+        data, by_name = encode_function(func, self.main_by_value(func))
+        if by_name:
+            self._last_function = (func, data)
+        return data
+
+    def _start(self, run: Callable[[], None], name: str) -> None:
+        """Start the engine's own thread; live engines end at interpreter exit."""
+        self._callbacks = CallbackThread()
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        at_exit.live_engines.add(self)
+        self._thread.start()
 
     def close(self) -> None:
         """No more calls; the engine ends once the queued work is done."""
