@@ -80,7 +80,8 @@ class _MapJob(Job):
         super().__init__(func, kind, "map")
         self._length = length
         self._cond = threading.Condition(threading.Lock())
-        self._by_start: Dict[int, tuple[Any, ...]] = {}    # start -> (values or None, errors, count)
+        # start -> (values or None, errors, count)
+        self._by_start: Dict[int, tuple[Any, ...]] = {}
         self._dropped = False
 
     def wanted(self, unit: Unit) -> bool:
@@ -180,7 +181,8 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                                             [(args, kwargs)]))
         return future
 
-    def _queue(self, future: Future[Any], build: Callable[[EngineSurface], Tuple[Job, list[Any]]]) -> None:
+    def _queue(self, future: Future[Any],
+               build: Callable[[EngineSurface], Tuple[Job, list[Any]]]) -> None:
         """Queue the one-unit job *build* makes for *future* (``submit``, a
         joblib batch); what does not pickle fails the future, not the call."""
         with self._shutdown_lock:

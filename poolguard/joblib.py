@@ -124,7 +124,8 @@ class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):   # type: ignore
     def start_call(self) -> None:
         self._dispatched = 0
 
-    def submit(self, func: Any, callback: Optional[Callable[[Future[Any]], Any]] = None) -> Future[Any]:
+    def submit(self, func: Any,
+               callback: Optional[Callable[[Future[Any]], Any]] = None) -> Future[Any]:
         executor = self._executor
         if executor is None:
             raise RuntimeError("the poolguard backend is not configured (or was terminated)")
@@ -145,8 +146,9 @@ class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):   # type: ignore
         return future
 
     @staticmethod
-    def _prepare(engine: EngineSurface, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[Any, Any],
-                 nested: tuple[Any, ...]) -> Tuple[Any, tuple[Any, ...], dict[Any, Any], tuple[Any, ...]]:
+    def _prepare(engine: EngineSurface, func: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[Any, Any], nested: tuple[Any, ...]
+                 ) -> Tuple[Any, tuple[Any, ...], dict[Any, Any], tuple[Any, ...]]:
         if getattr(func, "__module__", None) == "__main__" and engine.main_by_value(func):
             func = _ByValue(func)   # type: ignore[assignment]
         return func, tuple(args), dict(kwargs), nested

@@ -104,8 +104,8 @@ class Pool(WorkerReports, _StdlibPool):
         return self._map_async(func, iterable, chunksize, STARMAP, "starmap", callback,
                                error_callback, checkpoint, progress)
 
-    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: Optional[int],
-                   kind: int, call: str, callback: Callback = None,
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
+                   chunksize: Optional[int], kind: int, call: str, callback: Callback = None,
                    error_callback: Callback = None, checkpoint: CheckpointArg = None,
                    progress: ProgressArg = None) -> MapResult[Any]:
         engine = self._running()

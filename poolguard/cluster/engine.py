@@ -26,9 +26,10 @@ go.  Data flow::
 
 Deaths, timeouts and memory caps are handled by the sub-pool, next to the
 process; this side only ever sees finished dask tasks.  A dask task that
-fails (its dask worker died under it, or a bug) fails its unit with a
-``WorkerCrashedError`` that says so; one cancelled (the client closed) fails
-it with ``PoolTerminatedError``.
+did not return fails its units: with a ``WorkerCrashedError`` when its dask
+worker died under it (``KilledWorker``), with a ``TaskDecodeError`` saying
+what it raised otherwise, with ``PoolTerminatedError`` when it was cancelled
+(the client closed).
 """
 from __future__ import annotations
 
@@ -63,8 +64,9 @@ class ClusterEngine(EngineBase):
     remote_reads = False
 
     def __init__(self, client: Any, owns_client: bool, processes: int,
-                 initializer: Optional[Callable[..., Any]], initargs: Iterable[Any], maxtasks: Optional[int],
-                 method: Optional[str], finish_at_exit: bool, guards: Guards):
+                 initializer: Optional[Callable[..., Any]], initargs: Iterable[Any],
+                 maxtasks: Optional[int], method: Optional[str], finish_at_exit: bool,
+                 guards: Guards):
         self.processes = processes
         self.guards = guards
         self.finish_at_exit = finish_at_exit
@@ -305,7 +307,8 @@ def _task_failure(unit: Unit, exc: BaseException) -> BaseException:
     if isinstance(exc, PoolTerminatedError):
         return exc
     task = unit.job.describe(unit, None)
-    if type(exc).__name__ != "KilledWorker":
+    from distributed import KilledWorker
+    if not isinstance(exc, KilledWorker):
         error: PoolguardError = TaskDecodeError(
             f"the dask task running {task} failed on its dask worker: "
             f"{type(exc).__name__}: {exc}", exc=exc)

@@ -57,7 +57,7 @@ def deliver_parts(unit: Unit, found: List[Part], retried: int) -> None:
         part = unit if (lo, count) == (0, len(unit.items)) else \
             Unit.placeholder(job, start, unit.items[lo:lo + count])
         if status == OK:
-            ok, value = decode_values(job.kind, blob, str(job.describe(part, None)))
+            ok, value = decode_values(part, blob)
         else:
             ok, value = False, decode_failure(status, blob)
         deliver(part, ok, value)
@@ -103,8 +103,10 @@ def encode_values(kind: int, values: Any) -> Tuple[int, bytes]:
                                              f"worker: {exc!r}", "<result>"))
 
 
-def decode_values(kind: int, blob: bytes, describe: str) -> Tuple[bool, Any]:
-    """Pool side: (True, values) or (False, the error); never raises."""
+def decode_values(part: Unit, blob: bytes) -> Tuple[bool, Any]:
+    """Pool side: *part*'s (True, values) or (False, the error); never
+    raises.  The part is described only when its values do not unpickle."""
+    kind = part.job.kind
     try:
         values = pickle.loads(blob)
         if kind in PER_ITEM:
@@ -115,7 +117,8 @@ def decode_values(kind: int, blob: bytes, describe: str) -> Tuple[bool, Any]:
         return True, values
     except BaseException as exc:
         return False, encoding_error(f"the result could not be unpickled here: {exc!r}",
-                                     f"<result of {describe}>", ResultDecodingError)
+                                     f"<result of {part.job.describe(part, None)}>",
+                                     ResultDecodingError)
 
 
 def _inner_text(cause: RemoteTraceback) -> str:

@@ -70,7 +70,7 @@ class Worker:
         self.guard: Optional[GuardStop] = None
         self._escalation: List[Tuple[float, int]] = []   # (when, signal) still to send
         self.item_deadline: Optional[float] = None   # task_timeout expiry of the running item
-        self.seen_item: tuple[Any, ...] = ()              # the slot as the timeout guard last read it
+        self.seen_item: tuple[Any, ...] = ()   # the slot as the timeout guard last read it
         self.stopped_since: Optional[float] = None   # seen stopped (SIGSTOP) since then
         self.stop_reported = False
 
