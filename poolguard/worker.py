@@ -36,7 +36,7 @@ _PR_SET_PDEATHSIG = 1
 def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Connection,
                 crash_conn: Connection,
                 parent_pid: Optional[int], fds_to_close: Sequence[int]) -> None:
-    """The worker process: *spec* is the pool's ``WorkerSpec`` (engine/launch.py),
+    """The worker process: *spec* is the pool's ``WorkerSpec`` (engine/launch/),
     the three connections its own pipes, *parent_pid* the process whose death
     must end it (None: unknown), *fds_to_close* what it must not hold."""
     _prepare(crash_conn, fds_to_close)

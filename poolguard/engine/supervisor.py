@@ -5,7 +5,7 @@ Data flow::
   caller threads                 supervisor thread (owns all state)        worker processes
   --------------                 ----------------------------------        ----------------
   Pool() / ProcessPoolExecutor()
-    | fork start method: fork the zygote (launch.py, zygote.py) ------> zygote: forks and
+    | fork start method: fork the zygote (launch/) ------------> zygote: forks and
     |   before any thread of ours exists                                 reaps workers on
     | Engine.submit_items(job)                                          request
     |   jobs.cut_units -> units

@@ -1,5 +1,5 @@
 """The supervisor's record of one worker: its process handle (see
-launch.py), its pipes, what it has in flight, and what the guards did to it."""
+launch/), its pipes, what it has in flight, and what the guards did to it."""
 from __future__ import annotations
 
 import collections

@@ -29,14 +29,14 @@ from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
 from typing import Any, Dict, List
 
-from ..worker import worker_main
+from ...worker import worker_main
 
 OWNER_CHECK_INTERVAL = 1.0   # seconds; the socket's EOF is the fast path
 
 
 def fork_zygote(sock: socket.socket, spec: Any) -> int:
     """Fork the zygote; in the parent, return its pid.  (What only the pool's
-    process may hold is closed in the child by launch.py's at-fork hook.)"""
+    process may hold is closed in the child by base.py's at-fork hook.)"""
     owner = os.getpid()
     pid = os.fork()
     if pid:

@@ -1,0 +1,126 @@
+"""Workers started by ``multiprocessing`` itself: spawn and forkserver (and
+fork where the zygote cannot watch its workers: no pidfd)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from multiprocessing import process as mp_process
+from multiprocessing.connection import Connection
+from typing import Any, Callable, FrozenSet, Iterator, Optional
+
+from ... import diagnosis
+from ...diagnosis import zombie_exit_status
+from ...wire.messages import top_level_names_of_main
+from ...worker import worker_main
+from .base import StartError, WorkerProcess, WorkerSpec, _pidfd
+
+
+class ContextProcess(WorkerProcess):
+    """A worker that ``multiprocessing`` started in our process."""
+
+    def __init__(self, process: Any, forkserver: bool):
+        self.process = process
+        self.pid = process.pid
+        self._forkserver = forkserver
+        self.pidfd = _pidfd(self.pid)
+        self.death_fd = self.pidfd if self.pidfd is not None else process.sentinel
+
+    def reap(self) -> Optional[int]:
+        if not self._forkserver:
+            self.process.join()
+            exitcode: Optional[int] = self.process.exitcode
+            return exitcode
+        # Not our child: its status comes through the fork server, which
+        # reports 255 when it cannot read it.  Read it ourselves first.
+        exitcode = zombie_exit_status(self.pid, diagnosis.SOURCES)
+        self.process.join(1.0)
+        if exitcode is None and self.process.exitcode != 255:
+            exitcode = self.process.exitcode
+        return exitcode
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        try:
+            self.process.close()
+        except ValueError:
+            pass  # forkserver did not report the status in time; it reaps the process
+
+
+class ContextLauncher:
+    """Workers started by ``multiprocessing`` (spawn, forkserver)."""
+
+    death_fd: Optional[int] = None   # nothing of ours besides the workers can die
+
+    def __init__(self, context: Any, spec: WorkerSpec):
+        self.context = context
+        self.spec = spec
+        self._method = context.get_start_method()
+        self._main_names: Optional[FrozenSet[str]] = None
+
+    def main_by_value(self, func: Callable[..., Any]) -> bool:
+        """Must a function of __main__ go by value?  Under fork (no zygote)
+        workers are forked from our process as it is: never.  Under spawn
+        and forkserver, multiprocessing imports the script again in each
+        worker, so what the script defines at its top level goes by name, as
+        with the standard library (and shares the module's globals with the
+        initializer); anything else (a function under the main guard, a
+        program without a file, a notebook) goes by value."""
+        if self._method == "fork":
+            return False
+        if self._main_names is None:
+            self._main_names = top_level_names_of_main()
+        name = getattr(func, "__qualname__", "")
+        return name not in self._main_names
+
+    def start(self, index: int, task_r: int, result_w: int, crash_w: int) -> WorkerProcess:
+        conns = (Connection(task_r, writable=False), Connection(result_w, readable=False),
+                 Connection(crash_w, readable=False))
+        # (Under fork, what only we may hold is closed by the at-fork hook.)
+        process = self.context.Process(
+            target=worker_main, name=f"poolguard-worker-{index}",
+            args=(self.spec, index, *conns,
+                  os.getpid() if self._method != "forkserver" else None, []),
+            daemon=False)   # not inherited from a daemonic pool's process: tasks may fork too
+        try:
+            with _children_allowed():
+                process.start()
+            # multiprocessing would join it when a daemonic process of its
+            # own exits, and wait forever: it is ours to reap.
+            if mp_process.current_process().daemon:
+                mp_process._children.discard(process)   # type: ignore[attr-defined]
+        except Exception as exc:
+            raise StartError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            for conn in conns:     # the child has its own copies now
+                conn.close()
+        return ContextProcess(process, self._method == "forkserver")
+
+    def close(self) -> None:
+        pass   # each worker was reaped by the supervisor
+
+
+_daemon_flag_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _children_allowed() -> Iterator[None]:
+    """Let ``multiprocessing`` start a worker from a daemonic process (a
+    worker of a dask cluster or of a ``multiprocessing.Pool``).  It refuses
+    because a daemonic process is ended without joining its children, which
+    would be orphaned; ours end with the pool's process whatever happens
+    (the parent-alive pipe, the group guardian)."""
+    config = mp_process.current_process()._config   # type: ignore[attr-defined]
+    if not config.get("daemon"):
+        yield
+        return
+    with _daemon_flag_lock:   # two pools starting workers must not race on the flag
+        config["daemon"] = False
+        try:
+            yield
+        finally:
+            config["daemon"] = True
+
+
