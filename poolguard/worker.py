@@ -40,7 +40,7 @@ def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Conne
     the three connections its own pipes, *parent_pid* the process whose death
     must end it (None: unknown), *fds_to_close* what it must not hold."""
     _prepare(crash_conn, fds_to_close)
-    _die_with_parent(spec.alive_conn, parent_pid, spec.group_guardian)
+    _die_with_parent(spec.alive_conn, parent_pid, spec.by_zygote)
     slot = spec.slots.view(index)
     _watch_own_signals(slot)
     # Frames are read in bulk: a burst of small tasks costs one read.
@@ -82,13 +82,11 @@ def _prepare(crash_conn: Connection, fds_to_close: Sequence[int]) -> None:
     # worker's end (task_timeout: where the task hung).
     if hasattr(signal, "SIGUSR2"):
         faulthandler.register(signal.SIGUSR2, file=crash_conn.fileno(), all_threads=True)
-    for fd in fds_to_close:  # "parent alive" write ends, the zygote's socket (fork)
+    for fd in fds_to_close:  # the zygote's socket, other workers' pipes (fork)
         try:
             os.close(fd)
         except OSError:
             pass
-    if buffers.AVAILABLE:
-        buffers.close_inherited()   # fork: other tasks' argument buffers
 
 
 def _watch_own_signals(slot: memoryview) -> None:
@@ -240,25 +238,41 @@ def _run_timed(slot: memoryview, clock: Callable[[], int], func: Callable[..., A
     return out
 
 
-def _die_with_parent(alive_conn: Connection, parent_pid: Optional[int], guardian: bool) -> None:
+_prctl: Optional[Callable[..., int]] = None
+
+
+def load_native() -> None:
+    """Load what a worker calls through ctypes, in a process that forks
+    workers (the zygote's parent), so that each forked worker need not."""
+    global _prctl
+    if _prctl is None and sys.platform.startswith("linux"):
+        try:
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            pass
+    buffers.load_native()
+
+
+def _die_with_parent(alive_conn: Connection, parent_pid: Optional[int], by_zygote: bool) -> None:
     """Exit when the pool's process dies, even by SIGKILL.
 
     Linux: PR_SET_PDEATHSIG, valid while the thread that forked us lives: the
-    zygote's only thread (fork), or the supervisor thread (spawn).  Everywhere:
-    a thread blocked on a pipe whose only write end the pool's process holds;
-    EOF means it is gone.  Processes a task started die too: under fork the
-    zygote kills our group; otherwise a guardian child of ours does.
+    zygote's only thread (fork), or the supervisor thread (spawn).  Under the
+    zygote that is all: it dies with the pool's process, after killing our
+    group.  Otherwise, also: a thread blocked on a pipe whose only write end
+    the pool's process holds (EOF means it is gone), and a guardian child
+    that kills our group, so that what a task started dies too.
     """
-    if guardian:
+    if not by_zygote:
         _start_group_guardian(alive_conn.fileno())
     if parent_pid is not None and sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
+        load_native()
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent_pid:  # died before prctl took effect
             os._exit(1)
+    if by_zygote:
+        return
 
     def _watch_parent() -> None:
         try:

@@ -5,6 +5,7 @@ fork).  A hung script prints its stacks (faulthandler) and exits; the test
 kills its whole process group if even that fails."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -34,6 +35,30 @@ def pid_after(seconds):
 
 def square(x):
     return x * x
+
+def open_files(pid=None):
+    # The pipes (as "pipe:[inode]") and argument-buffer files a process
+    # holds, past stdin, stdout and stderr.
+    pids = pid or os.getpid()
+    pipes, files = [], []
+    for name in os.listdir(f"/proc/{pids}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pids}/fd/{name}")
+        except OSError:
+            continue
+        if int(name) > 2 and target.startswith("pipe:"):
+            pipes.append(target)
+        elif "poolguard-args" in target:
+            files.append(target)
+    return pipes, files
+
+def own_files(seconds):
+    time.sleep(seconds)
+    return (os.getpid(), *open_files())
+
+def hold(data, seconds):
+    time.sleep(seconds)
+    return len(data)
 """
 
 
@@ -216,6 +241,72 @@ def test_every_fork_comes_from_a_single_threaded_process(tmp_path):
     assert len(forks) >= 1 + 5 + 1, forks     # the zygote, 5+ workers, a replacement
     assert {count for _pid, count in forks} == {"1"}, forks
     assert len({pid for pid, _count in forks}) == 2, forks   # the caller, then the zygote
+
+
+@pytest.mark.parametrize("method", ["fork"])
+def test_workers_forked_with_the_zygote_hold_only_their_own_pipes(tmp_path, method):
+    """The zygote forks the first workers at its birth, from pipes made
+    before it: no worker may hold another's pipes (it would keep a dead
+    worker's pipes open), and the zygote none of them; neither may hold the
+    file of a large argument that another pool had open at that moment."""
+    out = run(tmp_path, """
+        import json
+        import tasks_mod
+        with poolguard.Pool(1, context=METHOD) as first:
+            # A bytearray of 2 MiB goes in a file, held open until its task ends.
+            held = first.apply_async(tasks_mod.hold, (bytearray(2 << 20), 3.0))
+            time.sleep(0.5)
+            with poolguard.Pool(3, context=METHOD) as p:
+                seen = {}
+                while len(seen) < 3:
+                    for pid, pipes, files in p.map(tasks_mod.own_files, [0.3] * 3, chunksize=1):
+                        seen[pid] = [pipes, files]
+                ends = {w.pid: [os.readlink(f"/proc/self/fd/{fd}")
+                                for fd in (w.task_fd, w.reader.fd, w.crash_fd)]
+                        for w in p._engine._workers}
+                zygote = tasks_mod.open_files(p._engine._launcher.pid)
+            print(json.dumps({"seen": seen, "ends": ends, "zygote": zygote,
+                              "held": held.get(30)}))
+    """, method)
+    data = json.loads(out)
+    assert data["held"] == 2 << 20
+    seen, ends = data["seen"], data["ends"]
+    assert sorted(seen) == sorted(ends) and len(ends) == 3, data
+    for pid, (pipes, files) in seen.items():
+        assert files == [], (pid, files)
+        assert set(ends[pid]) <= set(pipes), (pid, ends[pid], pipes)   # its own: all three
+        for other, theirs in ends.items():
+            if other != pid:
+                assert not set(theirs) & set(pipes), (pid, other, theirs, pipes)
+    zygote_pipes, zygote_files = data["zygote"]
+    assert zygote_files == [], zygote_files
+    assert not {p for theirs in ends.values() for p in theirs} & set(zygote_pipes), data
+
+
+@pytest.mark.parametrize("method", ["fork"])
+def test_a_worker_that_dies_while_starting_with_a_task_sent_runs_it_elsewhere(tmp_path, method):
+    """Without an initializer, the first tasks are written to workers still
+    starting.  The first worker the zygote forks kills itself with SIGKILL
+    before its loop: its task runs in another worker, counted as no attempt
+    and blamed on nothing."""
+    flag = tmp_path / "killed"
+    out = run(tmp_path, f"""
+        import signal
+        import tasks_mod
+        owner = os.getpid()
+        def die_once():
+            if os.getppid() != owner:   # a worker, forked by the zygote
+                try:
+                    os.close(os.open({str(flag)!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    return
+                os.kill(os.getpid(), signal.SIGKILL)
+        os.register_at_fork(after_in_child=die_once)
+        with poolguard.Pool(2, context=METHOD) as p:
+            print(p.apply(tasks_mod.square, (7,)), p.map(tasks_mod.square, range(5)))
+    """, method)
+    assert flag.exists()
+    assert out.split("\n")[0] == "49 [0, 1, 4, 9, 16]", out
 
 
 def test_a_task_stuck_past_its_timeout_names_the_nested_function(tmp_path, method):

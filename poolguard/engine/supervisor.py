@@ -89,7 +89,7 @@ class Engine(EngineBase):
         # Before any thread of ours exists: under fork this forks the zygote.
         launcher = make_launcher(context, WorkerSpec(
             self._alive.conn, self._slots, initializer, tuple(initargs), maxtasks,
-            guards.task_timeout is not None, buffers.probe_handle()))
+            guards.task_timeout is not None, buffers.probe_handle()), processes)
         self._launcher = launcher
         self._watch = WatchSet(inbox.wakeup.fd)
         if launcher.death_fd is not None:
@@ -106,6 +106,10 @@ class Engine(EngineBase):
         self.guard_keeper = GuardKeeper(guards, self._slots)
         self._pacer = Pacer(self._slots, maxtasks)
         self._postmortem = Postmortem(guards, self._kernel_log, processes, initializer)
+        # Units may go to a worker still starting, after the ready ones had
+        # their turn, when that cannot take long: forked, no initializer.  The
+        # pool's first result then does not wait for a READY round trip.
+        self._early = initializer is None and isinstance(launcher, ZygoteLauncher)
         self._start(self._run, "poolguard-supervisor")
 
     # ---- called from other threads -------------------------------------------------
@@ -232,6 +236,8 @@ class Engine(EngineBase):
                 self._set_init_error(WorkerInitError(f"could not start a worker: {exc}"),
                                      exc.__cause__)
                 return
+            if self._early:   # work for it now, not after the next worker's fork
+                self._dispatch()
 
     def _fail_pending_if_no_worker_can_start(self) -> None:
         if self._init_error is not None and not self._workers.may_serve():
@@ -244,25 +250,34 @@ class Engine(EngineBase):
         pending = self.inbox.pending
         if not pending:
             return
-        workers = [w for w in self._workers if w.usable]
         frames: Dict[Worker, List[bytes]] = {}
         failed: List[Tuple[Unit, BaseException]] = []
         with self.inbox.lock:
-            progress = True
-            while pending and progress:
-                progress = False
-                for worker in workers:
-                    if not (pending and self._pacer.may_take(worker, pending[0])):
-                        continue
-                    progress = True
-                    unit = self._next_unit(pending, failed)
-                    if unit is not None:
-                        worker.take(unit, self._pacer.expected(unit))
-                        frames.setdefault(worker, []).extend(unit.frame)
+            self._hand_out([w for w in self._workers if w.usable], frames, failed)
+            if pending and self._early:
+                self._hand_out(self._workers.starting_idle(), frames, failed)
         for worker, parts in frames.items():
             self._workers.send(worker, parts)
         for unit, exc in failed:
             self._deliver_failure(unit, exc)
+
+    def _hand_out(self, workers: List[Worker], frames: Dict[Worker, List[bytes]],
+                  failed: List[Tuple[Unit, BaseException]]) -> None:
+        """Round-robin over *workers* while the pacer lets any take more."""
+        pending = self.inbox.pending
+        progress = True
+        while pending and progress:
+            progress = False
+            for worker in workers:
+                if not (pending and self._pacer.may_take(worker, pending[0])):
+                    continue
+                progress = True
+                unit = self._next_unit(pending, failed)
+                if unit is not None:
+                    if not worker.inflight and worker.state is State.STARTING:
+                        worker.watch.sample()   # its cgroup and OOM counter, before any task
+                    worker.take(unit, self._pacer.expected(unit))
+                    frames.setdefault(worker, []).extend(unit.frame)
 
     def _next_unit(self, pending: Deque[Unit],
                    failed: List[Tuple[Unit, BaseException]]) -> Optional[Unit]:

@@ -14,13 +14,14 @@ from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
 from .. import diagnosis
 from ..diagnosis import WorkerWatch
 from ..errors import TaskInfo
-from ..wire.channels import FrameReader, Spiller, WatchSet, grow_pipe
+from ..wire.channels import FrameReader, Spiller, WatchSet
+from ..wire import private_fds
 from ..wire.framing import frame
 from ..wire.messages import STOP, TASK_HEADER
 from ..wire.slots import INITIALIZING, SharedSlots, Slot
 from ..worker import worker_main
 from .jobs import Unit
-from .launch import StartError, WorkerProcess
+from .launch import StartError, WorkerPipes, WorkerProcess
 
 _WORKER_FILE = f'"{worker_main.__code__.co_filename}"'   # as faulthandler quotes it
 
@@ -240,20 +241,19 @@ class WorkerSet:
 
     def start(self, index: int) -> Worker:
         """Start the worker of slot *index*; StartError if it cannot be."""
-        task_r, task_w = os.pipe()
-        result_r, result_w = os.pipe()
-        crash_r, crash_w = os.pipe()
-        for fd in (task_w, result_w):
-            grow_pipe(fd)
-        self._slots.write(index, INITIALIZING, 0)
-        try:   # the launcher closes the child's ends
-            process = self._launcher.start(index, task_r, result_w, crash_w)
-        except StartError:
-            for fd in (task_w, result_r, crash_r):
-                os.close(fd)
-            raise
-        os.set_blocking(task_w, False)
-        worker = Worker(index, process, task_w, result_r, crash_r)
+        prepared = self._launcher.take_prepared(index)   # forked with the zygote
+        if prepared is not None:
+            pipes, process = prepared
+        else:
+            pipes = WorkerPipes()
+            self._slots.write(index, INITIALIZING, 0)
+            try:   # the launcher closes the child's ends
+                process = self._launcher.start(index, pipes)
+            except StartError:
+                pipes.close_parent_ends()
+                raise
+        os.set_blocking(pipes.task_w, False)
+        worker = Worker(index, process, pipes.task_w, pipes.result_r, pipes.crash_r)
         self.by_slot[index] = worker
         self._watch.add(worker.reader.fd, worker, "result")
         self._watch.add(worker.death_fd, worker, "death")
@@ -267,11 +267,16 @@ class WorkerSet:
         self._watch.discard(worker.reader.fd)
         self._watch.discard(worker.death_fd)
         del self.by_slot[worker.index]
-        os.close(worker.reader.fd)
-        os.close(worker.crash_fd)
+        private_fds.close(worker.reader.fd)
+        private_fds.close(worker.crash_fd)
+        private_fds.release(worker.task_fd)
         self._spiller.close_fd(worker.task_fd)
         worker.watch.close()
         worker.process.close()
+
+    def starting_idle(self) -> List[Worker]:
+        """Workers still starting (no READY yet) with nothing sent to them."""
+        return [w for w in self if w.state is State.STARTING and not w.inflight]
 
     def may_serve(self) -> bool:
         """Is any worker ready or still starting (not failed nor terminated)?"""

@@ -33,6 +33,8 @@ import pickle
 import sys
 from typing import Any, List, Optional
 
+from . import private_fds
+
 MIN_SIZE = 1 << 20          # smaller buffers stay in the pickle: a memfd costs ~20 us
 _ALIGN = 64                 # NumPy likes aligned data
 _NAME = "poolguard-args"
@@ -80,6 +82,15 @@ class _IoVec(ctypes.Structure):
 
 
 _remote_reader: Any = None
+
+
+def load_native() -> None:
+    """Prepare the ctypes calls now, in a process that forks workers."""
+    if REMOTE_POSSIBLE:
+        try:
+            _reader()
+        except (OSError, AttributeError):
+            pass
 
 
 def _reader() -> Any:
@@ -146,7 +157,9 @@ class SharedBuffers:
     __slots__ = ("fd", "handle")
 
     def __init__(self, buffers: List[memoryview]):
-        fd = os.memfd_create(_NAME, os.MFD_CLOEXEC)
+        with private_fds.making():   # no child of ours may keep it
+            fd = os.memfd_create(_NAME, os.MFD_CLOEXEC)
+            private_fds.keep(fd)
         try:
             layout = []
             pos = 0
@@ -161,13 +174,13 @@ class SharedBuffers:
                     done += os.pwrite(fd, view[done:], offset + done)
             self.handle = (os.getpid(), fd, os.fstat(fd).st_ino, pos, layout)
         except BaseException:
-            os.close(fd)
+            private_fds.close(fd)
             raise
         self.fd = fd
 
     def close(self) -> None:
         if getattr(self, "fd", -1) >= 0:   # unset if __init__ failed
-            os.close(self.fd)
+            private_fds.close(self.fd)
             self.fd = -1
 
     def __del__(self) -> None:   # a unit dropped without release (should not happen)
@@ -206,21 +219,6 @@ def open_buffers(handle: tuple[Any, ...]) -> List[memoryview]:
         os.close(local)
     whole = memoryview(mapping)
     return [whole[offset:offset + length] for offset, length in layout]
-
-
-def close_inherited() -> None:
-    """In a forked worker: close the parent's buffer files it inherited, or
-    they would stay allocated as long as this worker lives."""
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        return
-    for name in names:
-        try:
-            if _NAME in os.readlink(f"/proc/self/fd/{name}"):
-                os.close(int(name))
-        except OSError:
-            pass
 
 
 def shareable(items: Any, star: bool, apply: bool, remote: bool,

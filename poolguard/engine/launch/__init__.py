@@ -25,22 +25,21 @@ from __future__ import annotations
 from typing import Any, Union
 
 from ...wire.messages import dumps_call
-from .base import (ParentAlive, StartError, WorkerProcess, WorkerSpec, close_parent_only_fds,
-                   parent_only, release_parent_only)
+from .base import ParentAlive, StartError, WorkerPipes, WorkerProcess, WorkerSpec
 from .context import ContextLauncher
 from .zygote import ZygoteLauncher, can_use_zygote
 
-__all__ = ["ContextLauncher", "Launcher", "ParentAlive", "StartError", "WorkerProcess",
-           "WorkerSpec", "ZygoteLauncher", "close_parent_only_fds", "make_launcher",
-           "parent_only", "release_parent_only"]
+__all__ = ["ContextLauncher", "Launcher", "ParentAlive", "StartError", "WorkerPipes",
+           "WorkerProcess", "WorkerSpec", "ZygoteLauncher", "make_launcher"]
 
 
-def make_launcher(context: Any, spec: WorkerSpec) -> "Launcher":
+def make_launcher(context: Any, spec: WorkerSpec, workers: int) -> "Launcher":
     """The launcher for *context*'s start method.  Under fork this forks the
-    zygote: call it before the pool starts any thread.  *spec.alive_conn* is
-    the read end of a ParentAlive."""
+    zygote, which at once forks the first *workers* workers (slots 0 to
+    workers - 1): call it before the pool starts any thread.
+    *spec.alive_conn* is the read end of a ParentAlive."""
     if context.get_start_method() == "fork" and can_use_zygote():
-        return ZygoteLauncher(context, spec)
+        return ZygoteLauncher(context, spec, workers)
     launcher = ContextLauncher(context, spec)
     if spec.initializer is not None and context.get_start_method() != "fork":
         init = spec.initializer

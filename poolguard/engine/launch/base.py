@@ -7,38 +7,11 @@ import os
 import pickle
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Optional, Set
+from typing import Any, Callable, List, Optional
 
+from ...wire import private_fds
+from ...wire.channels import grow_pipe
 from ...wire.slots import SharedSlots
-
-# Descriptors only the pool's own process may hold ("parent alive" write ends,
-# zygote sockets): a child that kept one would hide the owner's death.
-_parent_only_fds: Set[int] = set()
-
-
-def parent_only(fd: int) -> int:
-    _parent_only_fds.add(fd)
-    return fd
-
-
-def release_parent_only(fd: int) -> None:
-    _parent_only_fds.discard(fd)
-
-
-def close_parent_only_fds() -> None:
-    """In any process forked from the pool's (a zygote, a worker of another
-    library's pool, the user's own fork): close what only the pool may hold,
-    or the zygote and the workers would not see the pool's process die."""
-    for fd in list(_parent_only_fds):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _parent_only_fds.clear()
-
-
-os.register_at_fork(after_in_child=close_parent_only_fds)
-
 
 class StartError(Exception):
     """A worker could not be started (the message says why)."""
@@ -58,15 +31,57 @@ class WorkerSpec:
     maxtasks: Optional[int]
     timed: bool                       # write each item's start time (task_timeout)
     probe: Optional[tuple[Any, ...]]            # may the worker read our memory? (buffers.py)
-    # Fork a guardian that kills the worker's group if the pool's process
-    # dies (not under the zygote, which does that itself).
-    group_guardian: bool = True
+    # Forked by the zygote, which is the worker's parent for PDEATHSIG and
+    # kills the worker's group when the pool's process dies: no guardian
+    # child, no thread watching the pool's process.
+    by_zygote: bool = False
 
     def load_initializer(self) -> Optional[Callable[..., Any]]:
         init: Optional[Callable[..., Any]] = \
             pickle.loads(self.initializer) if isinstance(self.initializer, bytes) \
             else self.initializer
         return init
+
+
+class WorkerPipes:
+    """A worker's three pipes: its tasks, its replies, and the crash pipe
+    faulthandler writes its stack to if it dies of a signal.  The child's
+    ends go to the worker; the launcher closes our copies of them."""
+
+    def __init__(self) -> None:
+        fds: List[int] = []
+        with private_fds.making():
+            try:
+                for _ in range(3):
+                    fds.extend(os.pipe())
+            except OSError:
+                _close(fds)
+                raise
+            self.task_r, self.task_w, self.result_r, self.result_w, self.crash_r, self.crash_w = fds
+            private_fds.keep(*self.parent_ends())
+        for fd in (self.task_w, self.result_w):
+            grow_pipe(fd)
+
+    def child_ends(self) -> List[int]:
+        return [self.task_r, self.result_w, self.crash_w]
+
+    def parent_ends(self) -> List[int]:
+        return [self.task_w, self.result_r, self.crash_r]
+
+    def close_child_ends(self) -> None:
+        _close(self.child_ends())
+
+    def close_parent_ends(self) -> None:
+        for fd in self.parent_ends():
+            private_fds.close(fd)
+
+
+def _close(fds: List[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 class WorkerProcess:
@@ -89,13 +104,13 @@ class ParentAlive:
     end of file on the read end (``WorkerSpec.alive_conn``) when it dies."""
 
     def __init__(self) -> None:
-        read_fd, self._write_fd = os.pipe()
-        parent_only(self._write_fd)
+        with private_fds.making():
+            read_fd, self._write_fd = os.pipe()
+            private_fds.keep(self._write_fd)
         self.conn = Connection(read_fd, writable=False)
 
     def close(self) -> None:
-        release_parent_only(self._write_fd)
-        os.close(self._write_fd)
+        private_fds.close(self._write_fd)
         self.conn.close()
 
 

@@ -7,13 +7,13 @@ import os
 import threading
 from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
-from typing import Any, Callable, FrozenSet, Iterator, Optional
+from typing import Any, Callable, FrozenSet, Iterator, Optional, Tuple
 
 from ... import diagnosis
 from ...diagnosis import zombie_exit_status
 from ...wire.messages import top_level_names_of_main
 from ...worker import worker_main
-from .base import StartError, WorkerProcess, WorkerSpec, _pidfd
+from .base import StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd
 
 
 class ContextProcess(WorkerProcess):
@@ -75,9 +75,15 @@ class ContextLauncher:
         name = getattr(func, "__qualname__", "")
         return name not in self._main_names
 
-    def start(self, index: int, task_r: int, result_w: int, crash_w: int) -> WorkerProcess:
-        conns = (Connection(task_r, writable=False), Connection(result_w, readable=False),
-                 Connection(crash_w, readable=False))
+    def take_prepared(self, index: int) -> Optional[Tuple[WorkerPipes, WorkerProcess]]:
+        return None   # every worker is started on request
+
+    def start(self, index: int, pipes: WorkerPipes) -> WorkerProcess:
+        """Start the worker of slot *index*; our copies of its ends of
+        *pipes* are closed, whatever happens."""
+        conns = (Connection(pipes.task_r, writable=False),
+                 Connection(pipes.result_w, readable=False),
+                 Connection(pipes.crash_w, readable=False))
         # (Under fork, what only we may hold is closed by the at-fork hook.)
         process = self.context.Process(
             target=worker_main, name=f"poolguard-worker-{index}",

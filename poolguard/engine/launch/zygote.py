@@ -8,11 +8,14 @@ import select
 import signal
 import socket
 import sys
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ...errors import signal_name
 from . import zygote_main
-from .base import StartError, WorkerProcess, WorkerSpec, parent_only, release_parent_only, _pidfd
+from ... import worker
+from ...wire.slots import INITIALIZING
+from ...wire import private_fds
+from .base import StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd
 
 ZYGOTE_REPLY_TIMEOUT = 30.0   # a fork of a very large process can take a while
 ZYGOTE_EXIT_GRACE = 5.0       # seconds the zygote has to kill and reap its workers
@@ -44,15 +47,44 @@ class ZygoteLauncher:
     pipe ends over a Unix socket) and, after the worker's pidfd says it died,
     to reap it: one short request and reply each.  Until then the worker is
     a zombie, so its pid and process group id cannot be reused.
+
+    The pool's first workers are not asked for: their pipes are made before
+    the zygote is forked, and it forks them at its birth, while the caller
+    is still in ``Pool()`` and the supervisor thread starting; their replies
+    wait in the socket until the supervisor takes them (``take_prepared``).
     """
 
-    def __init__(self, context: Any, spec: WorkerSpec):
+    def __init__(self, context: Any, spec: WorkerSpec, prefork: int = 0):
         self.spec = spec
-        spec.group_guardian = False     # the zygote kills its workers' groups itself
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        parent_only(ours.fileno())
-        self.pid = zygote_main.fork_zygote(theirs, spec)
-        theirs.close()
+        spec.by_zygote = True
+        worker.load_native()   # once here, not in each worker
+        self._prepared: Dict[int, WorkerPipes] = {}
+        try:
+            for index in range(prefork):
+                self._prepared[index] = WorkerPipes()
+        except OSError:   # out of descriptors: the rest start on request, or fail then
+            pass
+        for index in self._prepared:
+            spec.slots.write(index, INITIALIZING, 0)
+        self._unread = list(self._prepared)           # their replies, in the zygote's order
+        self._replies: Dict[int, tuple[Any, ...]] = {}
+        with private_fds.making():
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            private_fds.keep(ours.fileno())
+        # (The zygote does not get what is in private_fds: our pipe ends, our
+        # socket, other pools' descriptors.)
+        try:
+            self.pid = zygote_main.fork_zygote(
+                theirs, spec, [(i, pipes.child_ends()) for i, pipes in self._prepared.items()])
+        except OSError:
+            private_fds.release(ours.fileno())
+            ours.close()
+            self._close_prepared()
+            raise
+        finally:
+            theirs.close()
+            for pipes in self._prepared.values():
+                pipes.close_child_ends()
         self._sock = ours
         self.pidfd = os.pidfd_open(self.pid)
         self.death_fd: Optional[int] = self.pidfd   # the supervisor watches it
@@ -65,12 +97,36 @@ class ZygoteLauncher:
         in the workers' __main__: it goes by value, as under spawn."""
         return self._main.get(getattr(func, "__name__", "")) is not func
 
-    def start(self, index: int, task_r: int, result_w: int, crash_w: int) -> WorkerProcess:
+    def take_prepared(self, index: int) -> Optional[Tuple[WorkerPipes, WorkerProcess]]:
+        """The worker the zygote forked at its birth for slot *index*, and its
+        pipes; None if there was none (or it was taken)."""
+        pipes = self._prepared.pop(index, None)
+        if pipes is None:
+            return None
         try:
-            reply = self._ask(("fork", index), [task_r, result_w, crash_w])
+            self._collect(until=index)
+            return pipes, self._watch(self._replies.pop(index))
+        except StartError:
+            pipes.close_parent_ends()
+            raise
+
+    def _collect(self, until: Optional[int] = None) -> None:
+        """Read the replies for the first workers, in order, up to *until*'s
+        (None: all of them)."""
+        while self._unread and (until is None or until not in self._replies):
+            self._replies[self._unread[0]] = self._receive()
+            self._unread.pop(0)
+
+    def start(self, index: int, pipes: WorkerPipes) -> WorkerProcess:
+        """Have the zygote fork the worker of slot *index*; our copies of its
+        ends of *pipes* are closed, whatever happens."""
+        try:
+            reply = self._ask(("fork", index), pipes.child_ends())
         finally:
-            for fd in (task_r, result_w, crash_w):
-                os.close(fd)
+            pipes.close_child_ends()
+        return self._watch(reply)
+
+    def _watch(self, reply: tuple[Any, ...]) -> WorkerProcess:
         if reply[0] != "ok":
             raise StartError(reply[1])
         pid = reply[1]
@@ -91,8 +147,16 @@ class ZygoteLauncher:
         """One request, one reply; StartError when the zygote cannot answer."""
         if self.exitcode is not None:
             raise StartError(self.describe_death())
+        self._collect()   # the replies for the first workers come first
         try:
             socket.send_fds(self._sock, [pickle.dumps(request)], fds or [])
+        except OSError as exc:
+            raise StartError(f"the pool's zygote (pid {self.pid}) did not answer: {exc}") from exc
+        return self._receive()
+
+    def _receive(self) -> tuple[Any, ...]:
+        """The zygote's next reply; StartError when it cannot answer."""
+        try:
             ready, _, _ = select.select([self._sock], [], [], ZYGOTE_REPLY_TIMEOUT)
             data = self._sock.recv(65536) if ready else None
         except OSError as exc:
@@ -126,8 +190,14 @@ class ZygoteLauncher:
                 self._sock.send(pickle.dumps(("exit",)))
             except OSError:
                 pass   # already gone
-        release_parent_only(self._sock.fileno())
+        private_fds.release(self._sock.fileno())
         self._sock.close()
+        self._close_prepared()   # workers never taken: the zygote killed them
+
+    def _close_prepared(self) -> None:
+        for pipes in self._prepared.values():
+            pipes.close_parent_ends()
+        self._prepared.clear()
         if self.exitcode is None:
             if not select.select([self.pidfd], [], [], ZYGOTE_EXIT_GRACE)[0]:
                 os.kill(self.pid, signal.SIGKILL)
