@@ -10,7 +10,7 @@ import signal as _signal
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 
 class PoolguardError(Exception):
@@ -147,7 +147,7 @@ class WorkerCrashedError(PoolguardError, BrokenProcessPool):
                               else "unknown status")
         return f"worker {self.pid}: {how}, {type(self).__name__}, OOM {self.oom_verdict}"
 
-    def add_attempts(self, earlier: List[str]) -> None:
+    def add_attempts(self, earlier: Sequence[str]) -> None:
         """Record earlier attempts of the same task, in the message too."""
         self.attempts = list(earlier) + [self.summary()]
         lines = "; ".join(f"{i}. {line}" for i, line in enumerate(self.attempts, 1))

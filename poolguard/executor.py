@@ -5,7 +5,7 @@ import threading
 import time
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional,
-                    Tuple, TypeVar, Union)
+                    Sequence, Tuple, TypeVar, Union)
 
 from .front import WorkerReports, start_engine
 from .engine import EngineSurface, Job, Unit
@@ -178,11 +178,11 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         the returned future, it does not raise here."""
         future: Future[T] = Future()
         self._queue(future, lambda engine: (_FutureJob(engine, fn, APPLY, "submit", future),
-                                            [(args, kwargs)]))
+                                            ((args, kwargs),)))
         return future
 
     def _queue(self, future: Future[Any],
-               build: Callable[[EngineSurface], Tuple[Job, list[Any]]]) -> None:
+               build: Callable[[EngineSurface], Tuple[Job, Sequence[Any]]]) -> None:
         """Queue the one-unit job *build* makes for *future* (``submit``, a
         joblib batch); what does not pickle fails the future, not the call."""
         with self._shutdown_lock:

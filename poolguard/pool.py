@@ -73,7 +73,7 @@ class Pool(WorkerReports, _StdlibPool):
         engine = self._running()
         result: ApplyResult[T] = ApplyResult(self, func, APPLY, "apply", callback,
                                              error_callback)
-        engine.submit_items(result, [(tuple(args), dict(kwds))], 1)
+        engine.submit_items(result, ((tuple(args), dict(kwds)),), 1)
         return result
 
     # ---- map family ----

@@ -134,7 +134,7 @@ class Unit:
                  "remote", "elastic", "expected")
 
     def __init__(self, job: Job, start: int, items: Sequence[Any], func_bytes: bytes,
-                 attempts: Optional[List[str]] = None, remote: bool = False,
+                 attempts: Tuple[str, ...] = (), remote: bool = False,
                  elastic: bool = False):
         self.id = next(_unit_ids)
         self.job = job
@@ -143,13 +143,13 @@ class Unit:
         # read large bytes among them straight from our memory (remote).
         self.items = items
         self.func_bytes = func_bytes
-        self.attempts = attempts or []   # earlier failed attempts (retries)
+        self.attempts = attempts   # earlier failed attempts (retries)
         self.remote = remote
         self.elastic = elastic
         self.expected: Optional[float] = None   # seconds, the pacer's guess when sent
-        self.frame: List[bytes]
+        self.frame: Tuple[bytes, ...]
         if elastic:
-            self.frame, self.shared = [], None
+            self.frame, self.shared = (), None
         else:
             self.frame, self.shared = encode_task(self.id, job.kind, func_bytes, items, remote)
 
@@ -185,7 +185,7 @@ class Unit:
         for lo, hi in ((0, offset), (offset, offset + 1), (offset + 1, len(self.items))):
             if lo < hi:
                 parts.append(Unit(self.job, self.start + lo, self.items[lo:hi],
-                                  self.func_bytes, self.attempts if lo == offset else None,
+                                  self.func_bytes, self.attempts if lo == offset else (),
                                   self.remote))
         return parts
 
@@ -201,8 +201,8 @@ class Unit:
         """A unit that is never sent: it only carries a failure to its job
         (arguments that did not pickle, an iterable that raised)."""
         unit = cls.__new__(cls)
-        unit.id, unit.job, unit.start, unit.items, unit.frame = -1, job, start, items, []
-        unit.func_bytes, unit.attempts, unit.shared, unit.remote = b"", [], None, False
+        unit.id, unit.job, unit.start, unit.items, unit.frame = -1, job, start, items, ()
+        unit.func_bytes, unit.attempts, unit.shared, unit.remote = b"", (), None, False
         unit.elastic, unit.expected = False, None
         return unit
 

@@ -75,7 +75,7 @@ class Postmortem:
             culprit = alone
         error = self.crash_error(worker, culprit, offset, slot, exitcode, crash_stack)
         if self._may_retry(culprit, error):
-            culprit.attempts.append(error.summary())
+            culprit.attempts += (error.summary(),)
             death.rerun.extend(culprit.split(offset))   # the caller releases the culprit
             return
         if culprit.attempts:

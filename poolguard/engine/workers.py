@@ -9,7 +9,7 @@ import re
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .. import diagnosis
 from ..diagnosis import WorkerWatch
@@ -259,7 +259,7 @@ class WorkerSet:
         self._watch.add(worker.death_fd, worker, "death")
         return worker
 
-    def send(self, worker: Worker, parts: List[bytes]) -> None:
+    def send(self, worker: Worker, parts: Sequence[bytes]) -> None:
         self._spiller.write(worker.task_fd, parts)
 
     def forget(self, worker: Worker) -> None:

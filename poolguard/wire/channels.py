@@ -14,7 +14,7 @@ import os
 import select
 import threading
 from multiprocessing import connection as mp_connection
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 from .framing import split_frames
 
@@ -117,13 +117,15 @@ class Spiller:
         self._wakeup = WakePipe()
         self._stopping = False
 
-    def write(self, fd: int, parts: List[bytes]) -> None:
-        """Write a frame given as buffers (see messages.frame), in order."""
+    def write(self, fd: int, parts: Sequence[bytes]) -> None:
+        """Write frames given as buffers (see messages.frame), in order."""
         with self._lock:
             queue = self._queues.get(fd)
             if queue is not None:
                 queue.extend(memoryview(part) for part in parts)
                 return
+            if len(parts) > 1 and sum(map(len, parts)) < _JOIN_BELOW:
+                parts = (b"".join(parts),)   # one buffer: cheaper than many views
             try:
                 rest = _write_some(fd, [memoryview(part) for part in parts])
             except OSError:
@@ -208,6 +210,7 @@ def _write_some(fd: int, views: List[memoryview]) -> List[memoryview]:
 
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
+_JOIN_BELOW = 1 << 16   # bytes: small frames are joined before writing
 
 
 class WatchSet:

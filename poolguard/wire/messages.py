@@ -24,7 +24,7 @@ import traceback
 from enum import IntEnum
 from types import BuiltinFunctionType, FunctionType
 from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
-from typing import Any, Callable, FrozenSet, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, FrozenSet, Optional, Sequence, Tuple, Type, Union
 
 import cloudpickle
 
@@ -89,7 +89,7 @@ _SEARCH_LIMIT = 64
 
 
 def encode_task(task_id: int, kind: int, func_bytes: bytes, items: Sequence[Any],
-                remote: bool = False) -> Tuple[List[bytes], Optional[buffers.SharedBuffers]]:
+                remote: bool = False) -> Tuple[Tuple[bytes, ...], Optional[buffers.SharedBuffers]]:
     """The frame of a task, and the shared buffers it refers to (None if its
     arguments had no large buffer).  The caller closes them when the task is
     finished, and keeps *items* until then.  *remote*: workers can read large
