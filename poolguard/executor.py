@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional,
+from concurrent.futures import Executor, Future
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional,
                     Sequence, Tuple, TypeVar, Union)
 
 from .front import WorkerReports, start_engine
 from .engine import EngineSurface, Job, Unit
 from .engine.at_exit import interpreter_exiting
 from .wire.messages import APPLY, EACH, EACH_STAR, STARMAP
+from .future_jobs import FutureJob, MapJob, SubmitBatch
 from .progress import Progress, ProgressArg, check_progress, finish_progress, make_progress
 from .options import (checkpointed, check_initializer, check_max_tasks, make_guards)
 
@@ -19,127 +20,6 @@ if TYPE_CHECKING:
     from .checkpoint import CheckpointArg
 
 T = TypeVar("T")
-
-
-class _FutureJob(Job):
-    """One future: a ``submit`` call, or one chunk of ``map`` (whose items may
-    come back in parts when a retry split the chunk)."""
-
-    def __init__(self, engine: EngineSurface, func: Callable[..., Any], kind: int, call: str,
-                 future: Future[Any], start: int = 0, count: int = 1):
-        super().__init__(func, kind, call)
-        self.engine = engine
-        self.future = future
-        self._settled = False
-        self._start = start
-        self._values: Optional[List[Any]] = [None] * count if kind != APPLY else None
-        self._missing = count
-
-    def wanted(self, unit: Unit) -> bool:
-        # Called when the unit is about to be sent; a unit sent again after its
-        # worker died before starting it is already running.
-        return self.future.running() or self.future.set_running_or_notify_cancel()
-
-    def unit_done(self, unit: Unit, values: list[Any]) -> None:
-        if self._settled:
-            return
-        if self.kind == APPLY:
-            self._settle(self.future.set_result, values[0])
-            return
-        lo = unit.start - self._start
-        assert self._values is not None
-        self._values[lo:lo + len(values)] = values
-        self._missing -= len(values)
-        if self._missing == 0:
-            self._settle(self.future.set_result, self._values)
-
-    def unit_failed(self, unit: Unit, exc: BaseException) -> None:
-        if not self._settled:
-            self._settle(self.future.set_exception, exc)
-
-    def _settle(self, setter: Callable[[Any], None], value: Any) -> None:
-        self._settled = True
-        # Completing a future runs its done-callbacks (user code, asyncio's
-        # hand-over): off the supervisor thread when there are any.
-        if getattr(self.future, "_done_callbacks", None):
-            self.engine.call_soon(_set_quietly, setter, value)
-        else:
-            _set_quietly(setter, value)
-
-    def cancel(self, unit: Unit) -> None:
-        if not self.future.cancel():
-            self.unit_failed(unit, RuntimeError("not run: executor shut down"))
-
-
-class _MapJob(Job):
-    """``map`` without a chunksize: all items in one elastic unit, which the
-    supervisor cuts as the pacer says (few items at a time for long tasks,
-    many for tiny ones); each item keeps its own result or exception."""
-
-    def __init__(self, func: Callable[..., Any], kind: int, length: int):
-        super().__init__(func, kind, "map")
-        self._length = length
-        self._cond = threading.Condition(threading.Lock())
-        # start -> (values or None, errors, count)
-        self._by_start: Dict[int, tuple[Any, ...]] = {}
-        self._dropped = False
-
-    def wanted(self, unit: Unit) -> bool:
-        return not self._dropped
-
-    def unit_done(self, unit: Unit, outcome: tuple[Any, ...]) -> None:
-        values, errors = outcome
-        self._put(unit.start, (values, errors, len(values)))
-
-    def unit_failed(self, unit: Unit, exc: BaseException) -> None:
-        self._put(unit.start, (None, exc, len(unit.items)))
-
-    def cancel(self, unit: Unit) -> None:
-        self.unit_failed(unit, CancelledError())
-
-    def _put(self, start: int, entry: tuple[Any, ...]) -> None:
-        with self._cond:
-            self._by_start[start] = entry
-            self._cond.notify()
-
-    def results(self, end: Optional[float]) -> Iterator[Any]:
-        """In input order; an item's exception is raised at its place."""
-        position = 0
-        try:
-            while position < self._length:
-                values, errors, count = self._next_entry(position, end)
-                if values is None:
-                    raise errors
-                values.reverse()   # popped, so that a consumer's drop frees them
-                pop = values.pop
-                if errors:
-                    for offset in range(count):
-                        value = pop()
-                        if offset in errors:
-                            raise errors[offset]
-                        yield value
-                else:
-                    for _ in range(count):
-                        yield pop()
-                position += count
-        finally:
-            self._dropped = True   # what is not cut yet is not run
-            finish_progress(self.progress)
-
-    def _next_entry(self, position: int, end: Optional[float]) -> tuple[Any, ...]:
-        with self._cond:
-            while position not in self._by_start:
-                timeout = None if end is None else end - time.monotonic()
-                if timeout is not None and timeout <= 0 or not self._cond.wait(timeout):
-                    raise TimeoutError
-            return self._by_start.pop(position)
-
-
-def _set_quietly(setter: Callable[[Any], None], value: Any) -> None:
-    try:
-        setter(value)
-    except InvalidStateError:   # cancelled meanwhile (shutdown with cancel_futures)
-        pass
 
 
 class ProcessPoolExecutor(Executor, WorkerReports):
@@ -169,6 +49,8 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         guards = make_guards(task_timeout, max_worker_memory, retries, retry_on)
         maxtasks = check_max_tasks(max_tasks_per_child, "max_tasks_per_child")
         self._shutdown_lock = threading.Lock()
+        # The unit of the last submits, while queued (see future_jobs.py).
+        self._batch: Callable[[], Optional[Unit]] = lambda: None
         self._engine = start_engine(max_workers, "max_workers", initializer, initargs,
                                     maxtasks, mp_context, True, guards, cluster)
         self._max_workers = self._engine.processes
@@ -177,8 +59,26 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         """As the stdlib's: a function or argument that does not pickle fails
         the returned future, it does not raise here."""
         future: Future[T] = Future()
-        self._queue(future, lambda engine: (_FutureJob(engine, fn, APPLY, "submit", future),
-                                            ((args, kwargs),)))
+        if self._engine is not None and not self._engine.batches_submits:   # the cluster's
+            self._queue(future, lambda engine: (
+                FutureJob(engine, fn, APPLY, "submit", future), ((args, kwargs),)))
+            return future
+        with self._shutdown_lock:
+            engine = self._running()
+            unit = self._batch()   # calls of one function back to back share a unit
+            if unit is not None:
+                batch = unit.job
+                assert isinstance(batch, SubmitBatch)
+                if batch.func is fn and batch.add(unit, future, (args, kwargs)):
+                    return future
+            try:
+                func_bytes = engine.encode_function(fn)
+            except (Exception, SystemExit) as exc:   # the function does not pickle
+                future.set_running_or_notify_cancel()
+                future.set_exception(exc)
+                return future
+            batch = SubmitBatch(engine, fn, func_bytes, future, (args, kwargs))
+            self._batch = batch.queue(func_bytes)
         return future
 
     def _queue(self, future: Future[Any],
@@ -227,7 +127,7 @@ class ProcessPoolExecutor(Executor, WorkerReports):
             counts = make_progress(progress, engine, "map", fn, len(arguments))
             for lo in range(0, len(arguments), chunksize):
                 future: Future[Any] = Future()
-                job = _FutureJob(engine, fn, STARMAP, "map", future, lo,
+                job = FutureJob(engine, fn, STARMAP, "map", future, lo,
                                  len(arguments[lo:lo + chunksize]))
                 job.progress = counts
                 engine.submit_items(job, arguments[lo:lo + chunksize], chunksize, lo,
@@ -239,10 +139,10 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                      progress: ProgressArg) -> Iterator[Any]:
         if len(iterables) == 1:   # no 1-tuples to make, send and unpack
             arguments: list[Any] = list(iterables[0])
-            job = _MapJob(fn, EACH, len(arguments))
+            job = MapJob(fn, EACH, len(arguments))
         else:
             arguments = list(zip(*iterables, strict=False))   # the shortest ends it
-            job = _MapJob(fn, EACH_STAR, len(arguments))
+            job = MapJob(fn, EACH_STAR, len(arguments))
         with self._shutdown_lock:
             engine = self._running()
             job.progress = make_progress(progress, engine, "map", fn, len(arguments))
@@ -277,7 +177,16 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         when shutdown() comes right after submit(), and runs them."""
         units = engine.inbox.take_pending()
         keep = max(0, self._max_workers - engine.units_in_flight())
-        kept = [unit for unit in units if not unit.elastic][:keep]
+        kept: List[Unit] = []
+        for unit in units:
+            if keep <= 0:
+                break
+            if isinstance(unit.job, SubmitBatch):   # keep its first calls
+                keep -= unit.job.keep_first(keep)
+                kept.append(unit)
+            elif not unit.elastic:
+                keep -= 1
+                kept.append(unit)
         engine.inbox.requeue_first(kept)
         for unit in units:
             if unit not in kept:

@@ -30,7 +30,8 @@ from joblib.parallel import register_parallel_backend
 from .engine import EngineSurface
 from .engine.jobs import arguments_text, function_name
 from .errors import TaskInfo
-from .executor import ProcessPoolExecutor, _FutureJob
+from .executor import ProcessPoolExecutor
+from .future_jobs import FutureJob
 from .options import resolve_workers
 from .wire.messages import STARMAP
 
@@ -59,7 +60,7 @@ class _ByValue:
         return cloudpickle.loads, (cloudpickle.dumps(self.func),)
 
 
-class _BatchJob(_FutureJob):
+class _BatchJob(FutureJob):
     """One joblib batch: a future whose value is the list of its calls' results.
     A crash names the call inside the batch that was running."""
 

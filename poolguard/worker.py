@@ -23,9 +23,10 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 from .errors import TaskDecodeError
 from .wire import buffers
 from .wire.framing import FrameInput
-from .wire.messages import (APPLY, CONTROL, EACH_STAR, INIT_FAILED, MAP, OK, PROTOCOL, RAISED, READY,
-                            PER_ITEM, REPLY_HEADER, RETIRING, STARMAP, STOP, TASK_HEADER, UNENCODABLE,
-                            decode_task, encode_exception)
+from .wire.messages import (APPLY, CONTROL, EACH, EACH_APPLY, INIT_FAILED, ITEM,
+                            MAP, OK, PER_ITEM, PROTOCOL, RAISED, READY, REPLY_HEADER, RETIRING,
+                            STARMAP, STOP, TASK_HEADER, UNENCODABLE, decode_task,
+                            encode_exception)
 from .wire.slots import DECODING, IDLE, SENDING, SENT_BY_COMMAND
 
 _short_repr = reprlib.Repr()
@@ -132,7 +133,7 @@ def _serve(slot: memoryview, send: Callable[[bytes], None], recv: Callable[[], A
             return
         slot[2] = started = clock()   # before the item word: the parent reads them in that order
         slot[0], slot[1], slot[3] = task_id, DECODING, 0
-        status, body = _run_unit(slot, data, task_id, handle_size, cache, timed, clock)
+        status, body = _run_unit(slot, data, task_id, handle_size, cache, timed, clock, send)
         del data
         took = min((clock() - started) // 1000, 0xFFFFFFFF)
         send(REPLY_HEADER.pack(task_id, status, took) + body)
@@ -143,7 +144,8 @@ def _serve(slot: memoryview, send: Callable[[bytes], None], recv: Callable[[], A
 
 
 def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cache: list[Any],
-              timed: bool, clock: Callable[[], int]) -> Tuple[int, bytes]:
+              timed: bool, clock: Callable[[], int],
+              send: Callable[[bytes], None]) -> Tuple[int, bytes]:
     """Run one unit; the status and body of its reply.  The arguments and
     results are locals of this call, so nothing of the task outlives it in
     the worker."""
@@ -152,12 +154,11 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
         if func_bytes != cache[0]:
             cache[:] = func_bytes, pickle.loads(func_bytes)
     except BaseException as exc:   # SystemExit from a __reduce__ too
-        error = TaskDecodeError(f"the task could not be unpickled in the worker: "
-                                f"{type(exc).__name__}: {exc}", exc=exc)
-        error.__cause__ = exc
-        return RAISED, encode_exception(error)
+        return RAISED, encode_exception(_decode_error(exc))
+    if kind == EACH_APPLY:
+        return _run_calls(slot, cache[1], items, task_id, send, timed, clock)
     if kind in PER_ITEM:
-        return _run_each(slot, cache[1], items, kind == EACH_STAR, timed, clock)
+        return _run_each(slot, cache[1], items, kind, timed, clock)
     try:
         func = cache[1]
         # The loop target stores each index straight into the shared slot:
@@ -173,6 +174,10 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
     except BaseException as exc:  # SystemExit too: the task's error, not ours
         return RAISED, encode_exception(exc)
     slot[1] = SENDING
+    return _encode_results(out)
+
+
+def _encode_results(out: list[Any]) -> Tuple[int, bytes]:
     try:
         return OK, pickle.dumps(out, PROTOCOL)
     except Exception as exc:
@@ -180,6 +185,48 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
             (repr(exc), _short_repr.repr(out if len(out) != 1 else out[0])), PROTOCOL)
     except BaseException as exc:   # a __reduce__ calling exit(): the task's, as in the stdlib
         return RAISED, encode_exception(exc)
+
+
+def _decode_error(exc: BaseException) -> TaskDecodeError:
+    error = TaskDecodeError(f"the task could not be unpickled in the worker: "
+                            f"{type(exc).__name__}: {exc}", exc=exc)
+    error.__cause__ = exc
+    return error
+
+
+_NO_RESULTS = pickle.dumps(([], {}), PROTOCOL)
+
+
+def _run_calls(slot: memoryview, func: Callable[..., Any], items: Tuple[Any, ...],
+               task_id: int, send: Callable[[bytes], None], timed: bool,
+               clock: Callable[[], int]) -> Tuple[int, bytes]:
+    """An EACH_APPLY unit (submits): each call's arguments are unpickled as
+    its first step, and its outcome is sent the moment it is known, before
+    the next call starts: a death later in the unit neither loses it nor has
+    it run again."""
+    parts, counts, views = items
+    used = 0
+    status: int
+    for i, part in enumerate(parts):
+        if timed:
+            slot[2] = clock()
+        slot[1] = i
+        try:
+            args, kwds = pickle.loads(part, buffers=views[used:used + counts[i]])
+        except BaseException as exc:   # SystemExit from a __reduce__ too
+            status, body = RAISED, encode_exception(_decode_error(exc))
+        else:
+            try:
+                out = [func(*args, **kwds)]
+            except BaseException as exc:   # SystemExit too: that call's error
+                status, body = RAISED, encode_exception(exc)
+            else:
+                status, body = _encode_results(out)
+            del args, kwds
+        used += counts[i]
+        send(REPLY_HEADER.pack(task_id, status | ITEM, i) + body)
+    slot[1] = SENDING
+    return OK, _NO_RESULTS
 
 
 def _call(slot: memoryview, func: Callable[..., Any], item: Tuple[Any, Any], timed: bool,
@@ -192,7 +239,7 @@ def _call(slot: memoryview, func: Callable[..., Any], item: Tuple[Any, Any], tim
     return func(*args, **kwds)
 
 
-def _run_each(slot: memoryview, func: Callable[..., Any], items: Sequence[Any], star: bool,
+def _run_each(slot: memoryview, func: Callable[..., Any], items: Sequence[Any], kind: int,
               timed: bool, clock: Callable[[], int]) -> Tuple[int, bytes]:
     """A PER_ITEM unit: every item runs, whatever the others did; a raising item
     leaves None in the results and its encoded exception under its offset."""
@@ -203,7 +250,7 @@ def _run_each(slot: memoryview, func: Callable[..., Any], items: Sequence[Any], 
             slot[2] = clock()
         slot[1] = i
         try:
-            out.append(func(*item) if star else func(item))
+            out.append(func(item) if kind == EACH else func(*item))
         except BaseException as exc:   # SystemExit too: that item's error
             out.append(None)
             errors[i] = encode_exception(exc)
@@ -220,9 +267,12 @@ def _encodable_only(out: list[Any], errors: Dict[int, Any]) -> tuple[Any, ...]:
     for i, value in enumerate(out):
         try:
             pickle.dumps(value, PROTOCOL)
-        except BaseException as exc:
+        except Exception as exc:
             out[i] = None
             errors[i] = (repr(exc), _short_repr.repr(value))
+        except BaseException as exc:   # a __reduce__ calling exit(): the item's, as for apply
+            out[i] = None
+            errors[i] = encode_exception(exc)
     return out, errors
 
 

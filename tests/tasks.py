@@ -452,3 +452,20 @@ def kill_myself(how: str, signame: str):
     else:
         subprocess.run(["kill", f"-{signum}", str(os.getpid())], check=False)
     time.sleep(30)
+
+
+def outcome(log: str, i: int, what: str = "ok", *extra):
+    """Append *i* to *log* (one line, O_APPEND: calls are counted), then do
+    *what*: return i * i, raise, kill this worker, or hang."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{i}\n".encode())
+    finally:
+        os.close(fd)
+    if what == "raise":
+        raise ValueError(f"bad call {i}")
+    if what == "kill":
+        die("sigkill")
+    if what == "hang":
+        time.sleep(60)
+    return i * i

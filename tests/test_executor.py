@@ -4,11 +4,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import os
+import threading
 import time
 
 import pytest
 
-from poolguard import ProcessPoolExecutor, WorkerCrashedError, WorkerInitError
+from poolguard import (ProcessPoolExecutor, TaskDecodeError, TaskTimeoutError, WorkerCrashedError,
+                       WorkerInitError)
+from poolguard.engine import jobs
 
 import tasks
 from conftest import PROMPT, wait_until
@@ -165,3 +168,86 @@ def test_slow_done_callback_does_not_delay_crash_detection():
             executor.submit(tasks.die, "sigkill").result(10)
         assert time.monotonic() - start < PROMPT
         assert slow.result(10) == 9
+
+
+# ---- submits of one function, batched into units ------------------------------------------
+
+def _units_made_by(run):
+    """How many units the engine made while *run* ran (ids are consecutive)."""
+    before = next(jobs._unit_ids)
+    run()
+    return next(jobs._unit_ids) - before - 1
+
+
+def test_batched_submits_each_keep_their_own_outcome(method, tmp_path):
+    """600 submits of one tiny function go in a few units; in their midst a
+    call raises, one kills its worker, one hangs past task_timeout, one has
+    an argument that does not pickle, one an argument that cannot be rebuilt
+    in the worker, one an argument that kills the worker being rebuilt.  Each
+    fails its own future alone, with its own error; every other call ran
+    exactly once, none again after the deaths."""
+    log = str(tmp_path / "calls")
+    special = {100: "raise", 200: "kill", 300: "hang"}
+    with ProcessPoolExecutor(2, mp_context=method, task_timeout=2) as executor:
+        warm = [executor.submit(tasks.outcome, log + ".warm", i) for i in range(300)]
+        assert [f.result(timeout=30) for f in warm] == [i * i for i in range(300)]
+        futures = []
+
+        def submit_all():
+            for i in range(600):
+                extra = {400: (threading.Lock(),), 450: (tasks.FailsInWorker(),),
+                         500: (tasks.DieWhenUnpickled(),)}.get(i, ())
+                futures.append(executor.submit(tasks.outcome, log, i,
+                                               special.get(i, "ok"), *extra))
+        assert _units_made_by(submit_all) < 60
+        cf.wait(futures, timeout=60)
+        errors = {i: f.exception() for i, f in enumerate(futures) if f.exception()}
+        assert sorted(errors) == [100, 200, 300, 400, 450, 500], errors
+        assert isinstance(errors[100], ValueError) and str(errors[100]) == "bad call 100"
+        assert isinstance(errors[200], WorkerCrashedError) and errors[200].signal == "SIGKILL"
+        assert errors[200].task.function == "outcome" and "200, 'kill'" in errors[200].task.arguments
+        assert isinstance(errors[300], TaskTimeoutError) and "300, 'hang'" in str(errors[300])
+        assert isinstance(errors[400], TypeError) and "pickle" in str(errors[400])
+        assert isinstance(errors[450], TaskDecodeError) and "cannot be rebuilt" in str(errors[450])
+        assert isinstance(errors[500], WorkerCrashedError), errors[500]
+        assert "500" in errors[500].task.arguments
+        assert all(f.result() == i * i for i, f in enumerate(futures) if i not in errors)
+        # 400 never pickled; 450 and 500 died before the call; the others ran once.
+        assert tasks.calls(log) == [i for i in range(600) if i not in (400, 450, 500)]
+        assert executor.submit(tasks.square, 7).result(timeout=10) == 49
+
+
+def test_a_batched_submit_that_dies_is_retried_alone(method, tmp_path):
+    marker = str(tmp_path / "died")
+    log = str(tmp_path / "calls")
+    with ProcessPoolExecutor(2, mp_context=method, retries=1) as executor:
+        for f in [executor.submit(tasks.outcome, log + ".warm", i) for i in range(300)]:
+            f.result(timeout=30)
+        futures = [executor.submit(tasks.outcome, log, i) for i in range(200)]
+        dying = executor.submit(tasks.die_first_time, marker, "second try")
+        later = [executor.submit(tasks.outcome, log, i) for i in range(200, 400)]
+        assert dying.result(timeout=30) == "second try"
+        assert [f.result(timeout=30) for f in futures + later] == [i * i for i in range(400)]
+        assert tasks.calls(log) == list(range(400))
+
+
+def test_a_batched_submit_cancelled_before_it_is_sent_never_runs(tmp_path):
+    log = str(tmp_path / "calls")
+    with ProcessPoolExecutor(1) as executor:
+        busy = executor.submit(tasks.sleep_then, 1.0, "done")
+        wait_until(busy.running, 10)
+        futures = [executor.submit(tasks.outcome, log, i) for i in range(50)]
+        assert all(futures[i].cancel() for i in range(10, 20))
+        assert busy.result(timeout=10) == "done"
+        assert [f.result(timeout=10) for i, f in enumerate(futures) if not 10 <= i < 20] == \
+            [i * i for i in range(50) if not 10 <= i < 20]
+    assert all(futures[i].cancelled() for i in range(10, 20))
+    assert tasks.calls(log) == [i for i in range(50) if not 10 <= i < 20]
+
+
+def test_submits_of_different_functions_keep_their_order():
+    with ProcessPoolExecutor(1) as executor:
+        futures = [executor.submit(tasks.square if i % 3 else tasks.identity, i)
+                   for i in range(90)]
+        assert [f.result(timeout=30) for f in futures] == \
+            [i * i if i % 3 else i for i in range(90)]

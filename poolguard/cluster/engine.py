@@ -62,6 +62,7 @@ class ClusterEngine(EngineBase):
     """Units of the fronts' jobs, run as dask tasks on a cluster."""
 
     remote_reads = False
+    batches_submits = False   # units are bundled into dask tasks instead
 
     def __init__(self, client: Any, owns_client: bool, processes: int,
                  initializer: Optional[Callable[..., Any]], initargs: Iterable[Any],

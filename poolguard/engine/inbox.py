@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from typing import Deque, Iterable, List, Sequence
+from typing import Any, Callable, Deque, Iterable, List, Sequence
 
 from ..wire.channels import WakePipe
 from .jobs import Unit
@@ -31,10 +31,7 @@ class Inbox:
     def submit(self, units: Sequence[Unit], open_call: bool = False) -> None:
         """Queue units.  *open_call*: they belong to a call that began before
         close() (a lazy imap still reading its input), so closing waits for them."""
-        if os.getpid() != self._owner_pid:
-            raise RuntimeError("this pool belongs to process %d; a forked child cannot "
-                               "use it (its supervisor thread did not survive the fork)"
-                               % self._owner_pid)
+        self._check_owner()
         with self.lock:
             if not (self.state == RUNNING or (open_call and self.state == CLOSING)):
                 raise ValueError("Pool not running")
@@ -42,10 +39,29 @@ class Inbox:
             self.new_call = True
         self.wakeup.wake()
 
+    def add_to_tail(self, unit: Unit, add: Callable[..., None], *args: Any) -> bool:
+        """Call ``add(*args)`` to extend *unit* if it is still the last unit
+        waiting (the executor's batch of submits): in order with all that is
+        queued.  False if it is not (taken, or another call queued since)."""
+        self._check_owner()
+        with self.lock:
+            if self.state != RUNNING or not self.pending or self.pending[-1] is not unit:
+                return False
+            add(*args)
+            self.new_call = True
+        self.wakeup.wake()
+        return True
+
     def requeue_first(self, units: Iterable[Unit]) -> None:
         """Supervisor: units to run before the others (a dead worker's)."""
         with self.lock:
             self.pending.extendleft(reversed(list(units)))
+
+    def _check_owner(self) -> None:
+        if os.getpid() != self._owner_pid:
+            raise RuntimeError("this pool belongs to process %d; a forked child cannot "
+                               "use it (its supervisor thread did not survive the fork)"
+                               % self._owner_pid)
 
     def take_pending(self) -> List[Unit]:
         """Remove and return the units not yet sent to any worker."""

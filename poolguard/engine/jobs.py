@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Seque
 
 from ..errors import TaskInfo
 from .callbacks import report_callback_error
-from ..wire.messages import APPLY, EACH_STAR, PER_ITEM, STARMAP, encode_task
+from ..wire.messages import APPLY, EACH_APPLY, EACH_STAR, PER_ITEM, STARMAP, encode_task
 
 if TYPE_CHECKING:
     from ..progress import Progress
@@ -63,6 +63,23 @@ class Job:
         """False when the unit should be dropped before it is sent (cancelled)."""
         return True
 
+    def call_done(self, unit: "Unit", offset: int, ok: bool, value: Any) -> None:
+        """EACH_APPLY: the call at *offset* in *unit* ended (*ok*: *value* is
+        its result; else the exception that fails it), before the unit did."""
+        raise NotImplementedError
+
+    def answered(self, unit: "Unit", offset: int) -> bool:
+        """Has the item at *offset* in *unit* had its outcome already?  (Only
+        EACH_APPLY units answer item by item: such an item is not run again
+        after its worker's death.)"""
+        return False
+
+    def cut(self, unit: "Unit", count: int) -> Tuple[Optional["Unit"], Optional[BaseException]]:
+        """The next unit to send from elastic *unit*, of at most *count* items
+        (None: nothing to send now), and the error that fails it if its items
+        do not pickle (``Unit.cut``)."""
+        return unit.cut(count)
+
     def cancel(self, unit: "Unit") -> None:
         """*unit* will not run (``shutdown(cancel_futures=True)``)."""
         self.unit_failed(unit, RuntimeError("not run: the pool shut down"))
@@ -79,7 +96,7 @@ class Job:
     def describe_item(self, item: Any, index: int) -> TaskInfo:
         """One item of this job, at *index* in its input."""
         name = function_name(self.func)
-        if self.kind == APPLY:
+        if self.kind in (APPLY, EACH_APPLY):
             args, kwds = item
             return TaskInfo(name, arguments_text(args, kwds), None, self.call)
         if self.kind in (STARMAP, EACH_STAR):
@@ -131,7 +148,7 @@ class Unit:
     encodes each when it sends it."""
 
     __slots__ = ("id", "job", "start", "items", "frame", "func_bytes", "attempts", "shared",
-                 "remote", "elastic", "expected")
+                 "remote", "elastic", "expected", "__weakref__")
 
     def __init__(self, job: Job, start: int, items: Sequence[Any], func_bytes: bytes,
                  attempts: Tuple[str, ...] = (), remote: bool = False,

@@ -67,12 +67,20 @@ class Postmortem:
         if culprit.job.kind in PER_ITEM and offset is not None and len(culprit.items) > 1:
             # Each item has its own outcome: the culprit's item alone fails;
             # the others run again (those before it had run, but their
-            # results died with the worker).
+            # results died with the worker), unless they were answered one
+            # by one (EACH_APPLY).
+            answered = culprit.job.answered(culprit, 0)
             parts = culprit.split(offset)
             alone = parts[1 if offset else 0]
-            death.rerun.extend(part for part in parts if part is not alone)
+            death.rerun.extend(part for part in parts if part is not alone
+                               and not (answered and part.start < alone.start))
             death.spent, death.culprit, offset = culprit, alone, 0
             culprit = alone
+        if offset is not None and culprit.job.answered(culprit, offset):
+            # It died after answering, before its slot said so: no one to blame.
+            death.spent = death.spent or culprit
+            death.culprit = None
+            return
         error = self.crash_error(worker, culprit, offset, slot, exitcode, crash_stack)
         if self._may_retry(culprit, error):
             culprit.attempts += (error.summary(),)

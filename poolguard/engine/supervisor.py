@@ -54,11 +54,12 @@ from ..errors import PoolTerminatedError, WorkerInitError
 from ..options import Guards
 from ..wire import buffers
 from ..wire.channels import Spiller, WatchSet
-from ..wire.messages import (CONTROL, INIT_FAILED, PER_ITEM, READY, REPLY_HEADER, RETIRING,
-                             decode_exception, decode_reply)
+from ..wire.messages import (CONTROL, INIT_FAILED, ITEM, PER_ITEM, READY, REPLY_HEADER,
+                             RETIRING, decode_exception, decode_reply)
 from ..wire.slots import SharedSlots
 from . import at_exit
 from .guards import GuardKeeper
+from .callbacks import report_callback_error
 from .inbox import CLOSING, RUNNING, TERMINATING, Inbox
 from .jobs import Job, Unit, cut_units, deliver, make_unit
 from .pacing import Pacer
@@ -72,6 +73,8 @@ TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
 
 class Engine(EngineBase):
     """Worker processes plus the supervisor thread that watches them."""
+
+    batches_submits = True
 
     def __init__(self, processes: int, initializer: Optional[Callable[..., Any]] = None,
                  initargs: Iterable[Any] = (), maxtasks: Optional[int] = None, context: Any = None,
@@ -293,10 +296,11 @@ class Engine(EngineBase):
         if not unit.job.wanted(unit):
             pending.popleft()
             return None
-        head, error = unit.cut(self._pacer.elastic_size(unit))
+        head, error = unit.job.cut(unit, self._pacer.elastic_size(unit))
         if not unit.items:
             pending.popleft()
         if error is not None:
+            assert head is not None
             failed.append((head, error))
             return None
         return head
@@ -328,6 +332,9 @@ class Engine(EngineBase):
         if task_id == CONTROL:
             self._on_control(worker, status, body)
             return
+        if status & ITEM:
+            self._on_call_reply(worker, task_id, status & ~ITEM, micros, body)
+            return
         unit = worker.pop_unit(task_id)
         worker.watch.task_done()
         worker.item_deadline = None
@@ -338,6 +345,19 @@ class Engine(EngineBase):
         ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, None)),
                                  unit.job.kind in PER_ITEM)
         deliver(unit, ok, value)
+
+    def _on_call_reply(self, worker: Worker, task_id: int, status: int, offset: int,
+                       body: memoryview) -> None:
+        """One call of an EACH_APPLY unit ended; the unit goes on."""
+        unit = worker.find_unit(task_id)
+        if unit is None:
+            return   # the job was already failed (terminate)
+        self._postmortem.task_finished()
+        ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, offset)))
+        try:
+            unit.job.call_done(unit, offset, ok, value[0] if ok else value)
+        except Exception:
+            report_callback_error()
 
     def _on_control(self, worker: Worker, status: int, body: memoryview) -> None:
         if status == READY:

@@ -20,6 +20,7 @@ class EngineSurface(Protocol):
     guards: Guards
     finish_at_exit: bool
     inbox: Inbox           # pending units, state, open calls: shared with the fronts
+    batches_submits: bool  # may the executor queue submits in a SubmitBatch?
 
     def encode_function(self, func: Callable[..., Any]) -> bytes: ...
 

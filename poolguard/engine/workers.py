@@ -141,6 +141,12 @@ class Worker:
         self.inflight.append(unit)
         self.sent += 1
 
+    def find_unit(self, unit_id: int) -> Optional[Unit]:
+        for unit in self.inflight:
+            if unit.id == unit_id:
+                return unit
+        return None
+
     def pop_unit(self, unit_id: int) -> Optional[Unit]:
         for unit in self.inflight:
             if unit.id == unit_id:

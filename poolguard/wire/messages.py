@@ -24,7 +24,7 @@ import traceback
 from enum import IntEnum
 from types import BuiltinFunctionType, FunctionType
 from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
-from typing import Any, Callable, FrozenSet, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, FrozenSet, List, Optional, Sequence, Tuple, Type, Union
 
 import cloudpickle
 
@@ -41,6 +41,7 @@ class Kind(IntEnum):
     STARMAP = 2        # func(*item) for each item
     EACH = 3           # func(item) for each item, each item's outcome on its own
     EACH_STAR = 4      # func(*item) for each item, each item's outcome on its own
+    EACH_APPLY = 5     # func(*args, **kwargs) for each item (args, kwargs), each on its own
 
 
 class Status(IntEnum):
@@ -55,14 +56,21 @@ class Status(IntEnum):
     RETIRING = 5       # control: maxtasksperchild reached, a planned exit follows
 
 
+# Added to OK, RAISED or UNENCODABLE: the reply of one call of an EACH_APPLY
+# unit, sent as soon as it ends (its body as for an APPLY unit; the header's
+# microseconds field holds the call's offset in the unit).  The unit's own
+# reply follows its last call, with no results.
+ITEM = 0x80
+
+
 class Control(IntEnum):
     """Task ids below zero are control words, not tasks."""
     STOP = -1          # parent -> worker: leave the loop and exit
     WORKER = -2        # worker -> parent: a message about the worker itself
 
 
-APPLY, MAP, STARMAP, EACH, EACH_STAR = Kind
-PER_ITEM = frozenset((EACH, EACH_STAR))   # kinds whose items have outcomes of their own
+APPLY, MAP, STARMAP, EACH, EACH_STAR, EACH_APPLY = Kind
+PER_ITEM = frozenset((EACH, EACH_STAR, EACH_APPLY))   # kinds whose items have outcomes of their own
 OK, RAISED, UNENCODABLE, READY, INIT_FAILED, RETIRING = Status
 STOP, CONTROL = Control
 
@@ -82,6 +90,8 @@ def dumps(obj: Any, collector: Optional[buffers.Collector] = None) -> bytes:
         return data
 
 
+_APPLIES = (APPLY, EACH_APPLY)   # kinds whose items are (args, kwargs)
+
 # Chunks of at most this many items are searched for large bytes before
 # pickling; longer ones only if their pickle turns out large (the search
 # would cost tiny tasks more than it saves).
@@ -95,39 +105,65 @@ def encode_task(task_id: int, kind: int, func_bytes: bytes, items: Sequence[Any]
     finished, and keeps *items* until then.  *remote*: workers can read large
     ``bytes`` from our memory (see buffers.py)."""
     collector = buffers.Collector() if buffers.AVAILABLE else None
-    payload: Any = items
-    if collector is not None and len(items) <= _SEARCH_LIMIT:
-        payload = buffers.shareable(items, kind in (STARMAP, EACH_STAR), kind == APPLY,
-                                    remote) or items
-    body = dumps((kind, func_bytes, payload), collector)
-    if collector is None:
-        return frame(TASK_HEADER.pack(task_id, 0), body), None
-    if payload is items and len(body) >= buffers.MIN_SIZE and len(items) > _SEARCH_LIMIT:
-        wrapped = buffers.shareable(items, kind in (STARMAP, EACH_STAR), kind == APPLY, remote)
-        if wrapped is not None:
-            collector.taken.clear()
-            body = dumps((kind, func_bytes, wrapped), collector)
-    if not collector.taken:
+    if kind == EACH_APPLY:
+        body = dumps((kind, func_bytes, _each_call(items, collector, remote)))
+    else:
+        body = _encode_items(kind, func_bytes, items, collector, remote)
+    if collector is None or not collector.taken:
         return frame(TASK_HEADER.pack(task_id, 0), body), None
     try:
         shared = buffers.SharedBuffers(collector.taken)
     except OSError:   # no memory for it, or no memfd here after all: use the pipe
-        return frame(TASK_HEADER.pack(task_id, 0), dumps((kind, func_bytes, items))), None
+        plain = _each_call(items, None, False) if kind == EACH_APPLY else items
+        return frame(TASK_HEADER.pack(task_id, 0), dumps((kind, func_bytes, plain))), None
     handle = pickle.dumps(shared.handle, protocol=PROTOCOL)
     return frame(TASK_HEADER.pack(task_id, len(handle)) + handle, body), shared
 
 
+def _encode_items(kind: int, func_bytes: bytes, items: Sequence[Any],
+                  collector: Optional[buffers.Collector], remote: bool) -> bytes:
+    payload: Any = items
+    if collector is not None and len(items) <= _SEARCH_LIMIT:
+        payload = buffers.shareable(items, kind in (STARMAP, EACH_STAR), kind in _APPLIES,
+                                    remote) or items
+    body = dumps((kind, func_bytes, payload), collector)
+    if (collector is not None and payload is items and len(body) >= buffers.MIN_SIZE
+            and len(items) > _SEARCH_LIMIT):
+        wrapped = buffers.shareable(items, kind in (STARMAP, EACH_STAR), kind in _APPLIES, remote)
+        if wrapped is not None:
+            collector.taken.clear()
+            body = dumps((kind, func_bytes, wrapped), collector)
+    return body
+
+
+def _each_call(items: Sequence[Any], collector: Optional[buffers.Collector],
+               remote: bool) -> Tuple[List[bytes], List[int]]:
+    """EACH_APPLY: each call's (args, kwargs) pickled on its own, so that the
+    worker unpickles it as that call's first step (an argument that cannot
+    be unpickled fails its call alone); and how many of the collected large
+    buffers each call's pickle refers to."""
+    parts, counts = [], []
+    for item in items:
+        wrapped = buffers.shareable((item,), False, True, remote) if collector else None
+        before = len(collector.taken) if collector else 0
+        parts.append(dumps(wrapped[0] if wrapped else item, collector))
+        counts.append(len(collector.taken) - before if collector else 0)
+    return parts, counts
+
+
 def decode_task(data: bytes, handle_size: int) -> tuple[Any, ...]:
     """Worker side: (kind, func_bytes, items) of a task frame (after the
-    length prefix), mapping its shared buffers if it has any."""
+    length prefix), mapping its shared buffers if it has any.  For
+    EACH_APPLY, items is (each call's pickle, its buffer count, the buffers)."""
     view = memoryview(data)[TASK_HEADER.size:]
-    task: tuple[Any, ...]
-    if not handle_size:
-        task = pickle.loads(view)
-        return task
-    handle = pickle.loads(view[:handle_size])
-    task = pickle.loads(view[handle_size:], buffers=buffers.open_buffers(handle))
-    return task
+    views: List[memoryview] = []
+    if handle_size:
+        views = buffers.open_buffers(pickle.loads(view[:handle_size]))
+        view = view[handle_size:]
+    kind, func_bytes, items = pickle.loads(view, buffers=views)
+    if kind == EACH_APPLY:
+        return kind, func_bytes, (*items, views)
+    return kind, func_bytes, items
 
 
 def dumps_call(func: Callable[..., Any], payload: Any, by_value_main: bool) -> bytes:
