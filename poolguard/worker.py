@@ -7,19 +7,13 @@ which item was running without any lock a dying worker could hold.
 """
 from __future__ import annotations
 
-import ctypes
-import faulthandler
-import os
 import pickle
 import reprlib
-import select
-import signal
-import sys
-import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+from . import lifeline
 from .errors import TaskDecodeError
 from .wire import buffers
 from .wire.framing import FrameInput
@@ -27,11 +21,10 @@ from .wire.messages import (APPLY, CONTROL, EACH, EACH_APPLY, INIT_FAILED, ITEM,
                             MAP, OK, PER_ITEM, PROTOCOL, RAISED, READY, REPLY_HEADER, RETIRING,
                             STARMAP, STOP, TASK_HEADER, UNENCODABLE, decode_task,
                             encode_exception)
-from .wire.slots import DECODING, IDLE, SENDING, SENT_BY_COMMAND
+from .wire.slots import DECODING, IDLE, SENDING
 
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = _short_repr.maxother = 200
-_PR_SET_PDEATHSIG = 1
 
 
 def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Connection,
@@ -40,10 +33,10 @@ def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Conne
     """The worker process: *spec* is the pool's ``WorkerSpec`` (engine/launch/),
     the three connections its own pipes, *parent_pid* the process whose death
     must end it (None: unknown), *fds_to_close* what it must not hold."""
-    _prepare(crash_conn, fds_to_close)
-    _die_with_parent(spec.alive_conn, parent_pid, spec.by_zygote)
+    lifeline.prepare(crash_conn, fds_to_close)
+    lifeline.die_with_parent(spec.alive_conn, parent_pid, spec.by_zygote)
     slot = spec.slots.view(index)
-    _watch_own_signals(slot)
+    lifeline.watch_own_signals(slot)
     # Frames are read in bulk: a burst of small tasks costs one read.
     send, recv = result_conn.send_bytes, FrameInput(task_conn.fileno()).recv
     try:
@@ -60,62 +53,6 @@ def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Conne
         _serve(slot, send, recv, spec.maxtasks, spec.timed)
     except OSError:
         return  # the parent closed our pipes: it is gone or terminating us
-
-
-def _prepare(crash_conn: Connection, fds_to_close: Sequence[int]) -> None:
-    """Signals, process group, stack dumps; drop what is not ours to hold."""
-    # Ctrl-C reaches the whole process group; the parent alone handles it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A group of our own: when we die, the pool kills the group, so children a
-    # task started (and did not move to a session of their own) die with us.
-    try:
-        os.setpgid(0, 0)
-    except OSError:
-        pass
-    # At a fatal signal, the Python stack goes to a pipe the parent reads
-    # after our death (crash_conn must stay referenced: it owns the fd).
-    faulthandler.enable(file=crash_conn.fileno(), all_threads=False)
-    # SIGUSR1: print every thread's stack to stderr and go on, to see where a
-    # task hangs (the test suite does it to each worker before a timeout).
-    if hasattr(signal, "SIGUSR1"):
-        faulthandler.register(signal.SIGUSR1, file=2, all_threads=True)
-    # SIGUSR2: the same to the crash pipe, where the pool reads it after the
-    # worker's end (task_timeout: where the task hung).
-    if hasattr(signal, "SIGUSR2"):
-        faulthandler.register(signal.SIGUSR2, file=crash_conn.fileno(), all_threads=True)
-    for fd in fds_to_close:  # the zygote's socket, other workers' pipes (fork)
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def _watch_own_signals(slot: memoryview) -> None:
-    """An audit hook notes in the slot a signal the task sends its own process
-    (``os.kill``, ``os.killpg``) or a ``kill`` command naming our pid that it
-    starts (``os.system``, ``subprocess``): the parent then does not blame
-    the outside for that death.  The hook runs before the call it audits."""
-    pid = os.getpid()
-    mine = (pid, 0, -pid)
-    me = str(pid)
-
-    def hook(event: str, args: tuple[Any, ...]) -> None:
-        if not event.startswith(("os.kill", "os.system", "subprocess.Popen")):
-            return
-        try:
-            if event in ("os.kill", "os.killpg") and args[0] in mine:
-                slot[3] = int(args[1])
-            elif event in ("os.system", "subprocess.Popen"):
-                command = args[0] if event == "os.system" else args[1]
-                if isinstance(command, (bytes, str)):
-                    command = [command]
-                words = " ".join(os.fsdecode(word) for word in command).replace(";", " ").split()
-                if me in words and any(word.endswith("kill") for word in words):
-                    slot[3] = SENT_BY_COMMAND
-        except Exception:   # an audit hook must never fail the call it watches
-            pass
-
-    sys.addaudithook(hook)
 
 
 def _serve(slot: memoryview, send: Callable[[bytes], None], recv: Callable[[], Any],
@@ -286,77 +223,3 @@ def _run_timed(slot: memoryview, clock: Callable[[], int], func: Callable[..., A
         slot[1] = i
         out.append(func(*item) if star else func(item))
     return out
-
-
-_prctl: Optional[Callable[..., int]] = None
-
-
-def load_native() -> None:
-    """Load what a worker calls through ctypes, in a process that forks
-    workers (the zygote's parent), so that each forked worker need not."""
-    global _prctl
-    if _prctl is None and sys.platform.startswith("linux"):
-        try:
-            _prctl = ctypes.CDLL(None, use_errno=True).prctl
-        except (OSError, AttributeError):
-            pass
-    buffers.load_native()
-
-
-def _die_with_parent(alive_conn: Connection, parent_pid: Optional[int], by_zygote: bool) -> None:
-    """Exit when the pool's process dies, even by SIGKILL.
-
-    Linux: PR_SET_PDEATHSIG, valid while the thread that forked us lives: the
-    zygote's only thread (fork), or the supervisor thread (spawn).  Under the
-    zygote that is all: it dies with the pool's process, after killing our
-    group.  Otherwise, also: a thread blocked on a pipe whose only write end
-    the pool's process holds (EOF means it is gone), and a guardian child
-    that kills our group, so that what a task started dies too.
-    """
-    if not by_zygote:
-        _start_group_guardian(alive_conn.fileno())
-    if parent_pid is not None and sys.platform.startswith("linux"):
-        load_native()
-        if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # died before prctl took effect
-            os._exit(1)
-    if by_zygote:
-        return
-
-    def _watch_parent() -> None:
-        try:
-            alive_conn.recv_bytes()
-        except (EOFError, OSError):
-            pass
-        os._exit(1)
-
-    threading.Thread(target=_watch_parent, name="poolguard-parent-watch", daemon=True).start()
-
-
-def _start_group_guardian(alive_fd: int) -> None:
-    """Fork, while we still have one thread, a tiny child in our process
-    group that waits for the pool's process to die and then SIGKILLs the
-    whole group: PDEATHSIG kills only us, and a process a task started would
-    outlive the pool.  It waits for that alone (our own death may come first,
-    by PDEATHSIG, while the pool's process is still closing its files); while
-    the pool lives, the pool ends it with our group when we die."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        pid = os.fork()
-    except OSError:
-        return
-    if pid:
-        return
-    code = 0
-    try:
-        poller = select.poll()
-        poller.register(alive_fd, select.POLLIN)
-        while not poller.poll():
-            pass
-        os.killpg(0, signal.SIGKILL)   # the pool's process is gone
-    except BaseException:
-        code = 1
-    finally:
-        os._exit(code)

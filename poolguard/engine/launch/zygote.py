@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ...errors import signal_name
 from . import zygote_main
-from ... import worker
+from ... import lifeline
 from ...wire.slots import INITIALIZING
 from ...wire import private_fds
 from .base import StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd
@@ -57,7 +57,7 @@ class ZygoteLauncher:
     def __init__(self, context: Any, spec: WorkerSpec, prefork: int = 0):
         self.spec = spec
         spec.by_zygote = True
-        worker.load_native()   # once here, not in each worker
+        lifeline.load_native()   # once here, not in each worker
         self._prepared: Dict[int, WorkerPipes] = {}
         try:
             for index in range(prefork):
