@@ -25,8 +25,13 @@ def frame(head: bytes, body: bytes = b"") -> Tuple[bytes, ...]:
     return (prefix + head, body)
 
 
-def split_frames(buf: bytearray) -> Tuple[List[bytes], int]:
+def split_frames(buf: Union[bytes, bytearray]) -> Tuple[List[bytes], int]:
     """The complete frames at the start of *buf*, and how many bytes they took."""
+    with memoryview(buf) as view:   # one copy of each frame, not two
+        return _split(buf, view)
+
+
+def _split(buf: Union[bytes, bytearray], view: memoryview) -> Tuple[List[bytes], int]:
     frames = []
     pos = 0
     while len(buf) - pos >= LENGTH.size:
@@ -39,7 +44,7 @@ def split_frames(buf: bytearray) -> Tuple[List[bytes], int]:
             head += LONG_LENGTH.size
         if len(buf) - pos - head < n:
             break
-        frames.append(bytes(buf[pos + head:pos + head + n]))
+        frames.append(bytes(view[pos + head:pos + head + n]))
         pos += head + n
     return frames, pos
 
@@ -61,9 +66,13 @@ class FrameInput:
             data = os.read(self.fd, self._read_size)
             if not data:
                 raise EOFError
-            self._buf += data
-            frames, pos = split_frames(self._buf)
-            del self._buf[:pos]
+            if self._buf:
+                self._buf += data
+                frames, pos = split_frames(self._buf)
+                del self._buf[:pos]
+            else:   # the usual case: frames straight from what was read
+                frames, pos = split_frames(data)
+                self._buf += data[pos:]
             self._frames.extend(frames)
             if not frames:
                 large = self._read_large()
