@@ -10,13 +10,14 @@ import functools
 import itertools
 import reprlib
 from collections import abc
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 from ..errors import TaskInfo
 from .callbacks import report_callback_error
 from ..wire.messages import APPLY, EACH_APPLY, EACH_STAR, PER_ITEM, STARMAP, encode_task
 
 if TYPE_CHECKING:
+    from ..wire.buffers import SharedBuffers
     from ..progress import Progress
 
 _unit_ids = itertools.count()
@@ -152,7 +153,7 @@ class Unit:
 
     def __init__(self, job: Job, start: int, items: Sequence[Any], func_bytes: bytes,
                  attempts: Tuple[str, ...] = (), remote: bool = False,
-                 elastic: bool = False):
+                 elastic: bool = False, lazy: bool = False):
         self.id = next(_unit_ids)
         self.job = job
         self.start = start        # index of items[0] in the job's input
@@ -164,18 +165,25 @@ class Unit:
         self.remote = remote
         self.elastic = elastic
         self.expected: Optional[float] = None   # seconds, the pacer's guess when sent
-        self.frame: Tuple[bytes, ...]
-        if elastic:
-            self.frame, self.shared = (), None
-        else:
-            self.frame, self.shared = encode_task(self.id, job.kind, func_bytes, items, remote)
+        self.frame: Tuple[bytes, ...] = ()
+        self.shared: Optional[SharedBuffers] = None
+        if not (elastic or lazy):
+            self.encode()
+
+    def encode(self) -> None:
+        """Pickle it into its frame (a lazy unit: when the supervisor sends it)."""
+        items = self.items
+        if isinstance(items, View):
+            items = self.items = items.materialize()
+        self.frame, self.shared = encode_task(self.id, self.job.kind, self.func_bytes, items,
+                                              self.remote)
 
     def cut(self, count: int) -> Tuple["Unit", Optional[BaseException]]:
         """Elastic: a unit of the first *count* items, encoded; this one keeps
         the rest.  If they do not pickle: a placeholder and the error."""
         items, start = self.items, self.start
         chunk = items[:count]
-        self.items = _Rest.of(items, count)
+        self.items = View.of(items, count)
         self.start += count
         try:
             return Unit(self.job, start, chunk, self.func_bytes, remote=self.remote), None
@@ -224,23 +232,29 @@ class Unit:
         return unit
 
 
-class _Rest(abc.Sequence[Any]):
-    """What is left of an elastic unit's items, without copying them at
-    each cut."""
+class View(abc.Sequence[Any]):
+    """Items *lo* to *hi* of a sequence, without copying them: what is left
+    of an elastic unit after each cut, and a lazy unit's chunk until it is
+    pickled (``materialize``)."""
 
-    __slots__ = ("_items", "_lo")
+    __slots__ = ("_items", "_lo", "_hi")
 
-    def __init__(self, items: Sequence[Any], lo: int):
-        self._items, self._lo = items, lo
+    def __init__(self, items: Sequence[Any], lo: int, hi: int):
+        self._items, self._lo, self._hi = items, lo, hi
 
     @classmethod
-    def of(cls, items: Sequence[Any], lo: int) -> "_Rest":
-        if isinstance(items, _Rest):
-            return cls(items._items, items._lo + lo)
-        return cls(items, lo)
+    def of(cls, items: Sequence[Any], lo: int, hi: Optional[int] = None) -> "View":
+        """Items *lo* to *hi* (None: the end) of *items*, a view or not."""
+        hi = len(items) if hi is None else min(hi, len(items))
+        if isinstance(items, View):
+            return cls(items._items, items._lo + lo, items._lo + hi)
+        return cls(items, lo, hi)
+
+    def materialize(self) -> Sequence[Any]:
+        return self._items[self._lo:self._hi]
 
     def __len__(self) -> int:
-        return len(self._items) - self._lo
+        return self._hi - self._lo
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
@@ -279,18 +293,10 @@ def make_unit(job: Job, start: int, items: Sequence[Any], func_bytes: bytes,
 
 
 def cut_units(job: Job, items: Sequence[Any], chunksize: int, start: int, func_bytes: bytes,
-              remote: bool) -> Iterator[List[Unit]]:
-    """*items* as units of *chunksize*, in batches of doubling size, so that
-    workers start on the first while later ones are still being pickled
-    (items that cannot be pickled: see ``make_unit``)."""
-    batch: List[Unit] = []
-    batch_size = 1
-    for lo in range(0, len(items), chunksize):
-        unit = make_unit(job, start + lo, items[lo:lo + chunksize], func_bytes, remote)
-        if unit is not None:
-            batch.append(unit)
-        if len(batch) >= batch_size:
-            yield batch
-            batch, batch_size = [], batch_size * 2
-    if batch:
-        yield batch
+              remote: bool) -> List[Unit]:
+    """*items* as lazy units of *chunksize*: the supervisor pickles each as it
+    sends it, so the first worker starts while the rest are still being
+    pickled (one that cannot be pickled fails then: see ``_next_unit``)."""
+    return [Unit(job, start + lo, View.of(items, lo, lo + chunksize), func_bytes, remote=remote,
+                 lazy=True)
+            for lo in range(0, len(items), chunksize)]

@@ -132,8 +132,8 @@ class Engine(EngineBase):
             if unit is not None:
                 self.inbox.submit((unit,), open_call)
             return
-        for batch in cut_units(job, items, chunksize, start, func_bytes, self.remote_reads):
-            self.inbox.submit(batch, open_call)
+        self.inbox.submit(cut_units(job, items, chunksize, start, func_bytes, self.remote_reads),
+                          open_call)
 
     def submit_elastic(self, job: Job, items: Sequence[Any]) -> None:
         """Queue *items* as one elastic unit, which dispatch cuts as it goes."""
@@ -289,10 +289,16 @@ class Engine(EngineBase):
         unit = pending[0]
         if not unit.elastic:
             pending.popleft()
-            if unit.job.wanted(unit):
-                return unit
-            unit.release()
-            return None
+            if not unit.job.wanted(unit):
+                unit.release()
+                return None
+            if not unit.frame:   # lazy (see cut_units)
+                try:
+                    unit.encode()
+                except (Exception, SystemExit) as exc:   # a __reduce__ may even call exit()
+                    failed.append((unit, exc))
+                    return None
+            return unit
         if not unit.job.wanted(unit):
             pending.popleft()
             return None
