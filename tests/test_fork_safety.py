@@ -353,6 +353,38 @@ def test_the_zygote_killed_gives_a_clear_error_not_a_hang(tmp_path, method):
     assert any("zygote" in line and "SIGKILL" in line for line in errors), out
 
 
+@pytest.mark.parametrize("method", ["fork"])
+def test_the_zygote_killed_at_once_gives_a_clear_error_and_no_busy_loop(tmp_path, method):
+    """Killed while it forks the first workers, or before the supervisor has
+    read its answers: a call fails with the zygote's death (or, when the
+    workers were forked and the kill had not landed yet, succeeds), never
+    hangs, and the idle pool does not spin on the dead zygote's socket."""
+    out = run(tmp_path, """
+        import signal
+        import tasks_mod
+        for pause in [0.3, 0, 0, 0, 0]:
+            p = poolguard.Pool(2, context=METHOD)
+            os.kill(p._engine._launcher.pid, signal.SIGKILL)
+            time.sleep(pause)
+            try:
+                print(p.map(tasks_mod.square, range(4)))
+            except poolguard.PoolguardError as exc:
+                print(type(exc).__name__, "|", exc)
+            if pause:
+                before = sum(os.times()[:2])
+                time.sleep(1.0)
+                print("cpu", sum(os.times()[:2]) - before)
+            p.terminate()
+        print("done")
+    """, method)
+    lines = out.splitlines()
+    assert lines[-1] == "done" and len(lines) == 7, out
+    assert "zygote" in lines[0] and "SIGKILL" in lines[0] and "|" in lines[0], out
+    assert float(lines[1].split()[1]) < 0.3, out
+    for line in lines[2:6]:
+        assert line == "[0, 1, 4, 9]" or ("|" in line and "zygote" in line), out
+
+
 def test_nothing_of_the_pool_outlives_a_killed_owner(tmp_path, method):
     """The owner SIGKILLed: the workers (and the zygote, under fork) are gone
     within 2 s, and so is a grandchild a task started that ignores SIGTERM

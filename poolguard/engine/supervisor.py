@@ -97,6 +97,9 @@ class Engine(EngineBase):
         self._watch = WatchSet(inbox.wakeup.fd)
         if launcher.death_fd is not None:
             self._watch.add(launcher.death_fd, launcher, "launcher")
+        self._answers_fd = launcher.answers_fd   # the zygote forking the first workers
+        if self._answers_fd is not None:
+            self._watch.add(self._answers_fd, launcher, "forked")
         self._spiller = Spiller()
         self._workers = WorkerSet(processes, self._slots, launcher, self._watch, self._spiller)
         # Workers cannot start (initializer failed, throttle, zygote gone):
@@ -201,11 +204,16 @@ class Engine(EngineBase):
             if fd == inbox.wakeup.fd:
                 inbox.wakeup.drain()   # the next turn sees what woke us
                 continue
-            worker, what = self._watch.owner[fd]
+            entry = self._watch.owner.get(fd)
+            if entry is None:   # dropped earlier in this turn (the zygote's death)
+                continue
+            worker, what = entry
             if what == "launcher":
                 self._on_launcher_death()
             elif what == "result":
                 self._read_replies(worker)
+            elif what == "forked":
+                self._launcher.read_answers()   # the next turn takes those workers
             else:
                 deaths.append(worker)
         for worker in deaths:   # after the replies, which may finish its task
@@ -233,14 +241,17 @@ class Engine(EngineBase):
         if not needed:
             return
         for index in self._workers.empty_slots():
+            if self._launcher.still_forking(index):
+                continue   # the loop wakes when the zygote answers
             try:
                 self._workers.start(index)
             except StartError as exc:
                 self._set_init_error(WorkerInitError(f"could not start a worker: {exc}"),
                                      exc.__cause__)
                 return
-            if self._early:   # work for it now, not after the next worker's fork
-                self._dispatch()
+        if self._answers_fd is not None and self._launcher.answers_fd is None:
+            self._watch.discard(self._answers_fd)   # all answered
+            self._answers_fd = None
 
     def _fail_pending_if_no_worker_can_start(self) -> None:
         if self._init_error is not None and not self._workers.may_serve():
@@ -421,6 +432,9 @@ class Engine(EngineBase):
         launcher = self._launcher
         assert isinstance(launcher, ZygoteLauncher) and launcher.death_fd is not None
         self._watch.discard(launcher.death_fd)
+        if self._answers_fd is not None:
+            self._watch.discard(self._answers_fd)
+            self._answers_fd = None
         self._set_init_error(WorkerInitError(launcher.died()), None)
 
     # ---- the end -------------------------------------------------------------------

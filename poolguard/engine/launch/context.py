@@ -75,8 +75,16 @@ class ContextLauncher:
         name = getattr(func, "__qualname__", "")
         return name not in self._main_names
 
+    answers_fd: Optional[int] = None   # every worker is started on request
+
     def take_prepared(self, index: int) -> Optional[Tuple[WorkerPipes, WorkerProcess]]:
-        return None   # every worker is started on request
+        return None
+
+    def still_forking(self, index: int) -> bool:
+        return False
+
+    def read_answers(self) -> None:
+        pass
 
     def start(self, index: int, pipes: WorkerPipes) -> WorkerProcess:
         """Start the worker of slot *index*; our copies of its ends of

@@ -67,6 +67,7 @@ class ZygoteLauncher:
         for index in self._prepared:
             spec.slots.write(index, INITIALIZING, 0)
         self._unread = list(self._prepared)           # their replies, in the zygote's order
+        self._unanswerable = False
         self._replies: Dict[int, tuple[Any, ...]] = {}
         with private_fds.making():
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -109,6 +110,29 @@ class ZygoteLauncher:
         except StartError:
             pipes.close_parent_ends()
             raise
+
+    @property
+    def answers_fd(self) -> Optional[int]:
+        """The socket, while the zygote's answers for the first workers are
+        still to come (the supervisor's loop waits on it among the rest)."""
+        return self._sock.fileno() if self._unread and not self._unanswerable else None
+
+    def read_answers(self) -> None:
+        """Read the answers for the first workers that are there, without
+        waiting.  If the zygote cannot answer, taking a worker says why."""
+        try:
+            while self._unread and select.select([self._sock], [], [], 0)[0]:
+                self._replies[self._unread[0]] = self._receive()
+                self._unread.pop(0)
+        except (StartError, OSError):
+            self._unanswerable = True
+
+    def still_forking(self, index: int) -> bool:
+        """Is slot *index* a first worker that the zygote has not answered for?"""
+        if index in self._prepared and index not in self._replies:
+            self.read_answers()
+            return index not in self._replies and not self._unanswerable
+        return False
 
     def _collect(self, until: Optional[int] = None) -> None:
         """Read the replies for the first workers, in order, up to *until*'s
@@ -165,14 +189,18 @@ class ZygoteLauncher:
         else:
             why = "no answer" if data is None else "it closed its socket"
         if not data:
+            if select.select([self.pidfd], [], [], 1.0)[0]:   # it died: say how
+                raise StartError(self.died())
             raise StartError(f"the pool's zygote (pid {self.pid}) did not answer: {why}")
         reply: tuple[Any, ...] = pickle.loads(data)
         return reply
 
     def died(self) -> str:
-        """Called once its pidfd is readable: reap it, and say what happened."""
-        _, status = os.waitpid(self.pid, 0)
-        self.exitcode = os.waitstatus_to_exitcode(status)
+        """Called once its pidfd is readable: reap it (once), and say what
+        happened."""
+        if self.exitcode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.exitcode = os.waitstatus_to_exitcode(status)
         return self.describe_death()
 
     def describe_death(self) -> str:
@@ -193,17 +221,17 @@ class ZygoteLauncher:
         private_fds.release(self._sock.fileno())
         self._sock.close()
         self._close_prepared()   # workers never taken: the zygote killed them
-
-    def _close_prepared(self) -> None:
-        for pipes in self._prepared.values():
-            pipes.close_parent_ends()
-        self._prepared.clear()
         if self.exitcode is None:
             if not select.select([self.pidfd], [], [], ZYGOTE_EXIT_GRACE)[0]:
                 os.kill(self.pid, signal.SIGKILL)
             _, status = os.waitpid(self.pid, 0)
             self.exitcode = os.waitstatus_to_exitcode(status)
         os.close(self.pidfd)
+
+    def _close_prepared(self) -> None:
+        for pipes in self._prepared.values():
+            pipes.close_parent_ends()
+        self._prepared.clear()
 
 
 def can_use_zygote() -> bool:
