@@ -121,9 +121,7 @@ class ZygoteLauncher:
         """Read the answers for the first workers that are there, without
         waiting.  If the zygote cannot answer, taking a worker says why."""
         try:
-            while self._unread and select.select([self._sock], [], [], 0)[0]:
-                self._replies[self._unread[0]] = self._receive()
-                self._unread.pop(0)
+            self._collect(wait=False)
         except (StartError, OSError):
             self._unanswerable = True
 
@@ -134,10 +132,12 @@ class ZygoteLauncher:
             return index not in self._replies and not self._unanswerable
         return False
 
-    def _collect(self, until: Optional[int] = None) -> None:
+    def _collect(self, until: Optional[int] = None, wait: bool = True) -> None:
         """Read the replies for the first workers, in order, up to *until*'s
-        (None: all of them)."""
+        (None: all of them); without *wait*, only those already there."""
         while self._unread and (until is None or until not in self._replies):
+            if not wait and not select.select([self._sock], [], [], 0)[0]:
+                return
             self._replies[self._unread[0]] = self._receive()
             self._unread.pop(0)
 
