@@ -94,15 +94,19 @@ def load_native() -> None:
     buffers.load_native()
 
 
-def die_with_parent(alive_conn: Connection, parent_pid: Optional[int], by_zygote: bool) -> None:
+def die_with_parent(alive_conn: Connection, parent_pid: Optional[int],
+                    by_zygote: bool) -> Optional[Callable[[], None]]:
     """Exit when the pool's process dies, even by SIGKILL.
 
     Linux: PR_SET_PDEATHSIG, valid while the thread that forked us lives: the
-    zygote's only thread (fork), or the supervisor thread (spawn).  Under the
-    zygote that is all: it dies with the pool's process, after killing our
-    group.  Otherwise, also: a thread blocked on a pipe whose only write end
-    the pool's process holds (EOF means it is gone), and a guardian child
-    that kills our group, so that what a task started dies too.
+    zygote's only thread (fork), or the supervisor thread (spawn).  Also: a
+    thread blocked on a pipe whose only write end the pool's process holds
+    (EOF means it is gone).  Under the zygote, which kills our group when the
+    pool's process dies, that thread is only a fallback (for a zygote that
+    cannot act, say stopped): it is returned, for the worker to start once
+    its first task is answered, off the path to the pool's first result.
+    Otherwise it starts now, with a guardian child that kills our group, so
+    that what a task started dies too.
     """
     if not by_zygote:
         _start_group_guardian(alive_conn.fileno())
@@ -112,8 +116,6 @@ def die_with_parent(alive_conn: Connection, parent_pid: Optional[int], by_zygote
             _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent_pid:  # died before prctl took effect
             os._exit(1)
-    if by_zygote:
-        return
 
     def _watch_parent() -> None:
         try:
@@ -122,7 +124,14 @@ def die_with_parent(alive_conn: Connection, parent_pid: Optional[int], by_zygote
             pass
         os._exit(1)
 
-    threading.Thread(target=_watch_parent, name="poolguard-parent-watch", daemon=True).start()
+    def start() -> None:
+        threading.Thread(target=_watch_parent, name="poolguard-parent-watch",
+                         daemon=True).start()
+
+    if by_zygote:
+        return start
+    start()
+    return None
 
 
 def _start_group_guardian(alive_fd: int) -> None:

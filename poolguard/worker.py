@@ -34,7 +34,7 @@ def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Conne
     the three connections its own pipes, *parent_pid* the process whose death
     must end it (None: unknown), *fds_to_close* what it must not hold."""
     lifeline.prepare(crash_conn, fds_to_close)
-    lifeline.die_with_parent(spec.alive_conn, parent_pid, spec.by_zygote)
+    watch_later = lifeline.die_with_parent(spec.alive_conn, parent_pid, spec.by_zygote)
     slot = spec.slots.view(index)
     lifeline.watch_own_signals(slot)
     # Frames are read in bulk: a burst of small tasks costs one read.
@@ -50,13 +50,14 @@ def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Conne
         # READY says whether we may read large arguments from the parent's memory.
         readable = b"\x01" if buffers.can_read_parent(spec.probe) else b"\x00"
         send(REPLY_HEADER.pack(CONTROL, READY, 0) + readable)
-        _serve(slot, send, recv, spec.maxtasks, spec.timed)
+        _serve(slot, send, recv, spec.maxtasks, spec.timed, watch_later)
     except OSError:
         return  # the parent closed our pipes: it is gone or terminating us
 
 
 def _serve(slot: memoryview, send: Callable[[bytes], None], recv: Callable[[], Any],
-           maxtasks: Optional[int], timed: bool) -> None:
+           maxtasks: Optional[int], timed: bool,
+           after_first: Optional[Callable[[], None]]) -> None:
     clock = time.monotonic_ns
     done = 0
     cache: list[Any] = [b"", None]    # the last function's pickle, and the function
@@ -75,6 +76,9 @@ def _serve(slot: memoryview, send: Callable[[bytes], None], recv: Callable[[], A
         took = min((clock() - started) // 1000, 0xFFFFFFFF)
         send(REPLY_HEADER.pack(task_id, status, took) + body)
         del body
+        if after_first is not None:   # the parent-watching thread (lifeline.py)
+            after_first()
+            after_first = None
         slot[0] = IDLE
         done += 1
     send(REPLY_HEADER.pack(CONTROL, RETIRING, 0))

@@ -433,6 +433,56 @@ def test_nothing_of_the_pool_outlives_a_killed_owner(tmp_path, method):
         owner.wait(10)
 
 
+@pytest.mark.parametrize("method", ["fork"])
+def test_a_busy_worker_dies_with_its_owner_even_when_the_zygote_is_stopped(tmp_path, method):
+    """The zygote kills the workers when the pool's process dies; a zygote
+    that cannot act (stopped) leaves it to each worker's own watch on the
+    pool's process, which runs from the end of its first task."""
+    pids_file = tmp_path / "pids"
+    script = tmp_path / "owner.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        import poolguard
+        if __name__ == "__main__":
+            p = poolguard.Pool(1, context=sys.argv[1])
+            assert p.apply(pow, (3, 2)) == 9            # its first task, answered
+            busy = p.apply_async(time.sleep, (120,))
+            while not [s for s in p.status() if s.state == "busy"]:
+                time.sleep(0.01)
+            with open({str(pids_file)!r} + ".tmp", "w") as f:
+                f.write(f"{{p.pids[0]}} {{p._engine._launcher.pid}}")
+            os.replace({str(pids_file)!r} + ".tmp", {str(pids_file)!r})
+            time.sleep(120)
+    """))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    owner = subprocess.Popen([sys.executable, str(script), method], env=env,
+                             start_new_session=True)
+    zygote = None
+    try:
+        deadline = time.monotonic() + 30
+        while not pids_file.exists():
+            assert time.monotonic() < deadline, "owner did not start its pool"
+            time.sleep(0.05)
+        worker, zygote = (int(x) for x in pids_file.read_text().split())
+        os.kill(zygote, signal.SIGSTOP)
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        wait_until(lambda: not _alive(worker), 2.0, 0.02,
+                   "the worker outlived its owner by 2 s while the zygote was stopped")
+    finally:
+        if zygote is not None:
+            for sig in (signal.SIGKILL, signal.SIGCONT):
+                try:
+                    os.kill(zygote, sig)   # its group is the owner's: gone with it below
+                except ProcessLookupError:
+                    pass
+        try:
+            os.killpg(owner.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        owner.wait(10)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
