@@ -233,8 +233,6 @@ class Engine(EngineBase):
     # ---- workers -------------------------------------------------------------------
 
     def _maintain_workers(self) -> None:
-        if self._init_error is not None:
-            return
         inbox = self.inbox
         with inbox.lock:
             needed = inbox.state == RUNNING or bool(inbox.pending) or inbox.open_calls > 0
@@ -243,6 +241,8 @@ class Engine(EngineBase):
         for index in self._workers.empty_slots():
             if self._launcher.still_forking(index):
                 continue   # the loop wakes when the zygote answers
+            if self._init_error is not None and not self._launcher.prepared(index):
+                continue   # no new start; one the zygote forked at its birth is taken
             try:
                 self._workers.start(index)
             except StartError as exc:
@@ -254,7 +254,8 @@ class Engine(EngineBase):
             self._answers_fd = None
 
     def _fail_pending_if_no_worker_can_start(self) -> None:
-        if self._init_error is not None and not self._workers.may_serve():
+        if (self._init_error is not None and not self._workers.may_serve()
+                and self._launcher.answers_fd is None):   # none still being forked
             for unit in self.inbox.take_pending():
                 self._deliver_failure(unit, self._init_error)
 

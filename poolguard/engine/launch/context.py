@@ -83,6 +83,9 @@ class ContextLauncher:
     def still_forking(self, index: int) -> bool:
         return False
 
+    def prepared(self, index: int) -> bool:
+        return False
+
     def read_answers(self) -> None:
         pass
 

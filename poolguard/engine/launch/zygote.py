@@ -125,6 +125,10 @@ class ZygoteLauncher:
         except (StartError, OSError):
             self._unanswerable = True
 
+    def prepared(self, index: int) -> bool:
+        """Is slot *index* a first worker, not taken yet?"""
+        return index in self._prepared
+
     def still_forking(self, index: int) -> bool:
         """Is slot *index* a first worker that the zygote has not answered for?"""
         if index in self._prepared and index not in self._replies:
