@@ -148,17 +148,17 @@ class Worker:
         return None
 
     def pop_unit(self, unit_id: int) -> Optional[Unit]:
-        for unit in self.inflight:
-            if unit.id == unit_id:
-                self.inflight.remove(unit)
-                if not self.inflight:
-                    self.backlog, self.blind = 0.0, 0
-                elif unit.expected is None:
-                    self.blind -= 1
-                else:
-                    self.backlog -= unit.expected
-                return unit
-        return None
+        unit = self.find_unit(unit_id)
+        if unit is None:
+            return None
+        self.inflight.remove(unit)
+        if not self.inflight:
+            self.backlog, self.blind = 0.0, 0
+        elif unit.expected is None:
+            self.blind -= 1
+        else:
+            self.backlog -= unit.expected
+        return unit
 
 
 @dataclass(frozen=True)
