@@ -13,7 +13,12 @@ from typing import Optional
 
 import pytest
 
-ROOT = str(Path(__file__).resolve().parent.parent)
+import poolguard
+
+# The directory the tested poolguard was imported from (the installed
+# package, or the checkout's src/): scripts import the very same one.
+ROOT = str(Path(poolguard.__file__).resolve().parent.parent)
+CHECKOUT = Path(__file__).resolve().parent.parent   # examples/, benchmarks/
 SCRIPT_LIMIT = 45      # seconds a script may run before it dumps its stacks and exits
 
 PRELUDE = f"""

@@ -17,13 +17,14 @@ from typing import Optional
 
 import pytest
 
+from scripts import ROOT
+
 import poolguard
 from poolguard import Checkpoint, CheckpointWarning, checkpoint as store_module
 
 import tasks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 def entries(root) -> list:

@@ -12,16 +12,16 @@ import weakref
 from concurrent.futures import BrokenExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.pool import MaybeEncodingError
-from pathlib import Path
 
 import pytest
+
+from scripts import ROOT
 
 from poolguard import ProcessPoolExecutor, WorkerCrashedError, WorkerInitError
 
 import tasks
 from conftest import PROMPT, wait_until
 
-ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def test_a_crash_is_a_broken_process_pool_and_the_pool_goes_on(front, method):

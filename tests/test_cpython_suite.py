@@ -20,8 +20,9 @@ from typing import Optional
 
 import pytest
 
+from scripts import ROOT
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 CACHE = Path(tempfile.gettempdir()) / "poolguard-cpython-3.11-tests"
 SUITE_LIMIT = 600     # seconds for one start method's run
 

@@ -5,17 +5,17 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import poolguard
 
-ROOT = Path(__file__).resolve().parent.parent
+from scripts import CHECKOUT, ROOT
+
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
+                          timeout=timeout, env=env, cwd=CHECKOUT)
 
 
 def test_demo_shows_the_hang_and_the_error():

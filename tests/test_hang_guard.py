@@ -13,6 +13,7 @@ import poolguard
 
 import tasks
 from conftest import wait_until
+from scripts import ROOT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -44,7 +45,7 @@ def test_a_hanging_test_dumps_every_stack_before_it_fails(tmp_path):
             with poolguard.Pool(1) as pool:
                 pool.apply(tasks.sleep_then, (60,))
     """))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(HERE)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, ROOT]))
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "--timeout=4", "--rootdir", str(tmp_path), str(tmp_path)],

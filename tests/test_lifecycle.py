@@ -11,10 +11,8 @@ from pathlib import Path
 
 import psutil
 
-
 from conftest import PROMPT, wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
+from scripts import ROOT
 
 
 def run_script(tmp_path: Path, body: str, *args: str) -> subprocess.Popen:
