@@ -49,6 +49,28 @@ def test_timeout_names_the_item_in_a_chunk():
         assert info.value.task.item == 2
 
 
+def test_timeout_holds_for_units_pipelined_behind_tiny_ones(front, method):
+    # Each long task waits in a worker's pipe behind tiny ones, so its start
+    # and the reply of the unit before it race in the supervisor: the guard
+    # once armed the long task's deadline, then the earlier reply cleared it,
+    # and a few in every hundred ran to completion.
+    with front(4, method, task_timeout=0.2) as pool:
+        handles = []
+        for i in range(60):
+            handles += [(False, pool.submit(tasks.square, j)) for j in range(5)]
+            handles.append((True, pool.submit(tasks.sleep_then, 1.0, i)))
+        finished = []
+        for long, handle in handles:
+            try:
+                value = pool.get(handle, 30)
+            except TaskTimeoutError:
+                assert long
+            else:
+                if long:
+                    finished.append(value)
+        assert finished == []
+
+
 def test_memory_cap_stops_a_growing_task(method):
     cap = 200 << 20
     with poolguard.Pool(1, max_worker_memory="200MiB", context=method) as pool:

@@ -73,8 +73,12 @@ class GuardKeeper:
         """The worker writes each item's start time (CLOCK_MONOTONIC, shared by
         all processes) to its slot; queued time is not counted."""
         seen = self._slots.read(worker.index)
-        if seen.task_id < 0:          # idle or starting: no item is running
+        # The unit a worker runs is its oldest unanswered one; a slot that
+        # still names an answered unit (its reply is in, IDLE not yet
+        # written) or none (idle, starting) has no running item.
+        if seen.task_id < 0 or seen.task_id != worker.inflight[0].id:
             worker.item_deadline = None
+            worker.seen_item = ()
             return
         if seen != worker.seen_item:
             worker.seen_item = seen

@@ -355,7 +355,6 @@ class Engine(EngineBase):
             return
         unit = worker.pop_unit(task_id)
         worker.watch.task_done()
-        worker.item_deadline = None
         self._postmortem.task_finished()
         if unit is None:
             return  # the job was already failed (terminate)
