@@ -232,6 +232,20 @@ def test_a_batched_submit_that_dies_is_retried_alone(method, tmp_path):
         assert tasks.calls(log) == list(range(400))
 
 
+def test_a_chunk_whose_retried_item_fails_for_good_fails_alone(method):
+    # The retry splits the chunk; once the dying item has used its attempts
+    # and failed the chunk's future, the chunk's other part must not be sent:
+    # marking that finished future running killed the supervisor thread.
+    with ProcessPoolExecutor(1, mp_context=method, retries=1) as executor:
+        results = executor.map(tasks.die_at, [0, 1, 2], [0] * 3, chunksize=3)
+        with pytest.raises(WorkerCrashedError) as info:
+            list(results)
+        assert info.value.task.item == 0
+        later = executor.map(tasks.die_at, [1, 2, 0, 3, 4, 5], [9] * 6, chunksize=3)
+        assert list(later) == [2, 4, 0, 6, 8, 10]
+        assert executor.submit(tasks.square, 3).result(timeout=PROMPT) == 9
+
+
 def test_a_batched_submit_cancelled_before_it_is_sent_never_runs(tmp_path):
     log = str(tmp_path / "calls")
     with ProcessPoolExecutor(1) as executor:

@@ -56,7 +56,10 @@ class FutureJob(Job):
 
     def wanted(self, unit: Unit) -> bool:
         # Called when the unit is about to be sent; a unit sent again after its
-        # worker died before starting it is already running.
+        # worker died before starting it is already running.  A part of a
+        # chunk split by a retry is not wanted once another part failed it.
+        if self._settled:
+            return False
         return self.future.running() or self.future.set_running_or_notify_cancel()
 
     def unit_done(self, unit: Unit, values: list[Any]) -> None:
