@@ -436,6 +436,7 @@ class Engine(EngineBase):
             self._watch.discard(self._answers_fd)
             self._answers_fd = None
         self._set_init_error(WorkerInitError(launcher.died()), None)
+        launcher.read_answers()   # what it sent before dying; the rest never comes
 
     # ---- the end -------------------------------------------------------------------
 

@@ -124,6 +124,12 @@ class ZygoteLauncher:
             self._collect(wait=False)
         except (StartError, OSError):
             self._unanswerable = True
+        if self.exitcode is not None:
+            # Dead, it has sent all it ever will.  Its socket need not say
+            # end of file yet: a worker it had just forked holds a copy until
+            # it closes it, and may be slow to (at-fork hooks, a loaded
+            # machine); waiting for that end of file hung the pool.
+            self._unanswerable = True
 
     def prepared(self, index: int) -> bool:
         """Is slot *index* a first worker, not taken yet?"""
@@ -140,6 +146,9 @@ class ZygoteLauncher:
         """Read the replies for the first workers, in order, up to *until*'s
         (None: all of them); without *wait*, only those already there."""
         while self._unread and (until is None or until not in self._replies):
+            if self._unanswerable:
+                raise StartError(self.describe_death() if self.exitcode is not None else
+                                 f"the pool's zygote (pid {self.pid}) did not answer")
             if not wait and not select.select([self._sock], [], [], 0)[0]:
                 return
             self._replies[self._unread[0]] = self._receive()

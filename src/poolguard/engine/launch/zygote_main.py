@@ -27,6 +27,7 @@ import pickle
 import select
 import signal
 import socket
+import sys
 import traceback
 from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
@@ -43,6 +44,13 @@ def fork_zygote(sock: socket.socket, spec: Any, prefork: List[Tuple[int, List[in
     as a "fork" request.  (What only the pool's process may hold is closed in
     the child by wire/private_fds.py's at-fork hook.)"""
     owner = os.getpid()
+    # What the caller's streams hold now would be written again by the
+    # zygote (multiprocessing flushes them before each fork) or a worker.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:   # None, closed, a broken pipe, a user's stand-in
+            pass
     pid = os.fork()
     if pid:
         return pid
