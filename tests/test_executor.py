@@ -7,7 +7,10 @@ import os
 import threading
 import time
 
+import psutil
 import pytest
+
+import poolguard
 
 from poolguard import (ProcessPoolExecutor, TaskDecodeError, TaskTimeoutError, WorkerCrashedError,
                        WorkerInitError)
@@ -266,3 +269,97 @@ def test_submits_of_different_functions_keep_their_order():
                    for i in range(90)]
         assert [f.result(timeout=30) for f in futures] == \
             [i * i if i % 3 else i for i in range(90)]
+
+
+class CountingExecutor(ProcessPoolExecutor):
+    """A subclass whose submit sees every call, as tools that wrap it expect."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_map_goes_through_an_overridden_submit():
+    with CountingExecutor(2) as executor:
+        assert list(executor.map(tasks.square, range(50))) == [i * i for i in range(50)]
+        assert executor.submitted == 50
+        # With a chunksize, one submit a chunk, as the standard executor's map.
+        assert list(executor.map(tasks.add, range(50), range(50), chunksize=8)) == \
+            [2 * i for i in range(50)]
+        assert executor.submitted == 50 + 7
+    # A submit wrapped on the instance (tqdm's process_map does this).
+    with ProcessPoolExecutor(2) as executor:
+        seen = []
+        original = executor.submit
+
+        def counting(fn, *args, **kwargs):
+            future = original(fn, *args, **kwargs)
+            future.add_done_callback(seen.append)
+            return future
+        executor.submit = counting
+        results = executor.map(tasks.die_at, range(6), [3] * 6)
+        assert [next(results) for _ in range(3)] == [0, 2, 4]
+        with pytest.raises(WorkerCrashedError):
+            next(results)
+        wait_until(lambda: len(seen) == 6, PROMPT)
+
+
+def test_tqdm_process_map_counts_every_item():
+    tqdm_concurrent = pytest.importorskip("tqdm.contrib.concurrent")
+    import io
+    out = io.StringIO()
+    # process_map's own implementation, given our executor class.
+    results = tqdm_concurrent._executor_map(ProcessPoolExecutor, tasks.square, range(100),
+                                            max_workers=2, file=out, mininterval=0)
+    assert results == [i * i for i in range(100)]
+    assert "100/100" in out.getvalue()
+
+
+def test_map_with_buffersize_reads_an_endless_input_lazily():
+    import itertools
+    with CountingExecutor(2) as executor:
+        results = executor.map(tasks.square, itertools.count(), buffersize=4)
+        assert list(itertools.islice(results, 30)) == [i * i for i in range(30)]
+        assert executor.submitted == 4 + 30   # the first four, then one a result taken
+        results.close()   # the submitted calls not consumed are cancelled
+        chunked = executor.map(tasks.square, itertools.count(), chunksize=5, buffersize=2)
+        assert list(itertools.islice(chunked, 23)) == [i * i for i in range(23)]
+        assert executor.submitted == 34 + 2 + 5   # five chunks taken
+        # An item's exception is raised at its place; the executor goes on.
+        failing = executor.map(tasks.die_at, range(10), [4] * 10, buffersize=3)
+        assert [next(failing) for _ in range(4)] == [0, 2, 4, 6]
+        with pytest.raises(WorkerCrashedError):
+            next(failing)
+        assert executor.submit(tasks.square, 5).result(timeout=PROMPT) == 25
+
+
+@pytest.mark.parametrize("buffersize, error", [(0, ValueError), (-1, ValueError),
+                                               (1.5, TypeError), (True, TypeError)])
+def test_map_refuses_a_bad_buffersize(buffersize, error):
+    with ProcessPoolExecutor(1) as executor:
+        with pytest.raises(error, match="buffersize"):
+            executor.map(tasks.square, range(3), buffersize=buffersize)
+        with pytest.raises(ValueError, match="buffersize"):
+            executor.map(tasks.square, range(3), buffersize=2, progress=True)
+
+
+@pytest.mark.parametrize("stop", ["terminate_workers", "kill_workers"])
+def test_terminate_and_kill_workers_stop_running_tasks(stop, method):
+    executor = ProcessPoolExecutor(2, mp_context=method)
+    running = [executor.submit(tasks.sleep_then, 30) for _ in range(2)]
+    queued = [executor.submit(tasks.square, i) for i in range(5)]
+    wait_until(lambda: all(f.running() for f in running), PROMPT)
+    pids = executor.pids
+    start = time.monotonic()
+    getattr(executor, stop)()
+    assert time.monotonic() - start < PROMPT
+    for future in running + queued:
+        with pytest.raises(poolguard.PoolTerminatedError):
+            future.result(timeout=PROMPT)
+    assert not any(psutil.pid_exists(pid) for pid in pids)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        executor.submit(tasks.square, 1)

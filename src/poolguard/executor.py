@@ -1,6 +1,9 @@
 """``poolguard.ProcessPoolExecutor``: the ``concurrent.futures`` front on the engine."""
 from __future__ import annotations
 
+import collections
+import functools
+import itertools
 import threading
 import time
 from concurrent.futures import Executor, Future
@@ -104,19 +107,28 @@ class ProcessPoolExecutor(Executor, WorkerReports):
 
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any],
             timeout: Optional[float] = None, chunksize: Optional[int] = None,
-            checkpoint: CheckpointArg = None, progress: ProgressArg = None) -> Iterator[T]:
+            buffersize: Optional[int] = None, checkpoint: CheckpointArg = None,
+            progress: ProgressArg = None) -> Iterator[T]:
         """Like ``Executor.map``: arguments are read at once, results come in
         order, each item's exception raised at its place (a worker's death
         too: only the item it was running fails).  Without *chunksize*,
         items are sent in batches sized from how long they take; with it,
         as the standard library does, a chunk fails as a whole.
-        *checkpoint*, *progress*: see ``Pool.map``."""
+        *buffersize* (as Python 3.14's, on every version): read the input
+        lazily, with at most that many calls (or chunks) submitted and not
+        yet consumed, for inputs too large or endless.  Where ``submit`` is
+        overridden (a subclass, or a tool such as tqdm's ``process_map``
+        wrapping it), every call goes through it, as the standard
+        ``Executor.map`` does.  *checkpoint*, *progress*: see ``Pool.map``."""
         if chunksize is not None and (isinstance(chunksize, bool)
                                       or not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
+        _check_buffersize(buffersize, progress)
         check_progress(progress)
         fn = checkpointed(fn, checkpoint)
         end = None if timeout is None else time.monotonic() + timeout
+        if buffersize is not None or (progress is None and self._submit_overridden()):
+            return self._map_by_submit(fn, iterables, end, chunksize or 1, buffersize)
         if chunksize is None:
             return self._map_elastic(fn, iterables, end, progress)
         arguments = list(zip(*iterables, strict=False))   # the shortest ends it, as in the stdlib
@@ -134,6 +146,24 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                                     func_bytes)
                 futures.append(future)
         return _results_in_order(futures, end, counts)
+
+    def _submit_overridden(self) -> bool:
+        return "submit" in vars(self) or type(self).submit is not ProcessPoolExecutor.submit
+
+    def _map_by_submit(self, fn: Callable[..., Any], iterables: tuple[Any, ...],
+                       end: Optional[float], chunksize: int,
+                       buffersize: Optional[int]) -> Iterator[Any]:
+        """``map`` through ``self.submit``: a call per item, or per chunk of
+        *chunksize* items; with *buffersize*, the input is read as results
+        are consumed.  Back-to-back submits still share units (future_jobs.py)."""
+        args: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
+        call: Callable[..., Any] = fn
+        if chunksize > 1:
+            args = ((chunk,) for chunk in _chunks(args, chunksize))
+            call = functools.partial(_run_chunk, fn)
+        first = args if buffersize is None else itertools.islice(args, buffersize)
+        futures = collections.deque(self.submit(call, *a) for a in first)
+        return _results_by_submit(self.submit, call, futures, args, end, chunksize > 1)
 
     def _map_elastic(self, fn: Callable[..., Any], iterables: tuple[Any, ...], end: Optional[float],
                      progress: ProgressArg) -> Iterator[Any]:
@@ -162,13 +192,23 @@ class ProcessPoolExecutor(Executor, WorkerReports):
             engine.join()
 
     def terminate_workers(self) -> None:
-        """Stop at once, as Python 3.14's executor does: the workers are
-        killed, futures not finished fail with ``PoolTerminatedError``."""
+        """Stop at once, as Python 3.14's executor does (on every version):
+        each worker gets SIGTERM (SIGKILL 1 s later if still alive), futures
+        not finished fail with ``PoolTerminatedError``, and the executor is
+        shut down."""
+        self._stop_workers(kill=False)
+
+    def kill_workers(self) -> None:
+        """As :meth:`terminate_workers`, with SIGKILL at once (Python 3.14's
+        ``kill_workers``, on every version)."""
+        self._stop_workers(kill=True)
+
+    def _stop_workers(self, kill: bool) -> None:
         with self._shutdown_lock:
             engine = self._engine
             if engine is None:
                 return
-            engine.terminate()
+            engine.terminate(kill)
         engine.join()
 
     def _cancel_pending(self, engine: EngineSurface) -> None:
@@ -218,3 +258,48 @@ def _results_in_order(futures: List[Future[Any]], end: Optional[float],
         for future in futures:
             future.cancel()
         finish_progress(progress)
+
+
+def _check_buffersize(buffersize: Optional[int], progress: ProgressArg) -> None:
+    if buffersize is None:
+        return
+    if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+    if progress is not None:
+        raise ValueError("progress= needs the whole input, which buffersize= does not read "
+                         "at once; pass one or the other")
+
+
+def _chunks(args: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[Any, ...]]:
+    while chunk := tuple(itertools.islice(args, size)):
+        yield chunk
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: tuple[tuple[Any, ...], ...]) -> List[Any]:
+    """In the worker: one chunk of a ``map`` that goes through ``submit``."""
+    return [fn(*args) for args in chunk]
+
+
+def _results_by_submit(submit: Callable[..., "Future[Any]"], call: Callable[..., Any],
+                       futures: "collections.deque[Future[Any]]",
+                       rest: Iterator[tuple[Any, ...]], end: Optional[float],
+                       chunked: bool) -> Iterator[Any]:
+    """Results in order; each one taken submits the next input's call, if
+    any is left (*rest* is empty unless the input is read lazily)."""
+    try:
+        while futures:
+            timeout = None if end is None else end - time.monotonic()
+            value = futures[0].result(timeout)
+            futures.popleft()
+            for args in itertools.islice(rest, 1):
+                futures.append(submit(call, *args))
+            if chunked:
+                yield from value
+            else:
+                yield value
+            del value
+    finally:
+        for future in futures:
+            future.cancel()

@@ -24,6 +24,7 @@ class Inbox:
         self.pending: Deque[Unit] = collections.deque()
         self.state = RUNNING
         self.open_calls = 0           # calls still producing units (lazy imap)
+        self.kill = False             # terminate with SIGKILL at once (kill_workers)
         self.new_call = False         # set by submit: retry starting workers
         self.wakeup = WakePipe()
         self._owner_pid = os.getpid()
@@ -92,7 +93,9 @@ class Inbox:
     def close(self) -> None:
         self._move(RUNNING, CLOSING)
 
-    def terminate(self) -> None:
+    def terminate(self, kill: bool = False) -> None:
+        if kill:   # SIGKILL the workers at once rather than SIGTERM first
+            self.kill = True
         self._move(RUNNING, TERMINATING)
         self._move(CLOSING, TERMINATING)
 

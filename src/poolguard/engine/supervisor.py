@@ -332,7 +332,7 @@ class Engine(EngineBase):
         error = PoolTerminatedError("the pool was terminated before this task finished")
         for unit in units:
             self._deliver_failure(unit, error)
-        self._workers.terminate(TERMINATE_GRACE)
+        self._workers.terminate(0.0 if self.inbox.kill else TERMINATE_GRACE)
 
     # ---- replies -------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ class EngineSurface(Protocol):
 
     def close(self) -> None: ...
 
-    def terminate(self) -> None: ...
+    def terminate(self, kill: bool = False) -> None: ...
 
     def join(self, timeout: Optional[float] = None) -> None: ...
 
@@ -85,9 +85,9 @@ class EngineBase:
         """No more calls; the engine ends once the queued work is done."""
         self.inbox.close()
 
-    def terminate(self) -> None:
-        """Stop now: unfinished units fail."""
-        self.inbox.terminate()
+    def terminate(self, kill: bool = False) -> None:
+        """Stop now: unfinished units fail; *kill*: SIGKILL, no SIGTERM first."""
+        self.inbox.terminate(kill)
 
     def join(self, timeout: Optional[float] = None) -> None:
         # From our own threads (a callback calling terminate()) joining would

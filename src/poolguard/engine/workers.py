@@ -302,10 +302,14 @@ class WorkerSet:
                 self.send(worker, frame(TASK_HEADER.pack(STOP, 0)))
 
     def terminate(self, grace: float) -> None:
-        """SIGTERM each worker; SIGKILL follows *grace* seconds later."""
+        """SIGTERM each worker; SIGKILL follows *grace* seconds later (no
+        SIGTERM first when *grace* is 0)."""
         now = time.monotonic()
         for worker in self:
             if worker.advance(State.TERMINATING):
+                if grace <= 0:
+                    signal_process(worker.process, signal.SIGKILL)
+                    continue
                 signal_process(worker.process, signal.SIGTERM)
                 worker.escalate([(now + grace, signal.SIGKILL)])
 
