@@ -363,3 +363,23 @@ def test_terminate_and_kill_workers_stop_running_tasks(stop, method):
     assert not any(psutil.pid_exists(pid) for pid in pids)
     with pytest.raises(RuntimeError, match="shutdown"):
         executor.submit(tasks.square, 1)
+
+
+def test_shutdown_cancelling_futures_runs_those_already_running(tmp_path):
+    # Calls whose worker died are queued again with their futures running
+    # (the one that died, for its retry, and the calls of its unit after it);
+    # shutdown(cancel_futures=True) must run them, as the standard executor
+    # runs what its workers took, not fail them with "not run".
+    marker, done = str(tmp_path / "died"), str(tmp_path / "done")
+    open(done, "w").close()
+    executor = ProcessPoolExecutor(1, retries=1, initializer=time.sleep, initargs=(0.5,))
+    for future in [executor.submit(tasks.die_first_time, done, i) for i in range(200)]:
+        future.result(timeout=30)   # known to be tiny: later submits share units
+    first = executor.submit(tasks.die_first_time, marker, "second try")
+    later = [executor.submit(tasks.die_first_time, done, i) for i in range(5)]
+    wait_until(lambda: os.path.exists(marker), 10)
+    wait_until(lambda: [s.state for s in executor.status()] == ["starting"], PROMPT)
+    assert all(future.running() for future in [first] + later)
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert first.result(timeout=0) == "second try"
+    assert [future.result(timeout=0) for future in later] == list(range(5))

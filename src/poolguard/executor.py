@@ -219,17 +219,20 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         keep = max(0, self._max_workers - engine.units_in_flight())
         kept: List[Unit] = []
         for unit in units:
-            if keep <= 0:
-                break
-            if isinstance(unit.job, SubmitBatch):   # keep its first calls
+            if unit.job.started(unit):   # queued again after a death: it runs
+                kept.append(unit)
+            elif keep <= 0:
+                continue
+            elif isinstance(unit.job, SubmitBatch):   # keep its first calls
                 keep -= unit.job.keep_first(keep)
                 kept.append(unit)
             elif not unit.elastic:
                 keep -= 1
                 kept.append(unit)
         engine.inbox.requeue_first(kept)
+        kept_ids = {id(unit) for unit in kept}
         for unit in units:
-            if unit not in kept:
+            if id(unit) not in kept_ids:
                 unit.release()
                 unit.job.cancel(unit)
 

@@ -83,6 +83,9 @@ class FutureJob(Job):
         self._settled = True
         settle(self.engine, self.future, setter, value)
 
+    def started(self, unit: Unit) -> bool:
+        return self.future.running()
+
     def cancel(self, unit: Unit) -> None:
         if not self.future.cancel():
             self.unit_failed(unit, RuntimeError("not run: executor shut down"))
@@ -103,6 +106,9 @@ class MapJob(Job):
 
     def wanted(self, unit: Unit) -> bool:
         return not self._dropped
+
+    def started(self, unit: Unit) -> bool:
+        return not unit.elastic   # a part cut from the map, queued again after a death
 
     def unit_done(self, unit: Unit, outcome: tuple[Any, ...]) -> None:
         values, errors = outcome
@@ -263,6 +269,9 @@ class SubmitPart(Job):
         self._answered.add(index)
         future = self.futures[index]
         settle(self.engine, future, future.set_result if ok else future.set_exception, value)
+
+    def started(self, unit: Unit) -> bool:
+        return True   # its futures were set running when it was cut
 
     def answered(self, unit: Unit, offset: int) -> bool:
         return unit.start + offset in self._answered

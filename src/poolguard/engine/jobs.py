@@ -81,6 +81,12 @@ class Job:
         do not pickle (``Unit.cut``)."""
         return unit.cut(count)
 
+    def started(self, unit: "Unit") -> bool:
+        """Has *unit* begun somewhere (sent to a worker that died, and queued
+        again)?  ``shutdown(cancel_futures=True)`` runs those, as the
+        standard executor runs what its workers took."""
+        return False
+
     def cancel(self, unit: "Unit") -> None:
         """*unit* will not run (``shutdown(cancel_futures=True)``)."""
         self.unit_failed(unit, RuntimeError("not run: the pool shut down"))
