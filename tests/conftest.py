@@ -158,10 +158,13 @@ IGNORE_SOCKETS = False
 
 
 def _fds() -> set:
-    fds = set(os.listdir("/proc/self/fd"))
-    if IGNORE_SOCKETS:
-        fds = {fd for fd in fds if not _describe_fd(fd).startswith("socket:")}
-    return fds
+    # A descriptor whose link cannot be read is gone already: the listing's
+    # own (the lowest free number, closed by now) or another that came and
+    # went.  Counting the listing's would flag a new number whenever a hole
+    # below it was filled by an ignored socket.
+    found = {fd: _describe_fd(fd) for fd in os.listdir("/proc/self/fd")}
+    return {fd for fd, what in found.items()
+            if what != "?" and not (IGNORE_SOCKETS and what.startswith("socket:"))}
 
 
 def _our_threads() -> list:
