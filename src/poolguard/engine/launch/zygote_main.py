@@ -27,13 +27,13 @@ import pickle
 import select
 import signal
 import socket
-import sys
 import traceback
 from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
 from typing import Any, Dict, List, Tuple
 
 from ...worker import worker_main
+from . import clean_fork
 
 OWNER_CHECK_INTERVAL = 1.0   # seconds; the socket's EOF is the fast path
 
@@ -42,16 +42,10 @@ def fork_zygote(sock: socket.socket, spec: Any, prefork: List[Tuple[int, List[in
     """Fork the zygote; in the parent, return its pid.  The zygote first forks
     a worker for each (slot index, its pipe ends) of *prefork*, answering each
     as a "fork" request.  (What only the pool's process may hold is closed in
-    the child by wire/private_fds.py's at-fork hook.)"""
+    the child by wire/private_fds.py's at-fork hook; what other threads may
+    hold: clean_fork.py.)"""
     owner = os.getpid()
-    # What the caller's streams hold now would be written again by the
-    # zygote (multiprocessing flushes them before each fork) or a worker.
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:   # None, closed, a broken pipe, a user's stand-in
-            pass
-    pid = os.fork()
+    pid = clean_fork.fork()
     if pid:
         return pid
     code = 1
