@@ -151,3 +151,48 @@ def test_unknown_option_is_refused_at_once():
     with pytest.raises(TypeError, match="unknown option.*tsak_timeout"):
         with joblib.parallel_config(backend="poolguard", tsak_timeout=1):
             pass
+
+
+def test_loky_inside_a_poolguard_task_does_not_hold_up_the_shutdown(tmp_path, method):
+    """A task runs a nested loky Parallel, whose workers idle on for minutes
+    (loky's reusable executor): the poolguard workers end them as they
+    leave instead of waiting for them at exit."""
+    out = run_script(tmp_path, """
+        import joblib, poolguard.joblib
+
+        def inner(i):
+            return sum(joblib.Parallel(n_jobs=2, backend="loky")(
+                joblib.delayed(abs)(-j) for j in range(i + 2)))
+
+        started = time.monotonic()
+        with joblib.parallel_config(backend="poolguard", n_jobs=2, mp_context=METHOD):
+            print("results", joblib.Parallel()(joblib.delayed(inner)(i) for i in range(4)))
+        print("took", time.monotonic() - started)
+    """, method)
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    assert lines["results"] == "[1, 3, 6, 10]"
+    # loky's idle workers would hold each poolguard worker for 300 s
+    assert float(lines["took"]) < 30, out
+
+
+def test_n_jobs_1_runs_in_the_callers_process():
+    with joblib.parallel_config(backend="poolguard"):
+        assert joblib.Parallel(n_jobs=1)(joblib.delayed(tasks.getpid)(i) for i in range(3)) \
+            == [os.getpid()] * 3
+
+
+def test_a_loky_task_may_name_the_poolguard_backend(tmp_path):
+    """The name is registered in loky's workers too: the batches sent to
+    them import poolguard.joblib (a function of __main__ goes by value and
+    brings no import of its own)."""
+    out = run_script(tmp_path, """
+        import joblib, poolguard.joblib
+
+        def inner(i):
+            return joblib.Parallel(n_jobs=2, backend="poolguard")(
+                joblib.delayed(abs)(-j) for j in range(i + 1))
+
+        print(joblib.Parallel(n_jobs=2, backend="loky")(
+            joblib.delayed(inner)(i) for i in range(3)))
+    """, "spawn")
+    assert out.strip() == "[[0], [0, 1], [0, 1, 2]]"

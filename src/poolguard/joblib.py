@@ -24,8 +24,9 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import cloudpickle
 import joblib
-from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
-from joblib.parallel import register_parallel_backend
+from joblib._parallel_backends import (AutoBatchingMixin, FallbackToBackend,
+                                       ParallelBackendBase, SequentialBackend)
+from joblib.parallel import BatchedCalls, register_parallel_backend
 
 from .engine import EngineSurface
 from .engine.jobs import arguments_text, function_name
@@ -111,6 +112,8 @@ class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):   # type: ignore
         ``verbose``) are for joblib's memory mapping, which poolguard does
         not need: large buffers already travel outside the pipes."""
         workers = self.effective_n_jobs(n_jobs)
+        if workers == 1:   # in the caller's process, as joblib's process backends do
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self.parallel = parallel
         if self._executor is not None and self._workers != workers:
             self._executor.shutdown(wait=True)
@@ -176,9 +179,29 @@ class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):   # type: ignore
             executor.shutdown(wait=True)
 
 
+def _batch(*args: Any) -> Any:
+    """A joblib batch arriving in a worker of another backend (loky's,
+    multiprocessing's): unpickling it there imported this module, so the
+    ``"poolguard"`` name is known to the calls the batch runs."""
+    return BatchedCalls(*args)
+
+
+def _reduce_batch(batch: Any) -> Tuple[Any, ...]:
+    reduced: Tuple[Any, ...] = _joblib_reduce_batch(batch)
+    return (_batch,) + reduced[1:] if reduced[0] is BatchedCalls else reduced
+
+
 def register() -> None:
-    """Register the ``"poolguard"`` backend (done on import)."""
+    """Register the ``"poolguard"`` backend (done on import), here and in
+    the workers of joblib's other process backends started from here: a
+    backend name is known only to processes that registered it, and a
+    task running under loky may name ``"poolguard"`` for its own
+    ``Parallel``.  The batches this process sends them import this module
+    where they are unpickled."""
     register_parallel_backend("poolguard", PoolguardBackend)
+    if BatchedCalls.__reduce__ is not _reduce_batch:
+        BatchedCalls.__reduce__ = _reduce_batch
 
 
+_joblib_reduce_batch = BatchedCalls.__reduce__
 register()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import multiprocessing
 import os
 import select
 import signal
@@ -47,6 +48,22 @@ def prepare(crash_conn: Connection, fds_to_close: Sequence[int]) -> None:
     for fd in fds_to_close:  # the zygote's socket, other workers' pipes (fork)
         try:
             os.close(fd)
+        except OSError:
+            pass
+
+
+def end_children() -> None:
+    """The worker is leaving: the ``multiprocessing`` processes its tasks
+    started and left running (a nested joblib's loky workers, idle for
+    minutes) are killed, not waited for.  Else multiprocessing's exit
+    handler joins them, and the pool's shutdown waits as long.  Whatever
+    else a task left in our process group dies with it when the pool
+    kills the group after our exit."""
+    for child in multiprocessing.active_children():
+        if child.pid is None:
+            continue
+        try:   # by pid: loky's processes have no kill(); unreaped, the pid is still theirs
+            os.kill(child.pid, signal.SIGKILL)
         except OSError:
             pass
 

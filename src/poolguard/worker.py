@@ -53,6 +53,8 @@ def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Conne
         _serve(slot, send, recv, spec.maxtasks, spec.timed, watch_later)
     except OSError:
         return  # the parent closed our pipes: it is gone or terminating us
+    finally:
+        lifeline.end_children()
 
 
 def _serve(slot: memoryview, send: Callable[[bytes], None], recv: Callable[[], Any],
