@@ -171,10 +171,6 @@ def _draw_calls(rng: random.Random, plan: Plan, call: int, kinds: List[str],
                                budget, markers, guards)
     if plan.front == "executor":
         chunksize = rng.choice([None, None, 1, 2, 5])
-        if guards.retries:
-            # Left out for now: a chunk whose retried item fails for good is
-            # sent on and kills the executor's supervisor (fix pending).
-            chunksize = None
         return [ExecutorMap(items, specs, guards, chunksize,
                             columns=bool(items) and rng.random() < 0.3)]
     if shape == "map":
