@@ -223,7 +223,7 @@ def available(names: Optional[List[str]] = None) -> Dict[str, type]:
             continue
         module = _MODULES.get(cls.name)
         if module and importlib.util.find_spec(module) is None:
-            print(f"skipped {cls.name}: not installed (pip install -e '.[bench]')")
+            print(f"skipped {cls.name}: not installed (pip install --group bench)")
             continue
         found[cls.name] = cls
     return found

@@ -4,7 +4,7 @@
 
 Pools run side by side and interleaved (A B C A B C ...), so noise hits all
 alike; each cell is a median, with its ratio to poolguard (above 1: the peer
-is slower).  Peers are the bench extra (pip install -e '.[bench]'); a missing
+is slower).  Peers are the bench dependency group (pip install --group bench); a missing
 one is skipped with a line saying so.  Prints a Markdown table and writes a
 chart (log scale) to docs/benchmarks.png.
 """
@@ -433,7 +433,7 @@ def main(argv=None) -> int:
         chart(results, names, os.path.abspath(args.chart))
         print(f"chart: {os.path.relpath(os.path.abspath(args.chart))}")
     except ImportError:
-        print("no chart: matplotlib is not installed (pip install -e '.[bench]')")
+        print("no chart: matplotlib is not installed (pip install --group bench)")
     return 0
 
 

@@ -27,7 +27,8 @@ def connect(cluster: Any) -> Tuple[Any, bool]:
     try:
         from distributed import Client
     except ImportError as exc:
-        raise ImportError("cluster= needs dask.distributed: pip install 'poolguard[dask]'"
+        raise ImportError("cluster= needs dask.distributed (the dask extra): "
+                          "pip install 'distributed>=2024.1'"
                           ) from exc
     if isinstance(cluster, Client):
         if cluster.asynchronous:
