@@ -80,7 +80,23 @@ class Checkpoint:
     """Where results of one step are kept.  *step* names the step; by default
     it is the function's module and qualified name.  *key* authenticates the
     entries: by default the user's own key; a team that shares a store
-    passes the same secret (bytes, or the path of a file holding it)."""
+    passes the same secret (bytes, or the path of a file holding it).
+
+    Give it as ``checkpoint=`` to a map call (a plain path is
+    ``Checkpoint(path)``): each item's result is stored as it arrives, and
+    the same call made again returns the stored results without running
+    their items.
+
+    Args:
+        path: The store's directory (made if missing); one store holds
+            many steps.
+        step: The step's name; by default the function's module and
+            qualified name.  Two steps with one function need two names.
+        key: The secret that signs entries (bytes, or the path of a file
+            holding it); by default a key made once per user, kept in
+            ``$XDG_CONFIG_HOME/poolguard/checkpoint.key`` (``~/.config``
+            when unset) or where ``POOLGUARD_CHECKPOINT_KEY`` names.
+    """
 
     path: Union[str, "os.PathLike[str]"]
     step: Optional[str] = None

@@ -25,7 +25,17 @@ class PoolguardError(Exception):
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """What a worker was running: enough to find the culprit input again."""
+    """What a worker was running: enough to find the culprit input again
+    (``str()`` of it: ``square(2) (item 1 of map)``).
+
+    Attributes:
+        function: The function's qualified name.
+        arguments: A truncated repr of the arguments, e.g. ``"2"`` or
+            ``"1, x=3"``.
+        item: The index in the input, for the map-like calls.
+        call: ``"apply"``, ``"map"``, ``"starmap"``, ``"imap"``,
+            ``"imap_unordered"`` or ``"submit"``.
+    """
 
     function: str                  # qualified name of the function
     arguments: str                 # truncated repr of the arguments, e.g. "2" or "1, x=3"

@@ -35,6 +35,29 @@ class ProcessPoolExecutor(Executor, WorkerReports):
     Guards: as ``poolguard.Pool``'s.  ``cluster``: run on a dask.distributed
     cluster (see ``poolguard.Pool``); ``max_workers`` then defaults to the
     cluster's thread count.
+
+    Args:
+        max_workers: Number of worker processes; by default the CPUs this
+            process may use (cgroup quota and affinity counted).
+        mp_context: A ``multiprocessing`` context or a start method name;
+            by default the interpreter's default.
+        initializer: Called as ``initializer(*initargs)`` in each worker
+            before its first task; if it fails, the futures fail with
+            :class:`~poolguard.WorkerInitError`.
+        initargs: Arguments of *initializer*.
+        max_tasks_per_child: Tasks a worker runs before it is replaced.
+        task_timeout: Seconds one item may run (see :class:`poolguard.Pool`).
+        max_worker_memory: RSS cap of a worker while it runs a task, in bytes
+            or as ``"2GiB"`` (see :class:`poolguard.Pool`).
+        retries: Times a task whose worker died is run again.
+        retry_on: Which deaths are retried: ``"crash"``, ``"oom"``,
+            ``"timeout"``, ``"memory"`` (all by default).
+        cluster: A dask.distributed Client, scheduler address or cluster
+            object to run on (the ``dask`` extra).
+
+    Raises:
+        ValueError: *max_workers* below 1, or a bad guard value.
+        TypeError: An argument of the wrong type.
     """
 
     def __init__(self, max_workers: Optional[int] = None, mp_context: Any = None,
@@ -59,8 +82,25 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         self._max_workers = self._engine.processes
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "Future[T]":
-        """As the stdlib's: a function or argument that does not pickle fails
-        the returned future, it does not raise here."""
+        """Run ``fn(*args, **kwargs)`` in a worker; return its future at once.
+
+        As the standard library's, but a function or argument that does not
+        pickle fails the returned future instead of raising here, and a
+        worker's death fails only this future, with
+        :class:`~poolguard.WorkerCrashedError`.
+
+        Args:
+            fn: The function (lambdas and closures go by value).
+            *args: Its positional arguments.
+            **kwargs: Its keyword arguments.
+
+        Returns:
+            A ``concurrent.futures.Future`` of the value.
+
+        Raises:
+            RuntimeError: The executor is shut down, or the interpreter is
+                exiting.
+        """
         future: Future[T] = Future()
         if self._engine is not None and not self._engine.batches_submits:   # the cluster's
             self._queue(future, lambda engine: (
@@ -119,7 +159,32 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         yet consumed, for inputs too large or endless.  Where ``submit`` is
         overridden (a subclass, or a tool such as tqdm's ``process_map``
         wrapping it), every call goes through it, as the standard
-        ``Executor.map`` does.  *checkpoint*, *progress*: see ``Pool.map``."""
+        ``Executor.map`` does.
+
+        Args:
+            fn: The function, called with one item of each iterable.
+            *iterables: The arguments; the shortest ends the map.
+            timeout: Seconds from this call after which taking a value not
+                yet done raises ``TimeoutError``.
+            chunksize: Items per call sent to a worker (a chunk fails as a
+                whole); by default sized from how long items take.
+            buffersize: Read the input lazily, keeping at most this many
+                calls submitted and not consumed.
+            checkpoint: A directory or :class:`~poolguard.Checkpoint`: items
+                already done are not run again (see :meth:`poolguard.Pool.map`).
+            progress: ``True``, a tqdm bar, or a callable given a
+                :class:`poolguard.progress.ProgressInfo` (see
+                :meth:`poolguard.Pool.map`); not with *buffersize*.
+
+        Returns:
+            An iterator of the values in input order; each failed item
+            raises its error when its value is taken.
+
+        Raises:
+            ValueError: *chunksize* or *buffersize* below 1, or *progress*
+                with *buffersize*.
+            RuntimeError: The executor is shut down.
+        """
         if chunksize is not None and (isinstance(chunksize, bool)
                                       or not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
@@ -181,6 +246,15 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         return job.results(end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Take no more work; the workers exit once the submitted work is done.
+
+        Args:
+            wait: Wait here until the work is done and the workers have
+                exited.
+            cancel_futures: Cancel the futures no worker has started
+                (as the standard executor does, the few already handed to
+                idle workers still run).
+        """
         with self._shutdown_lock:
             engine = self._engine
             if engine is None:

@@ -77,7 +77,22 @@ class _BatchJob(FutureJob):
 
 class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):   # type: ignore[misc]
     """joblib's process backend contract, on a poolguard executor made for
-    each ``Parallel`` call (or ``with Parallel(...)`` block)."""
+    each ``Parallel`` call (or ``with Parallel(...)`` block).
+
+    joblib makes it from ``parallel_config(backend="poolguard", ...)``; the
+    methods are joblib's backend interface, called by joblib, not by users.
+
+    Args:
+        nesting_level: joblib's nesting depth (set by joblib).
+        inner_max_num_threads: Threads each worker's native libraries may
+            use (set by joblib from ``parallel_config``).
+        **options: The executor's options: ``task_timeout``,
+            ``max_worker_memory``, ``retries``, ``retry_on``, ``mp_context``,
+            ``initializer``, ``initargs``, ``max_tasks_per_child``.
+
+    Raises:
+        TypeError: An option that is not one of those.
+    """
 
     supports_retrieve_callback = True
     supports_timeout = True
@@ -98,6 +113,8 @@ class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):   # type: ignore
         self._dispatched = 0   # calls handed out in the current Parallel call
 
     def effective_n_jobs(self, n_jobs: Optional[int]) -> int:
+        """Workers for *n_jobs*: negative counts back from the CPU count
+        (-1: all), ``None`` is 1.  Raises ValueError for 0."""
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None:
@@ -108,9 +125,13 @@ class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):   # type: ignore
 
     def configure(self, n_jobs: Optional[int] = 1, parallel: Any = None, prefer: Any = None,
                   require: Any = None, context: Any = None, **joblib_options: Any) -> int:
-        """*joblib_options* (``max_nbytes``, ``mmap_mode``, ``temp_folder``,
-        ``verbose``) are for joblib's memory mapping, which poolguard does
-        not need: large buffers already travel outside the pipes."""
+        """Make (or keep) the executor for a ``Parallel`` call; return its
+        worker count (with one worker, joblib's sequential backend runs the
+        calls in the caller instead).  *parallel*, *prefer*, *require*: joblib's; *context*:
+        the start method.  *joblib_options* (``max_nbytes``, ``mmap_mode``,
+        ``temp_folder``, ``verbose``) are for joblib's memory mapping, which
+        poolguard does not need: large buffers already travel outside the
+        pipes."""
         workers = self.effective_n_jobs(n_jobs)
         if workers == 1:   # in the caller's process, as joblib's process backends do
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
@@ -126,10 +147,15 @@ class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):   # type: ignore
         return workers
 
     def start_call(self) -> None:
+        """A ``Parallel`` call begins: its tasks are counted from 0 again
+        (``task.item`` in a crash's error)."""
         self._dispatched = 0
 
     def submit(self, func: Any,
                callback: Optional[Callable[[Future[Any]], Any]] = None) -> Future[Any]:
+        """Send one joblib batch (*func*, its calls in ``func.items``) to a
+        worker; *callback* is called with the future when it is done.
+        Raises RuntimeError when the backend is not configured."""
         executor = self._executor
         if executor is None:
             raise RuntimeError("the poolguard backend is not configured (or was terminated)")
@@ -158,11 +184,13 @@ class PoolguardBackend(AutoBatchingMixin, ParallelBackendBase):   # type: ignore
         return func, tuple(args), dict(kwargs), nested
 
     def retrieve_result_callback(self, future: Future[Any]) -> List[Any]:
+        """The batch's values (or its error, raised) from its *future*."""
         values: List[Any] = future.result()
         return values
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """A call failed: what is still running is of no use; stop it."""
+        """A call failed: what is still running is of no use; stop it, and
+        make a fresh executor if *ensure_ready*."""
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.terminate_workers()

@@ -45,6 +45,38 @@ class Pool(WorkerReports, _StdlibPool):
     (a ``distributed.Client``, a scheduler address, or a cluster object);
     ``processes`` then defaults to the cluster's thread count.  A Client
     given is never closed by the pool; one it made is.
+
+    Args:
+        processes: Number of worker processes; by default the CPUs this
+            process may use (cgroup quota and affinity counted).
+        initializer: Called as ``initializer(*initargs)`` in each worker
+            before its first task.  If it raises or dies, the calls fail with
+            :class:`~poolguard.WorkerInitError`.
+        initargs: Arguments of *initializer*.
+        maxtasksperchild: Tasks a worker runs before it is replaced by a
+            fresh one; ``None`` (the default) keeps it.
+        context: A ``multiprocessing`` context or a start method name
+            (``"fork"``, ``"spawn"``, ``"forkserver"``); by default the
+            interpreter's default.
+        task_timeout: Seconds one item may run; past it the worker is
+            stopped and the task fails with :class:`~poolguard.TaskTimeoutError`.
+        max_worker_memory: Bytes (an int, or a string such as ``"2GiB"`` or
+            ``"500MB"``) of RSS a worker may use while running a task; above
+            it the worker is killed and the task fails with
+            :class:`~poolguard.WorkerMemoryError`.
+        retries: Times a task whose worker died is run again, on another
+            worker, before its error is raised.
+        retry_on: Which deaths are retried: any of ``"crash"``, ``"oom"``,
+            ``"timeout"``, ``"memory"`` (all by default).
+        cluster: A ``distributed.Client``, a scheduler address, or a cluster
+            object (``LocalCluster``, dask-jobqueue's clusters) to run the
+            workers on; needs the ``dask`` extra.
+
+    Raises:
+        ValueError: *processes* below 1, a bad *maxtasksperchild*,
+            *task_timeout*, *max_worker_memory*, *retries* or *retry_on*.
+        TypeError: An argument of the wrong type (a non-callable
+            *initializer*, a *context* that is no context).
     """
 
     def __init__(self, processes: Optional[int] = None,
@@ -65,11 +97,48 @@ class Pool(WorkerReports, _StdlibPool):
 
     def apply(self, func: Callable[..., T], args: Iterable[Any] = (),
               kwds: Mapping[str, Any] = {}) -> T:
+        """Run ``func(*args, **kwds)`` in a worker and wait for its value.
+
+        Args:
+            func: The function; it must pickle (a module-level function, or a
+                lambda or closure, which go by value with cloudpickle).
+            args: Positional arguments.
+            kwds: Keyword arguments.
+
+        Returns:
+            What *func* returned.
+
+        Raises:
+            WorkerCrashedError: The worker died while running it (a subclass
+                says more: :class:`~poolguard.TaskTimeoutError`,
+                :class:`~poolguard.WorkerMemoryError`).
+            ValueError: The pool is closed or terminated.
+            Exception: Whatever *func* raised, with the worker's traceback as
+                its ``__cause__``.
+        """
         return self.apply_async(func, args, kwds).get()
 
     def apply_async(self, func: Callable[..., T], args: Iterable[Any] = (),
                     kwds: Mapping[str, Any] = {}, callback: Callback = None,
                     error_callback: Callback = None) -> ApplyResult[T]:
+        """Start ``func(*args, **kwds)`` in a worker; return at once.
+
+        Args:
+            func: The function (see :meth:`apply`).
+            args: Positional arguments.
+            kwds: Keyword arguments.
+            callback: Called with the value when the call succeeds, on a thread
+                of the pool (not the supervisor's: a slow callback does not
+                delay crash detection).
+            error_callback: Called with the exception when the call fails.
+
+        Returns:
+            An :class:`~poolguard.ApplyResult`: ``get()`` the value, or
+            ``await`` it.
+
+        Raises:
+            ValueError: The pool is closed or terminated.
+        """
         engine = self._running()
         result: ApplyResult[T] = ApplyResult(self, func, APPLY, "apply", callback,
                                              error_callback)
@@ -81,6 +150,35 @@ class Pool(WorkerReports, _StdlibPool):
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
             chunksize: Optional[int] = None, *, checkpoint: CheckpointArg = None,
             progress: ProgressArg = None) -> List[T]:
+        """Apply *func* to each item of *iterable* in the workers; return the list of values.
+
+        As ``multiprocessing.Pool.map``: the items go in chunks, the values
+        come back in input order, and the call fails at the first failed
+        chunk.  A worker that dies fails the call with
+        :class:`~poolguard.WorkerCrashedError` naming the item it ran
+        (``exc.task.item``), instead of hanging.
+
+        Args:
+            func: A function of one argument (see :meth:`apply`).
+            iterable: The items; read whole before the first is sent.
+            chunksize: Items sent to a worker at once; by default about four
+                chunks per worker.
+            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
+                where each item's result is kept: a call made again after a
+                crash or an interruption runs only the items not yet done.
+            progress: ``True`` for a progress bar (tqdm when installed, else
+                a line of text), a tqdm bar to update, or a callable given a
+                :class:`poolguard.progress.ProgressInfo` about 10 times a
+                second and once at the end.  Counts the deaths too.
+
+        Returns:
+            The values, in the order of *iterable*.
+
+        Raises:
+            WorkerCrashedError: A worker died running an item.
+            ValueError: The pool is closed, or *chunksize* is below 1.
+            Exception: The first exception an item raised.
+        """
         return self._map_async(func, iterable, chunksize, MAP, "map",
                                checkpoint=checkpoint, progress=progress).get()
 
@@ -88,12 +186,56 @@ class Pool(WorkerReports, _StdlibPool):
                   chunksize: Optional[int] = None, callback: Callback = None,
                   error_callback: Callback = None, *, checkpoint: CheckpointArg = None,
                   progress: ProgressArg = None) -> MapResult[T]:
+        """As :meth:`map`, returning at once.
+
+        Args:
+            func: A function of one argument.
+            iterable: The items.
+            chunksize: Items sent to a worker at once (see :meth:`map`).
+            callback: Called with the list of values once all succeeded.
+            error_callback: Called with the first error.
+            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
+                where each item's result is kept: a call made again after a
+                crash or an interruption runs only the items not yet done.
+            progress: ``True`` for a progress bar (tqdm when installed, else
+                a line of text), a tqdm bar to update, or a callable given a
+                :class:`poolguard.progress.ProgressInfo` about 10 times a
+                second and once at the end.  Counts the deaths too.
+
+        Returns:
+            A :class:`~poolguard.MapResult` whose ``get()`` is the list.
+
+        Raises:
+            ValueError: The pool is closed, or *chunksize* is below 1.
+        """
         return self._map_async(func, iterable, chunksize, MAP, "map", callback,
                                error_callback, checkpoint, progress)
 
     def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                 chunksize: Optional[int] = None, *, checkpoint: CheckpointArg = None,
                 progress: ProgressArg = None) -> List[T]:
+        """As :meth:`map`, each item being the arguments: ``func(*item)``.
+
+        Args:
+            func: The function.
+            iterable: Tuples (or other iterables) of arguments.
+            chunksize: Items sent to a worker at once (see :meth:`map`).
+            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
+                where each item's result is kept: a call made again after a
+                crash or an interruption runs only the items not yet done.
+            progress: ``True`` for a progress bar (tqdm when installed, else
+                a line of text), a tqdm bar to update, or a callable given a
+                :class:`poolguard.progress.ProgressInfo` about 10 times a
+                second and once at the end.  Counts the deaths too.
+
+        Returns:
+            The values, in input order.
+
+        Raises:
+            WorkerCrashedError: A worker died running an item.
+            ValueError: The pool is closed, or *chunksize* is below 1.
+            Exception: The first exception an item raised.
+        """
         return self._map_async(func, iterable, chunksize, STARMAP, "starmap",
                                checkpoint=checkpoint, progress=progress).get()
 
@@ -101,6 +243,28 @@ class Pool(WorkerReports, _StdlibPool):
                       chunksize: Optional[int] = None, callback: Callback = None,
                       error_callback: Callback = None, *, checkpoint: CheckpointArg = None,
                       progress: ProgressArg = None) -> MapResult[T]:
+        """As :meth:`starmap`, returning at once.
+
+        Args:
+            func: The function.
+            iterable: Tuples of arguments.
+            chunksize: Items sent to a worker at once (see :meth:`map`).
+            callback: Called with the list of values once all succeeded.
+            error_callback: Called with the first error.
+            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
+                where each item's result is kept: a call made again after a
+                crash or an interruption runs only the items not yet done.
+            progress: ``True`` for a progress bar (tqdm when installed, else
+                a line of text), a tqdm bar to update, or a callable given a
+                :class:`poolguard.progress.ProgressInfo` about 10 times a
+                second and once at the end.  Counts the deaths too.
+
+        Returns:
+            A :class:`~poolguard.MapResult` whose ``get()`` is the list.
+
+        Raises:
+            ValueError: The pool is closed, or *chunksize* is below 1.
+        """
         return self._map_async(func, iterable, chunksize, STARMAP, "starmap", callback,
                                error_callback, checkpoint, progress)
 
@@ -126,11 +290,56 @@ class Pool(WorkerReports, _StdlibPool):
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
              chunksize: Optional[int] = 1, *, checkpoint: CheckpointArg = None,
              progress: ProgressArg = None) -> IMapIterator[T]:
+        """Apply *func* to each item lazily; iterate over the values in input order.
+
+        A lazy *iterable* is read on a thread of its own as results are
+        consumed, so an endless one works.  A failed chunk raises its error
+        once, at its place, and iteration goes on after it.
+
+        Args:
+            func: A function of one argument.
+            iterable: The items (a list, or any iterable, even endless).
+            chunksize: Items sent to a worker at once (1 by default).
+            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
+                where each item's result is kept: a call made again after a
+                crash or an interruption runs only the items not yet done.
+            progress: ``True`` for a progress bar (tqdm when installed, else
+                a line of text), a tqdm bar to update, or a callable given a
+                :class:`poolguard.progress.ProgressInfo` about 10 times a
+                second and once at the end.  Counts the deaths too.
+
+        Returns:
+            An :class:`~poolguard.IMapIterator`: iterate it (or ``async for``),
+            or call ``next(timeout)``.
+
+        Raises:
+            ValueError: The pool is closed, or *chunksize* is below 1.
+        """
         return self._imap(func, iterable, chunksize, True, checkpoint, progress)
 
     def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any],
                        chunksize: Optional[int] = 1, *, checkpoint: CheckpointArg = None,
                        progress: ProgressArg = None) -> IMapIterator[T]:
+        """As :meth:`imap`, the values coming as they are done, in any order.
+
+        Args:
+            func: A function of one argument.
+            iterable: The items.
+            chunksize: Items sent to a worker at once (1 by default).
+            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
+                where each item's result is kept: a call made again after a
+                crash or an interruption runs only the items not yet done.
+            progress: ``True`` for a progress bar (tqdm when installed, else
+                a line of text), a tqdm bar to update, or a callable given a
+                :class:`poolguard.progress.ProgressInfo` about 10 times a
+                second and once at the end.  Counts the deaths too.
+
+        Returns:
+            An :class:`~poolguard.IMapIterator`.
+
+        Raises:
+            ValueError: The pool is closed, or *chunksize* is below 1.
+        """
         return self._imap(func, iterable, chunksize, False, checkpoint, progress)
 
     def _imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: Any,
@@ -178,10 +387,14 @@ class Pool(WorkerReports, _StdlibPool):
         engine.join()
 
     def __enter__(self) -> "Pool":
+        """The pool itself; leaving the ``with`` block calls :meth:`terminate`, as ``multiprocessing.Pool`` does.
+        """
         self._running()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
+        """Terminate the pool (its unfinished tasks fail with PoolTerminatedError).
+        """
         self.terminate()
 
     def __del__(self) -> None:

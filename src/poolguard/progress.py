@@ -30,7 +30,20 @@ ProgressArg = Union[None, bool, Callable[["ProgressInfo"], object], Any]
 
 
 class ProgressInfo(NamedTuple):
-    """What a progress callable is given."""
+    """What a progress callable (``progress=callable``) is given, about 10
+    times a second and once at the end (``final``).
+
+    Attributes:
+        label: The call, e.g. ``"map(square)"``.
+        done: Items finished, with or without success.
+        total: Items in all; ``None`` while a lazy iterable is being read.
+        failed: Items that raised or whose worker died.
+        crashed: Of those, the items whose worker died (timeouts apart).
+        timed_out: Of those, the items stopped by ``task_timeout``.
+        retried: Runs given another worker after a death.
+        elapsed: Seconds since the call.
+        final: Whether this is the call's last report.
+    """
 
     label: str                # the call, e.g. "map(square)"
     done: int                 # items finished, with or without success
@@ -43,7 +56,8 @@ class ProgressInfo(NamedTuple):
     final: bool               # the last report of this call
 
     def describe(self) -> str:
-        """``map(square): 120/500 items (24%) · 80 items/s · ETA 4.7 s · 2 crashed``"""
+        """One line, as the text display prints it:
+        ``map(square): 120/500 items (24%) · 80 items/s · ETA 4.7 s · 2 crashed``."""
         parts = [f"{self.label}: {self.done}" + (f"/{self.total}" if self.total else "")
                  + " items"]
         if self.total:
@@ -56,6 +70,7 @@ class ProgressInfo(NamedTuple):
         return " · ".join(parts)
 
     def deaths(self) -> list[Any]:
+        """The non-zero death counts as words: ``["2 crashed", "1 retried"]``."""
         words = [(self.crashed, "crashed"), (self.retried, "retried"),
                  (self.timed_out, "timed out"),
                  (self.failed - self.crashed - self.timed_out, "raised")]

@@ -65,7 +65,13 @@ def _resolve(future: Any) -> None:
 
 
 class ApplyResult(Job, _StdlibApplyResult[T]):
-    """The result of ``apply_async``; ``AsyncResult`` in ``multiprocessing.pool``."""
+    """The result of ``apply_async``; ``AsyncResult`` in ``multiprocessing.pool``.
+
+    Made by the pool, never by hand.  ``get()`` waits for the value (or
+    raises the task's error); ``await result`` does the same in a
+    coroutine without blocking the event loop.  ``poolguard.AsyncResult``
+    is the same class.
+    """
 
     def __init__(self, pool: "Pool", func: Callable[..., Any], kind: int, call: str,
                  callback: Callback, error_callback: Callback):
@@ -81,17 +87,43 @@ class ApplyResult(Job, _StdlibApplyResult[T]):
         self._waiters = LoopWaiters()
 
     def ready(self) -> bool:
+        """Whether the call has finished (with a value or an error), its callback run."""
         return self._event.is_set()
 
     def successful(self) -> bool:
+        """Whether the call finished with a value.
+
+        Raises:
+            ValueError: The call has not finished yet.
+        """
         if not self.ready():
             raise ValueError(f"{self!r} not ready")
         return self._success
 
     def wait(self, timeout: Optional[float] = None) -> None:
+        """Wait until the call has finished, or *timeout* seconds have passed.
+
+        Args:
+            timeout: Seconds to wait at most; ``None`` waits as long as it
+                takes (never forever on a dead worker: its death finishes the
+                call with an error).
+        """
         self._event.wait(timeout)
 
     def get(self, timeout: Optional[float] = None) -> T:
+        """The call's value, once it has finished.
+
+        Args:
+            timeout: Seconds to wait at most; ``None`` waits until the end.
+
+        Returns:
+            The value.
+
+        Raises:
+            multiprocessing.TimeoutError: Not finished within *timeout*.
+            WorkerCrashedError: The worker died running the call.
+            Exception: What the call raised.
+        """
         self.wait(timeout)
         if not self.ready():
             raise TimeoutError
@@ -110,9 +142,11 @@ class ApplyResult(Job, _StdlibApplyResult[T]):
         return self.get(0)
 
     def unit_done(self, unit: Unit, values: list[Any]) -> None:
+        """Engine hook (not for users): the call's unit finished with *values*."""
         self._set(True, values[0])
 
     def unit_failed(self, unit: Unit, exc: BaseException) -> None:
+        """Engine hook (not for users): the call's unit failed with *exc*."""
         self._set(False, exc)
 
     def _set(self, success: bool, value: Any) -> None:
@@ -151,7 +185,11 @@ AsyncResult = ApplyResult
 
 
 class MapResult(ApplyResult[List[T]], _StdlibMapResult[T]):
-    """The result of ``map_async``/``starmap_async``: fails at the first failed chunk."""
+    """The result of ``map_async``/``starmap_async``: fails at the first failed chunk.
+
+    As :class:`ApplyResult`, its ``get()`` being the list of values in
+    input order.
+    """
 
     def __init__(self, pool: "Pool", func: Callable[..., Any], kind: int, call: str, length: int,
                  callback: Callback, error_callback: Callback,
@@ -164,6 +202,7 @@ class MapResult(ApplyResult[List[T]], _StdlibMapResult[T]):
             self._set(True, self._values)
 
     def unit_done(self, unit: Unit, values: list[Any]) -> None:
+        """Engine hook (not for users): a chunk finished with *values*."""
         self._values[unit.start:unit.start + len(values)] = values
         self._remaining -= len(values)
         if self._remaining == 0:
@@ -174,7 +213,9 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
     """Results of ``imap`` (in input order) or ``imap_unordered`` (as they come).
 
     A failed chunk raises its error once, where its items would have been, and
-    iteration then goes on with the next chunk.
+    iteration then goes on with the next chunk.  Iterate it with ``for`` or
+    ``async for`` (which does not block the event loop), or call
+    :meth:`next` with a timeout.
     """
 
     def __init__(self, pool: "Pool", func: Callable[..., Any], kind: int, call: str, ordered: bool,
@@ -192,9 +233,26 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
         self._waiters = LoopWaiters()
 
     def __iter__(self) -> "IMapIterator[T]":
+        """The iterator itself."""
         return self
 
     def next(self, timeout: Optional[float] = None) -> T:
+        """The next value (``next(it)`` waits without a limit).
+
+        Args:
+            timeout: Seconds to wait at most; ``None`` waits until a value
+                comes.
+
+        Returns:
+            The next value, in input order for ``imap``, as done for
+            ``imap_unordered``.
+
+        Raises:
+            StopIteration: No value is left.
+            multiprocessing.TimeoutError: None came within *timeout*.
+            WorkerCrashedError: The worker running this chunk died.
+            Exception: What the chunk's call raised.
+        """
         with self._cond:
             while True:
                 try:
@@ -258,14 +316,17 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
             self._waiters.wake()
 
     def unit_done(self, unit: Unit, values: list[Any]) -> None:
+        """Engine hook (not for users): a chunk finished with *values*."""
         self._put(unit.start, (True, values, len(values)))
 
     def unit_failed(self, unit: Unit, exc: BaseException) -> None:
+        """Engine hook (not for users): a chunk failed with *exc*."""
         self._put(unit.start, (False, exc, len(unit.items)))
 
     def wait_for_room(self, produced: int, ahead: int, engine: EngineSurface) -> bool:
-        """Hold a lazy producer back while *ahead* items wait to be consumed,
-        so an endless iterable does not fill memory.  False once the pool stops."""
+        """Engine hook (not for users): hold a lazy producer back while *ahead*
+        items wait to be consumed, so an endless iterable does not fill
+        memory.  False once the pool stops."""
         with self._cond:
             while produced - self._position >= ahead:
                 if engine.state not in ("running", "closing"):

@@ -163,7 +163,17 @@ class Worker:
 
 @dataclass(frozen=True)
 class WorkerStatus:
-    """What one worker is doing, as ``Pool.status()`` reports it."""
+    """What one worker is doing, as ``Pool.status()`` reports it
+    (``str()`` of it is one line: ``worker 123: busy f(3) for 2.0 s, RSS 40 MiB``).
+
+    Attributes:
+        pid: The worker's process id.
+        state: ``"starting"``, ``"idle"``, ``"busy"``, or ``"stopped"``
+            (SIGSTOP, a debugger, a cgroup freezer).
+        task: The :class:`~poolguard.TaskInfo` it runs, when busy.
+        elapsed: Seconds since that item (or its chunk) started.
+        rss: Resident memory in bytes.
+    """
 
     pid: int
     state: str                  # "starting", "idle", "busy", or "stopped" (SIGSTOP, debugger)
