@@ -156,7 +156,9 @@ def test_unknown_option_is_refused_at_once():
 def test_loky_inside_a_poolguard_task_does_not_hold_up_the_shutdown(tmp_path, method):
     """A task runs a nested loky Parallel, whose workers idle on for minutes
     (loky's reusable executor): the poolguard workers end them as they
-    leave instead of waiting for them at exit."""
+    leave instead of waiting for them at exit.  The caller has used loky
+    first: a worker forked from it must not queue work to the caller's
+    loky executor, which it inherited and whose processes are not its own."""
     out = run_script(tmp_path, """
         import joblib, poolguard.joblib
 
@@ -164,12 +166,15 @@ def test_loky_inside_a_poolguard_task_does_not_hold_up_the_shutdown(tmp_path, me
             return sum(joblib.Parallel(n_jobs=2, backend="loky")(
                 joblib.delayed(abs)(-j) for j in range(i + 2)))
 
+        print("caller", joblib.Parallel(n_jobs=2, backend="loky")(
+            joblib.delayed(abs)(-j) for j in range(3)))
         started = time.monotonic()
         with joblib.parallel_config(backend="poolguard", n_jobs=2, mp_context=METHOD):
             print("results", joblib.Parallel()(joblib.delayed(inner)(i) for i in range(4)))
         print("took", time.monotonic() - started)
     """, method)
     lines = dict(line.split(" ", 1) for line in out.splitlines())
+    assert lines["caller"] == "[0, 1, 2]"
     assert lines["results"] == "[1, 3, 6, 10]"
     # loky's idle workers would hold each poolguard worker for 300 s
     assert float(lines["took"]) < 30, out

@@ -52,6 +52,24 @@ def prepare(crash_conn: Connection, fds_to_close: Sequence[int]) -> None:
             pass
 
 
+# Executors inherited through fork, kept referenced (see forget_inherited_executors).
+_inherited: list[Any] = []
+
+
+def forget_inherited_executors() -> None:
+    """A worker forked from a process that used loky (joblib's default
+    backend, or loky itself) inherits its reusable executor, whose worker
+    processes and threads are the parent's: a task's nested ``Parallel``
+    would queue work there and wait forever.  Forget it, so that the task
+    makes its own.  It stays referenced: collecting it would run its
+    callbacks, which wake the parent's threads through inherited pipes."""
+    for name in ("joblib.externals.loky.reusable_executor", "loky.reusable_executor"):
+        state = vars(sys.modules[name]) if name in sys.modules else {}
+        if state.get("_executor") is not None:
+            _inherited.append(state["_executor"])
+            state["_executor"] = state["_executor_kwargs"] = None
+
+
 def end_children() -> None:
     """The worker is leaving: the ``multiprocessing`` processes its tasks
     started and left running (a nested joblib's loky workers, idle for

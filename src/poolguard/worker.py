@@ -34,6 +34,7 @@ def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Conne
     the three connections its own pipes, *parent_pid* the process whose death
     must end it (None: unknown), *fds_to_close* what it must not hold."""
     lifeline.prepare(crash_conn, fds_to_close)
+    lifeline.forget_inherited_executors()
     watch_later = lifeline.die_with_parent(spec.alive_conn, parent_pid, spec.by_zygote)
     slot = spec.slots.view(index)
     lifeline.watch_own_signals(slot)
