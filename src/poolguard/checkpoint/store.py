@@ -180,10 +180,10 @@ class Store:
             try:
                 text = files.read_small(path, 64)
             except FileNotFoundError:
-                if self.writable:
-                    files.make_dirs(self.dir, fsync=self.fsync)
+                if self.writable:   # flushed: entries are worth nothing without it
+                    files.make_dirs(self.dir, fsync=True)
                     files.create_once(path, os.urandom(16).hex().encode() + b"\n",
-                                      fsync=self.fsync)
+                                      fsync=True)
                 text = files.read_small(path, 64)
         except OSError as exc:
             problem = f"cannot be read or made: {exc}"
