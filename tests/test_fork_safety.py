@@ -329,28 +329,31 @@ def test_a_task_stuck_past_its_timeout_names_the_nested_function(tmp_path, metho
 
 
 @pytest.mark.parametrize("method", ["fork"])
-def test_the_zygote_killed_gives_a_clear_error_not_a_hang(tmp_path, method):
+def test_the_zygote_killed_is_no_hang_and_later_calls_work(tmp_path, method):
+    """Killed while idle: a call made while its workers are dying may lose
+    a task to their deaths (no retries here), never hangs; the next call
+    runs on workers of its standby (test_helpers.py has the details)."""
     out = run(tmp_path, """
         import signal
         import tasks_mod
         p = poolguard.Pool(2, context=METHOD)
         print(p.map(tasks_mod.square, range(4)))
+        time.sleep(0.3)   # the standby is ready
         zygote = p._engine._launcher.pid
         os.kill(zygote, signal.SIGKILL)
         for attempt in range(2):
             try:
-                p.map(tasks_mod.pid_after, [0.2] * 4)
+                print(len(p.map(tasks_mod.pid_after, [0.2] * 4)))
             except poolguard.PoolguardError as exc:
                 print(type(exc).__name__, "|", exc)
+        print(p.map(tasks_mod.square, range(4)))
         p.terminate()
         print("done")
     """, method)
     lines = out.splitlines()
-    assert lines[0] == "[0, 1, 4, 9]"
-    assert lines[-1] == "done"
-    errors = [line for line in lines if "|" in line]
-    assert len(errors) == 2, out
-    assert any("zygote" in line and "SIGKILL" in line for line in errors), out
+    assert lines[0] == "[0, 1, 4, 9]" and lines[-2:] == ["[0, 1, 4, 9]", "done"], out
+    for line in lines[1:3]:
+        assert line == "4" or line.startswith("WorkerCrashedError |"), out
 
 
 @pytest.mark.parametrize("method", ["fork"])

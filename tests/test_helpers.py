@@ -86,3 +86,101 @@ def test_output_buffered_before_the_pool_is_written_once(tmp_path, method):
         sys.stdout.flush()
     """, method)
     assert out.splitlines() == ["before the pool", "[0, 1, 4, 9]", "done"], out
+
+
+@pytest.mark.parametrize("method", ["fork"])
+def test_the_zygote_killed_idle_is_replaced_by_its_standby(tmp_path, method):
+    """SIGKILL to the idle zygote: its workers die with it, a warning names
+    it, and the next maps run on workers its standby forks, with the same
+    __main__ and globals as at Pool(); a second kill (of the promoted one)
+    is survived the same way."""
+    out = run(tmp_path, """
+        import signal, warnings
+        import tasks_mod
+        SETTING = "set before the pool"
+        def main_fn(x):
+            return (x, SETTING)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            p = poolguard.Pool(2, context=METHOD)
+            print(p.map(tasks_mod.square, range(4)))
+            for round in range(2):
+                zygote = p._engine._launcher._zygote.pid
+                time.sleep(0.3)   # its standby forked and ready
+                os.kill(zygote, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while p.pids and time.monotonic() < deadline:   # its workers die with it
+                    time.sleep(0.02)
+                print(p.map(main_fn, range(3)))
+                print(p.map(tasks_mod.square, range(4)) == [0, 1, 4, 9])
+            p.terminate()
+        for w in seen:
+            if issubclass(w.category, poolguard.HelperDiedWarning):
+                print("warning:", w.message)
+    """, method)
+    lines = out.splitlines()
+    expected = "[(0, 'set before the pool'), (1, 'set before the pool'), (2, 'set before the pool')]"
+    assert lines[:5] == ["[0, 1, 4, 9]", expected, "True", expected, "True"], out
+    warned = lines[5:]
+    assert len(warned) == 2, out
+    assert all("zygote" in w and "SIGKILL" in w and "standby takes over" in w
+               for w in warned), out
+
+
+@pytest.mark.parametrize("method", ["fork"])
+def test_the_zygote_killed_mid_map_with_retries_gives_every_result(tmp_path, method):
+    out = run(tmp_path, """
+        import signal
+        import tasks_mod
+        p = poolguard.Pool(3, retries=5, context=METHOD)
+        p.map(tasks_mod.square, range(3))
+        time.sleep(0.3)
+        result = p.map_async(tasks_mod.pid_after, [0.05] * 60, chunksize=1)
+        time.sleep(0.4)
+        os.kill(p._engine._launcher._zygote.pid, signal.SIGKILL)
+        result.wait(30)
+        print(len(result.get()))
+        print(p.map(tasks_mod.square, range(4)))
+        p.terminate()
+    """, method)
+    assert out.splitlines() == ["60", "[0, 1, 4, 9]"], out
+
+
+@pytest.mark.parametrize("method", ["fork"])
+def test_a_stopped_zygote_delays_only_the_workers_it_must_start(tmp_path, method):
+    """The zygote SIGSTOPped (nothing waits on it any more, so no internal
+    timeout runs out; before, each request waited 30 s for it): meanwhile a worker is SIGKILLed (its death
+    reported within 5 s) and a healthy short task runs on the other worker
+    within 5 s; after SIGCONT the replacement comes and the pool is exactly
+    right (results, the death's signal, status())."""
+    out = run(tmp_path, """
+        import signal
+        import tasks_mod
+        p = poolguard.Pool(2, context=METHOD)
+        pids = p.map(tasks_mod.pid_after, [0.2, 0.2], chunksize=1)
+        zygote = p._engine._launcher._zygote.pid
+        os.kill(zygote, signal.SIGSTOP)
+        try:
+            victim = p.pids[0]
+            doomed = p.apply_async(tasks_mod.pid_after, (30,))
+            time.sleep(0.3)
+            started = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            try:
+                doomed.get(10)
+            except poolguard.WorkerCrashedError as exc:
+                print("death", round(time.monotonic() - started) < 5, exc.signal)
+            started = time.monotonic()
+            print("healthy", p.apply(tasks_mod.square, (7,)), time.monotonic() - started < 5)
+            time.sleep(1.0)
+        finally:
+            os.kill(zygote, signal.SIGCONT)
+        print(p.map(tasks_mod.square, range(6), chunksize=1))
+        deadline = time.monotonic() + 10
+        while len([s for s in p.status() if s.state != "starting"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(len(p.status()), sorted({s.state for s in p.status()}))
+        p.terminate()
+    """, method)
+    assert out.splitlines() == ["death True SIGKILL", "healthy 49 True",
+                                "[0, 1, 4, 9, 16, 25]", "2 ['idle']"], out

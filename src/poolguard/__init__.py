@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import (PoolguardError, PoolTerminatedError, PoolThrottledError,
                      ResultDecodingError, ResultEncodingError, TaskDecodeError, TaskInfo,
                      TaskTimeoutError, UnpicklableTaskError, WorkerCrashedError,
-                     WorkerInitError, WorkerMemoryError, WorkerStoppedWarning)
+                     WorkerInitError, WorkerMemoryError, WorkerStoppedWarning,
+                     HelperDiedWarning)
 from .engine.workers import WorkerStatus
 from .executor import ProcessPoolExecutor
 from .pool import Pool
@@ -27,7 +28,7 @@ __all__ = [
     "PoolguardError", "WorkerCrashedError", "WorkerInitError", "UnpicklableTaskError",
     "PoolTerminatedError", "PoolThrottledError", "TaskTimeoutError", "WorkerMemoryError",
     "ResultEncodingError", "ResultDecodingError", "TaskDecodeError",
-    "WorkerStoppedWarning", "TaskInfo", "WorkerStatus", "Checkpoint", "CheckpointWarning",
+    "WorkerStoppedWarning", "HelperDiedWarning", "TaskInfo", "WorkerStatus", "Checkpoint", "CheckpointWarning",
     "CheckpointKeyError",
 ]
 __version__ = "0.1.0"

@@ -327,6 +327,12 @@ class WorkerStoppedWarning(RuntimeWarning):
     caller.  Issued once per stop; ``pool.status()`` shows it too."""
 
 
+class HelperDiedWarning(RuntimeWarning):
+    """A process the pool relies on, not a worker (its zygote, the zygote's
+    standby), died: which, its pid, how, and what the pool does instead.
+    Issued once per death."""
+
+
 def _rebuild(cls: Any, args: tuple[Any, ...], state: dict[Any, Any]) -> Any:
     # TaskTimeoutError is a TimeoutError: its memory layout is OSError's, whose
     # __new__ must make it (the first __new__ in its MRO is RuntimeError's).

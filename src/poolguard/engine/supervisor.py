@@ -95,11 +95,8 @@ class Engine(EngineBase):
             guards.task_timeout is not None, buffers.probe_handle()), processes)
         self._launcher = launcher
         self._watch = WatchSet(inbox.wakeup.fd)
-        if launcher.death_fd is not None:
-            self._watch.add(launcher.death_fd, launcher, "launcher")
-        self._answers_fd = launcher.answers_fd   # the zygote forking the first workers
-        if self._answers_fd is not None:
-            self._watch.add(self._answers_fd, launcher, "forked")
+        self._launcher_fds: List[int] = []   # its helpers' sockets and pidfds
+        self._sync_launcher_fds()
         self._spiller = Spiller()
         self._workers = WorkerSet(processes, self._slots, launcher, self._watch, self._spiller)
         # Workers cannot start (initializer failed, throttle, zygote gone):
@@ -209,11 +206,9 @@ class Engine(EngineBase):
                 continue
             worker, what = entry
             if what == "launcher":
-                self._on_launcher_death()
+                self._on_launcher_event(fd)   # the next turn takes the workers answered
             elif what == "result":
                 self._read_replies(worker)
-            elif what == "forked":
-                self._launcher.read_answers()   # the next turn takes those workers
             else:
                 deaths.append(worker)
         for worker in deaths:   # after the replies, which may finish its task
@@ -249,13 +244,10 @@ class Engine(EngineBase):
                 self._set_init_error(WorkerInitError(f"could not start a worker: {exc}"),
                                      exc.__cause__)
                 return
-        if self._answers_fd is not None and self._launcher.answers_fd is None:
-            self._watch.discard(self._answers_fd)   # all answered
-            self._answers_fd = None
 
     def _fail_pending_if_no_worker_can_start(self) -> None:
         if (self._init_error is not None and not self._workers.may_serve()
-                and self._launcher.answers_fd is None):   # none still being forked
+                and not self._launcher.busy()):   # none still being forked
             for unit in self.inbox.take_pending():
                 self._deliver_failure(unit, self._init_error)
 
@@ -426,17 +418,25 @@ class Engine(EngineBase):
         if death.throttle is not None:
             self._set_init_error(death.throttle, death.throttle.__cause__)
 
-    def _on_launcher_death(self) -> None:
-        """The zygote died: its workers die with it (their deaths come as
-        usual), and no new one can start; waiting and later tasks fail."""
-        launcher = self._launcher
-        assert isinstance(launcher, ZygoteLauncher) and launcher.death_fd is not None
-        self._watch.discard(launcher.death_fd)
-        if self._answers_fd is not None:
-            self._watch.discard(self._answers_fd)
-            self._answers_fd = None
-        self._set_init_error(WorkerInitError(launcher.died()), None)
-        launcher.read_answers()   # what it sent before dying; the rest never comes
+    def _on_launcher_event(self, fd: int) -> None:
+        """An answer of the zygote, or a helper's death (its workers die with
+        it; their deaths come as usual).  The launcher replaces what it can
+        (launch/zygote.py); only when it cannot do waiting and later tasks
+        that need a new worker fail."""
+        broken = self._launcher.on_ready(fd)
+        if broken is not None:
+            self._set_init_error(WorkerInitError(broken), None)
+        self._sync_launcher_fds()
+
+    def _sync_launcher_fds(self) -> None:
+        fds = self._launcher.fds()
+        for fd in self._launcher_fds:
+            if fd not in fds:
+                self._watch.discard(fd)
+        for fd in fds:
+            if fd not in self._launcher_fds:
+                self._watch.add(fd, self._launcher, "launcher")
+        self._launcher_fds = fds
 
     # ---- the end -------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from ..wire.messages import STOP, TASK_HEADER
 from ..wire.slots import INITIALIZING, SharedSlots, Slot
 from ..worker import worker_main
 from .jobs import Unit
-from .launch import StartError, WorkerPipes, WorkerProcess
+from .launch import StartError, WorkerPipes, WorkerProcess, describe_start_error
 
 _WORKER_FILE = f'"{worker_main.__code__.co_filename}"'   # as faulthandler quotes it
 
@@ -255,21 +255,36 @@ class WorkerSet:
     def empty_slots(self) -> List[int]:
         return [i for i in range(self.count) if i not in self.by_slot]
 
-    def start(self, index: int) -> Worker:
-        """Start the worker of slot *index*; StartError if it cannot be."""
-        prepared = self._launcher.take_prepared(index)   # forked with the zygote
+    def start(self, index: int) -> Optional[Worker]:
+        """Start the worker of slot *index*, or ask for it (None: the launcher
+        answers later, take_prepared); StartError if it cannot be."""
+        prepared = self._launcher.take_prepared(index)   # answered by the zygote
         if prepared is not None:
             pipes, process = prepared
         else:
-            pipes = WorkerPipes()
+            try:
+                pipes = WorkerPipes()
+            except OSError as exc:
+                raise StartError(f"cannot make a worker's pipes: "
+                                 f"{describe_start_error(exc)}") from exc
             self._slots.write(index, INITIALIZING, 0)
             try:   # the launcher closes the child's ends
-                process = self._launcher.start(index, pipes)
+                started = self._launcher.start(index, pipes)
             except StartError:
                 pipes.close_parent_ends()
                 raise
-        os.set_blocking(pipes.task_w, False)
-        worker = Worker(index, process, pipes.task_w, pipes.result_r, pipes.crash_r)
+            if started is None:
+                return None
+            process = started
+        try:
+            os.set_blocking(pipes.task_w, False)
+            worker = Worker(index, process, pipes.task_w, pipes.result_r, pipes.crash_r)
+        except OSError as exc:   # out of descriptors for its /proc files
+            signal_process(process, signal.SIGKILL)
+            process.reap()
+            process.close()
+            pipes.close_parent_ends()
+            raise StartError(f"cannot watch a new worker: {describe_start_error(exc)}") from exc
         self.by_slot[index] = worker
         self._watch.add(worker.reader.fd, worker, "result")
         self._watch.add(worker.death_fd, worker, "death")

@@ -25,12 +25,14 @@ from __future__ import annotations
 from typing import Any, Union
 
 from ...wire.messages import dumps_call
-from .base import ParentAlive, StartError, WorkerPipes, WorkerProcess, WorkerSpec
+from .base import (ParentAlive, StartError, WorkerPipes, WorkerProcess, WorkerSpec,
+                   describe_start_error)
 from .context import ContextLauncher
 from .zygote import ZygoteLauncher, can_use_zygote
 
 __all__ = ["ContextLauncher", "Launcher", "ParentAlive", "StartError", "WorkerPipes",
-           "WorkerProcess", "WorkerSpec", "ZygoteLauncher", "make_launcher"]
+           "WorkerProcess", "WorkerSpec", "ZygoteLauncher", "describe_start_error",
+           "make_launcher"]
 
 
 def make_launcher(context: Any, spec: WorkerSpec, workers: int) -> "Launcher":

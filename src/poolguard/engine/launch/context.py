@@ -7,13 +7,13 @@ import os
 import threading
 from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
-from typing import Any, Callable, FrozenSet, Iterator, Optional, Tuple
+from typing import Any, Callable, FrozenSet, Iterator, List, Optional, Tuple
 
 from ... import diagnosis
 from ...diagnosis import zombie_exit_status
 from ...wire.messages import top_level_names_of_main
 from ...worker import worker_main
-from .base import StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd
+from .base import StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd, describe_start_error
 
 
 class ContextProcess(WorkerProcess):
@@ -52,7 +52,6 @@ class ContextProcess(WorkerProcess):
 class ContextLauncher:
     """Workers started by ``multiprocessing`` (spawn, forkserver)."""
 
-    death_fd: Optional[int] = None   # nothing of ours besides the workers can die
 
     def __init__(self, context: Any, spec: WorkerSpec):
         self.context = context
@@ -75,7 +74,15 @@ class ContextLauncher:
         name = getattr(func, "__qualname__", "")
         return name not in self._main_names
 
-    answers_fd: Optional[int] = None   # every worker is started on request
+    # Every worker is started at once, on request: nothing to watch, nothing
+    # pending.  (What a helper of multiprocessing's does is said in start.)
+    broken: Optional[str] = None
+
+    def fds(self) -> List[int]:
+        return []
+
+    def on_ready(self, fd: int) -> Optional[str]:
+        return None
 
     def take_prepared(self, index: int) -> Optional[Tuple[WorkerPipes, WorkerProcess]]:
         return None
@@ -83,13 +90,13 @@ class ContextLauncher:
     def still_forking(self, index: int) -> bool:
         return False
 
+    def busy(self) -> bool:
+        return False
+
     def prepared(self, index: int) -> bool:
         return False
 
-    def read_answers(self) -> None:
-        pass
-
-    def start(self, index: int, pipes: WorkerPipes) -> WorkerProcess:
+    def start(self, index: int, pipes: WorkerPipes) -> Optional[WorkerProcess]:
         """Start the worker of slot *index*; our copies of its ends of
         *pipes* are closed, whatever happens."""
         conns = (Connection(pipes.task_r, writable=False),
@@ -109,7 +116,7 @@ class ContextLauncher:
             if mp_process.current_process().daemon:
                 mp_process._children.discard(process)   # type: ignore[attr-defined]
         except Exception as exc:
-            raise StartError(f"{type(exc).__name__}: {exc}") from exc
+            raise StartError(describe_start_error(exc)) from exc
         finally:
             for conn in conns:     # the child has its own copies now
                 conn.close()

@@ -1,5 +1,13 @@
 """The pool's side of the zygote (zygote_main.py): fork it, ask it for
-workers, have it reap them, end it."""
+workers, have it reap them, replace it by its standby when it dies, end it.
+
+Nothing here waits for the zygote.  A request is sent without blocking and
+its answer, which names it, is read when the supervisor's loop sees the
+socket readable; a worker's exit status is read from /proc while it is a
+zombie (the zygote reaps it only when asked, after that).  A zygote stopped
+(a debugger, a cgroup freezer) therefore delays only the workers it was
+asked for.
+"""
 from __future__ import annotations
 
 import os
@@ -8,30 +16,41 @@ import select
 import signal
 import socket
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from ...errors import signal_name
-from . import zygote_main
-from ... import lifeline
-from ...wire.slots import INITIALIZING
+from ... import diagnosis, lifeline
+from ...errors import HelperDiedWarning, signal_name
 from ...wire import private_fds
-from .base import StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd
+from ...wire.slots import INITIALIZING
+from . import zygote_main
+from .base import (StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd,
+                   describe_start_error)
 
-ZYGOTE_REPLY_TIMEOUT = 30.0   # a fork of a very large process can take a while
-ZYGOTE_EXIT_GRACE = 5.0       # seconds the zygote has to kill and reap its workers
+ZYGOTE_EXIT_GRACE = 5.0       # seconds a zygote has to kill and reap its workers
+STANDBY_RETRY = 1.0           # seconds between two requests for a standby
 
 
 class ZygoteProcess(WorkerProcess):
-    """A worker forked by the zygote: its child, not ours."""
+    """A worker forked by a zygote: its child, not ours."""
 
-    def __init__(self, pid: int, pidfd: int, launcher: "ZygoteLauncher"):
+    def __init__(self, pid: int, pidfd: int, zygote: "_Helper"):
         self.pid = pid
         self.pidfd: Optional[int] = pidfd
         self.death_fd = pidfd
-        self._launcher = launcher
+        self._zygote = zygote
 
     def reap(self) -> Optional[int]:
-        return self._launcher.reap(self.pid)
+        # A zombie until its zygote reaps it, which it does only when asked:
+        # the status is read first.  (Its zygote dead, it was handed to init,
+        # which may have reaped it already: then the status is unknown.)
+        status = diagnosis.zombie_exit_status(self.pid, diagnosis.SOURCES)
+        try:
+            self._zygote.send(("reap", self.pid))
+        except OSError:
+            pass   # gone (init reaps it), or stopped with a full socket: reaped at its end
+        return status
 
     def close(self) -> None:
         if self.pidfd is not None:
@@ -39,212 +58,357 @@ class ZygoteProcess(WorkerProcess):
             self.pidfd = None
 
 
+class _Helper:
+    """One zygote process (the zygote, or its standby) as the pool sees it:
+    our end of its socket, its pid and pidfd once known."""
+
+    def __init__(self, sock: socket.socket, pid: Optional[int] = None, child: bool = False):
+        self.sock = sock
+        sock.setblocking(False)
+        self.pid = pid
+        self.child = child             # ours to waitpid (the first zygote only)
+        self.pidfd: Optional[int] = os.pidfd_open(pid) if pid is not None else None
+        self.exitcode: Optional[int] = None
+        self.reaped = False
+        self.eof = False   # its socket closed: not watched any more
+
+    def know(self, pid: int) -> None:
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)   # a zombie of its parent's until reaped: safe
+
+    def send(self, request: tuple[Any, ...], fds: Optional[List[int]] = None) -> None:
+        """Send without blocking; OSError (BlockingIOError: not reading) if not sent."""
+        socket.send_fds(self.sock, [pickle.dumps(request)], fds or [])
+
+    def receive(self) -> List[tuple[Any, ...]]:
+        """Every message there now; [("eof",)] ends them when it closed."""
+        out: List[tuple[Any, ...]] = []
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return out
+            except OSError:
+                data = b""
+            if not data:
+                self.eof = True
+                out.append(("eof",))
+                return out
+            out.append(pickle.loads(data))
+
+    def how_it_died(self) -> str:
+        """Once its pidfd is readable: reap it if it is our child, else read
+        its status while it is a zombie; say how it ended."""
+        if not self.reaped:
+            self.reaped = True
+            if self.child:
+                _, status = os.waitpid(self.pid or 0, 0)
+                self.exitcode = os.waitstatus_to_exitcode(status)
+            elif self.pid is not None:
+                self.exitcode = diagnosis.zombie_exit_status(self.pid, diagnosis.SOURCES)
+        code = self.exitcode
+        if code is None:
+            return "ended (how is unknown: not our child)"
+        return f"was killed by {signal_name(-code)}" if code < 0 else f"exited with code {code}"
+
+    def close(self, grace: float) -> None:
+        """Tell it to end (what it forked dies with it); wait *grace* seconds,
+        then kill it."""
+        if not self.reaped:
+            try:
+                self.send(("exit",))
+            except OSError:
+                pass   # gone, or stopped with a full socket: killed below
+        private_fds.release(self.sock.fileno())
+        self.sock.close()
+        if self.pidfd is None:
+            return
+        if not self.reaped:
+            if not _readable(self.pidfd, grace):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                _readable(self.pidfd, grace)
+            self.how_it_died()
+        os.close(self.pidfd)
+        self.pidfd = None
+
+
 class ZygoteLauncher:
     """Workers forked by a single-threaded zygote (fork start method).
 
     Made in ``Pool()``, on the caller's thread, before the supervisor thread
     starts.  The supervisor asks it to fork a worker (passing the worker's
-    pipe ends over a Unix socket) and, after the worker's pidfd says it died,
-    to reap it: one short request and reply each.  Until then the worker is
-    a zombie, so its pid and process group id cannot be reused.
+    pipe ends over a Unix socket); the answer comes later, read when the
+    socket is readable (``on_ready``), and the worker is then taken
+    (``take_prepared``).  The pool's first workers are asked for at the
+    zygote's birth, from pipes made before forking it.
 
-    The pool's first workers are not asked for: their pipes are made before
-    the zygote is forked, and it forks them at its birth, while the caller
-    is still in ``Pool()`` and the supervisor thread starting; their replies
-    wait in the socket until the supervisor takes them (``take_prepared``).
+    The zygote keeps a standby: a fork of itself, the program as it was at
+    ``Pool()``.  When the zygote dies (its workers die with it), the standby
+    is promoted and asked for a standby of its own; a warning says it once.
+    Only when neither is left can no worker be started (``broken``).
     """
 
     def __init__(self, context: Any, spec: WorkerSpec, prefork: int = 0):
         self.spec = spec
         spec.by_zygote = True
         lifeline.load_native()   # once here, not in each worker
-        self._prepared: Dict[int, WorkerPipes] = {}
+        self._next_rid = 0
+        self._asked: Dict[int, Tuple[int, WorkerPipes]] = {}    # rid -> (slot, pipes)
+        # slot -> (pipes, answer, the zygote that answered)
+        self._answers: Dict[int, Tuple[WorkerPipes, tuple[Any, ...], _Helper]] = {}
         try:
             for index in range(prefork):
-                self._prepared[index] = WorkerPipes()
+                self._asked[self._rid()] = (index, WorkerPipes())
         except OSError:   # out of descriptors: the rest start on request, or fail then
             pass
-        for index in self._prepared:
+        self._first: Set[int] = {index for index, _ in self._asked.values()}
+        for index in self._first:
             spec.slots.write(index, INITIALIZING, 0)
-        self._unread = list(self._prepared)           # their replies, in the zygote's order
-        self._unanswerable = False
-        self._replies: Dict[int, tuple[Any, ...]] = {}
+        self.broken: Optional[str] = None     # why no worker can be started any more
+        self._death = ""                      # how the last zygote ended
+        self._standby_asked_at = time.monotonic()
         with private_fds.making():
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            private_fds.keep(ours.fileno())
+            s_ours, s_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            private_fds.keep(ours.fileno(), s_ours.fileno())
         # (The zygote does not get what is in private_fds: our pipe ends, our
-        # socket, other pools' descriptors.)
+        # sockets, other pools' descriptors.)
         try:
-            self.pid = zygote_main.fork_zygote(
-                theirs, spec, [(i, pipes.child_ends()) for i, pipes in self._prepared.items()])
+            pid = zygote_main.fork_zygote(
+                theirs, s_theirs, spec,
+                [(rid, i, pipes.child_ends()) for rid, (i, pipes) in self._asked.items()])
         except OSError:
-            private_fds.release(ours.fileno())
-            ours.close()
-            self._close_prepared()
+            for sock in (ours, s_ours):
+                private_fds.release(sock.fileno())
+                sock.close()
+            self._close_pipes()
             raise
         finally:
             theirs.close()
-            for pipes in self._prepared.values():
+            s_theirs.close()
+            for _, pipes in self._asked.values():
                 pipes.close_child_ends()
-        self._sock = ours
-        self.pidfd = os.pidfd_open(self.pid)
-        self.death_fd: Optional[int] = self.pidfd   # the supervisor watches it
-        self.exitcode: Optional[int] = None
+        self._zygote: Optional[_Helper] = _Helper(ours, pid, child=True)
+        self._standby: Optional[_Helper] = _Helper(s_ours)
+        self.pid = pid   # the first zygote's (tests and reports)
         # Workers have the __main__ of this moment (the zygote's).
         self._main = {k: v for k, v in vars(sys.modules["__main__"]).items() if callable(v)}
+
+    def _rid(self) -> int:
+        self._next_rid += 1
+        return self._next_rid
 
     def main_by_value(self, func: Callable[..., Any]) -> bool:
         """A function of __main__ defined after the zygote was forked is not
         in the workers' __main__: it goes by value, as under spawn."""
         return self._main.get(getattr(func, "__name__", "")) is not func
 
-    def take_prepared(self, index: int) -> Optional[Tuple[WorkerPipes, WorkerProcess]]:
-        """The worker the zygote forked at its birth for slot *index*, and its
-        pipes; None if there was none (or it was taken)."""
-        pipes = self._prepared.pop(index, None)
-        if pipes is None:
-            return None
+    # ---- what the supervisor waits on ----------------------------------------------
+
+    def fds(self) -> List[int]:
+        """The descriptors the supervisor's loop must watch for us now."""
+        out = []
+        for helper in (self._zygote, self._standby):
+            if helper is not None:
+                if (helper is self._zygote or helper.pid is None) and not helper.eof:
+                    out.append(helper.sock.fileno())   # answers / the standby's "ready"
+                if helper.pidfd is not None:
+                    out.append(helper.pidfd)
+        return out
+
+    def on_ready(self, fd: int) -> Optional[str]:
+        """Something happened on one of our descriptors; returns the reason
+        when no worker can be started any more (from now on)."""
+        zygote, standby = self._zygote, self._standby
+        if zygote is not None and fd == zygote.sock.fileno():
+            self._read_answers(zygote)
+        elif zygote is not None and fd == zygote.pidfd:
+            self._zygote_died(zygote)
+        elif standby is not None and fd == standby.sock.fileno():
+            self._standby_said(standby)
+        elif standby is not None and fd == standby.pidfd:
+            how = standby.how_it_died()
+            self._standby = None
+            self._warn(f"the pool's standby zygote (pid {standby.pid}) {how}; another is made")
+            standby.close(0)
+            self._ask_standby()
+        return self.broken if self._zygote is None and self._standby is None else None
+
+    def _read_answers(self, zygote: _Helper) -> None:
+        for reply in zygote.receive():
+            if reply[0] == "eof":
+                return   # its pidfd says how it ended
+            asked = self._asked.pop(reply[1], None)
+            if asked is not None:
+                self._answers[asked[0]] = (asked[1], reply, zygote)
+            elif reply[0] == "ok":   # for a request given up on: not ours to use
+                _kill(reply[2])
+                zygote.send(("reap", reply[2]))
+
+    def _zygote_died(self, zygote: _Helper) -> None:
+        self._read_answers(zygote)   # what it sent before dying; the rest never comes
+        how = zygote.how_it_died()
+        for _, pipes in self._asked.values():   # those slots start again
+            pipes.close_parent_ends()
+        self._asked.clear()
+        self._first &= set(self._answers)
+        zygote.close(0)
+        self._zygote = None
+        text = f"the pool's zygote, the process that forks its workers (pid {zygote.pid}), {how}"
+        self._death = text
+        if self._standby is None:
+            self.broken = (f"{text}, and it had no standby; no new worker can be started. "
+                           f"Create a new pool")
+            self._warn(self.broken)
+            return
+        self._warn(f"{text}; the workers it had forked die with it; its standby takes over")
+        if self._standby.pid is not None:
+            self._promote()
+
+    def _standby_said(self, standby: _Helper) -> None:
+        for message in standby.receive():
+            if message[0] == "ready":
+                standby.know(message[1])
+                if self._zygote is None:
+                    self._promote()
+                return
+            if message[0] == "eof":   # it could not be forked, or died unannounced
+                standby.close(0)
+                self._standby = None
+                if self._zygote is None:
+                    self.broken = (f"{self._death}, and its standby could not take over (not "
+                                   f"forked yet, or dead too); no new worker can be started. "
+                                   f"Create a new pool")
+                    self._warn(self.broken)
+                return
+
+    def _promote(self) -> None:
+        standby = self._standby
+        assert standby is not None
         try:
-            self._collect(until=index)
-            return pipes, self._watch(self._replies.pop(index))
+            standby.send(("promote",))
+        except OSError:
+            return   # dead already: its pidfd says so next
+        self._zygote, self._standby = standby, None
+        self._ask_standby()
+
+    def _ask_standby(self) -> None:
+        """Have the zygote fork a standby; if that cannot be done now, the
+        next worker start tries again (STANDBY_RETRY)."""
+        self._standby_asked_at = time.monotonic()
+        if self._zygote is None or self._standby is not None:
+            return
+        try:
+            with private_fds.making():
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                private_fds.keep(ours.fileno())
+        except OSError:
+            return   # out of descriptors: later
+        try:
+            self._zygote.send(("standby",), [theirs.fileno()])
+        except OSError:
+            private_fds.release(ours.fileno())
+            ours.close()
+            return
+        finally:
+            theirs.close()
+        self._standby = _Helper(ours)
+
+    @staticmethod
+    def _warn(text: str) -> None:
+        warnings.warn(f"poolguard: {text}", HelperDiedWarning, stacklevel=2)
+
+    # ---- starting workers ----------------------------------------------------------
+
+    def start(self, index: int, pipes: WorkerPipes) -> Optional[WorkerProcess]:
+        """Ask the zygote for the worker of slot *index*: None, the answer
+        comes later (``take_prepared``).  Our copies of the child's ends of
+        *pipes* are closed, whatever happens."""
+        try:
+            zygote = self._zygote
+            if zygote is None:
+                raise StartError(self.broken or "the pool's zygote is being replaced")
+            if self._standby is None and time.monotonic() > self._standby_asked_at + STANDBY_RETRY:
+                self._ask_standby()
+            rid = self._rid()
+            try:
+                zygote.send(("fork", rid, index), pipes.child_ends())
+            except BlockingIOError as exc:
+                raise StartError(f"the pool's zygote (pid {zygote.pid}) is not taking "
+                                 f"requests (stopped?)") from exc
+            except OSError:
+                pass   # it died: its pidfd says so, and the slot starts again
+            self._asked[rid] = (index, pipes)
+            return None
+        finally:
+            pipes.close_child_ends()
+
+    def still_forking(self, index: int) -> bool:
+        """Is the worker of slot *index* asked for and not answered, or is a
+        standby about to take over?"""
+        if self._zygote is None:
+            return self._standby is not None
+        return any(slot == index for slot, _ in self._asked.values())
+
+    def busy(self) -> bool:
+        """Is any worker still to be answered for (or a zygote to come)?"""
+        return bool(self._asked) or (self._zygote is None and self._standby is not None)
+
+    def prepared(self, index: int) -> bool:
+        """Is slot *index* a first worker, forked at the zygote's birth, not taken yet?"""
+        return index in self._first
+
+    def take_prepared(self, index: int) -> Optional[Tuple[WorkerPipes, WorkerProcess]]:
+        """The worker answered for slot *index*, and its pipes; None if none
+        is (StartError if its start failed)."""
+        answer = self._answers.pop(index, None)
+        self._first.discard(index)
+        if answer is None:
+            return None
+        pipes, reply, zygote = answer
+        try:
+            if reply[0] != "ok":
+                raise StartError(reply[2])
+            try:
+                pidfd = os.pidfd_open(reply[2])
+            except OSError as exc:   # out of descriptors (it is unreaped: it exists)
+                _kill(reply[2])
+                raise StartError(f"cannot watch worker {reply[2]}: "
+                                 f"{describe_start_error(exc)}") from exc
+            return pipes, ZygoteProcess(reply[2], pidfd, zygote)
         except StartError:
             pipes.close_parent_ends()
             raise
 
-    @property
-    def answers_fd(self) -> Optional[int]:
-        """The socket, while the zygote's answers for the first workers are
-        still to come (the supervisor's loop waits on it among the rest)."""
-        return self._sock.fileno() if self._unread and not self._unanswerable else None
-
-    def read_answers(self) -> None:
-        """Read the answers for the first workers that are there, without
-        waiting.  If the zygote cannot answer, taking a worker says why."""
-        try:
-            self._collect(wait=False)
-        except (StartError, OSError):
-            self._unanswerable = True
-        if self.exitcode is not None:
-            # Dead, it has sent all it ever will.  Its socket need not say
-            # end of file yet: a worker it had just forked holds a copy until
-            # it closes it, and may be slow to (at-fork hooks, a loaded
-            # machine); waiting for that end of file hung the pool.
-            self._unanswerable = True
-
-    def prepared(self, index: int) -> bool:
-        """Is slot *index* a first worker, not taken yet?"""
-        return index in self._prepared
-
-    def still_forking(self, index: int) -> bool:
-        """Is slot *index* a first worker that the zygote has not answered for?"""
-        if index in self._prepared and index not in self._replies:
-            self.read_answers()
-            return index not in self._replies and not self._unanswerable
-        return False
-
-    def _collect(self, until: Optional[int] = None, wait: bool = True) -> None:
-        """Read the replies for the first workers, in order, up to *until*'s
-        (None: all of them); without *wait*, only those already there."""
-        while self._unread and (until is None or until not in self._replies):
-            if self._unanswerable:
-                raise StartError(self.describe_death() if self.exitcode is not None else
-                                 f"the pool's zygote (pid {self.pid}) did not answer")
-            if not wait and not select.select([self._sock], [], [], 0)[0]:
-                return
-            self._replies[self._unread[0]] = self._receive()
-            self._unread.pop(0)
-
-    def start(self, index: int, pipes: WorkerPipes) -> WorkerProcess:
-        """Have the zygote fork the worker of slot *index*; our copies of its
-        ends of *pipes* are closed, whatever happens."""
-        try:
-            reply = self._ask(("fork", index), pipes.child_ends())
-        finally:
-            pipes.close_child_ends()
-        return self._watch(reply)
-
-    def _watch(self, reply: tuple[Any, ...]) -> WorkerProcess:
-        if reply[0] != "ok":
-            raise StartError(reply[1])
-        pid = reply[1]
-        try:
-            return ZygoteProcess(pid, os.pidfd_open(pid), self)
-        except OSError as exc:   # cannot be: the zygote has not reaped it
-            raise StartError(f"cannot watch worker {pid}: {exc}") from exc
-
-    def reap(self, pid: int) -> Optional[int]:
-        try:
-            reply = self._ask(("reap", pid))
-        except StartError:
-            return None    # the zygote is gone: nobody can read the status now
-        status: Optional[int] = reply[1]
-        return status
-
-    def _ask(self, request: tuple[Any, ...], fds: Optional[List[int]] = None) -> tuple[Any, ...]:
-        """One request, one reply; StartError when the zygote cannot answer."""
-        if self.exitcode is not None:
-            raise StartError(self.describe_death())
-        self._collect()   # the replies for the first workers come first
-        try:
-            socket.send_fds(self._sock, [pickle.dumps(request)], fds or [])
-        except OSError as exc:
-            raise StartError(f"the pool's zygote (pid {self.pid}) did not answer: {exc}") from exc
-        return self._receive()
-
-    def _receive(self) -> tuple[Any, ...]:
-        """The zygote's next reply; StartError when it cannot answer."""
-        try:
-            ready, _, _ = select.select([self._sock], [], [], ZYGOTE_REPLY_TIMEOUT)
-            data = self._sock.recv(65536) if ready else None
-        except OSError as exc:
-            data = None
-            why = f"{exc}"
-        else:
-            why = "no answer" if data is None else "it closed its socket"
-        if not data:
-            if select.select([self.pidfd], [], [], 1.0)[0]:   # it died: say how
-                raise StartError(self.died())
-            raise StartError(f"the pool's zygote (pid {self.pid}) did not answer: {why}")
-        reply: tuple[Any, ...] = pickle.loads(data)
-        return reply
-
-    def died(self) -> str:
-        """Called once its pidfd is readable: reap it (once), and say what
-        happened."""
-        if self.exitcode is None:
-            _, status = os.waitpid(self.pid, 0)
-            self.exitcode = os.waitstatus_to_exitcode(status)
-        return self.describe_death()
-
-    def describe_death(self) -> str:
-        code = self.exitcode
-        how = (f"was killed by {signal_name(-code)}" if code is not None and code < 0
-               else f"exited with code {code}")
-        return (f"the pool's zygote, the process that forks its workers (pid {self.pid}), "
-                f"{how}; no new worker can be started. Create a new pool")
-
     def close(self) -> None:
-        """Tell the zygote to kill what is left and exit; wait for it (it is
-        our child), and kill it if it does not go."""
-        if self.exitcode is None:
-            try:
-                self._sock.send(pickle.dumps(("exit",)))
-            except OSError:
-                pass   # already gone
-        private_fds.release(self._sock.fileno())
-        self._sock.close()
-        self._close_prepared()   # workers never taken: the zygote killed them
-        if self.exitcode is None:
-            if not select.select([self.pidfd], [], [], ZYGOTE_EXIT_GRACE)[0]:
-                os.kill(self.pid, signal.SIGKILL)
-            _, status = os.waitpid(self.pid, 0)
-            self.exitcode = os.waitstatus_to_exitcode(status)
-        os.close(self.pidfd)
+        """Tell the zygote and its standby to end; wait for them, kill them
+        if they do not go."""
+        for helper in (self._zygote, self._standby):
+            if helper is not None:
+                helper.close(ZYGOTE_EXIT_GRACE)
+        self._zygote = self._standby = None
+        self._close_pipes()
 
-    def _close_prepared(self) -> None:
-        for pipes in self._prepared.values():
+    def _close_pipes(self) -> None:
+        for _, pipes in self._asked.values():
             pipes.close_parent_ends()
-        self._prepared.clear()
+        for pipes, _, _ in self._answers.values():
+            pipes.close_parent_ends()
+        self._asked.clear()
+        self._answers.clear()
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)   # unreaped by its zygote: the pid is still its
+    except OSError:
+        pass
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 def can_use_zygote() -> bool:
@@ -253,6 +417,4 @@ def can_use_zygote() -> bool:
     if fd is None:
         return False
     os.close(fd)
-    return hasattr(socket, "send_fds")
-
-
+    return hasattr(socket, "send_fds") and hasattr(signal, "pidfd_send_signal")

@@ -8,16 +8,26 @@ thread held at the instant of the fork, however late the worker is started.
 
 Requests (pickled tuples; file descriptors ride along as SCM_RIGHTS):
 
-    ("fork", index) + [task_r, result_w, crash_w]  ->  ("ok", pid) | ("error", text)
-    ("reap", pid)                                   ->  ("status", exitcode | None)
-    ("exit",)                                       ->  (none: it ends)
+    ("fork", rid, index) + [task_r, result_w, crash_w]
+                              ->  ("ok", rid, pid) | ("error", rid, text)
+    ("reap", pid)             ->  (none: the pool read the status from /proc)
+    ("standby",) + [socket]   ->  (none: the standby says "ready" on that socket)
+    ("exit",)                 ->  (none: it ends)
+
+Every answer names its request (*rid*): the pool never waits for one, and
+one that comes late is never taken for another's.
 
 At its birth it forks the pool's first workers, from pipes the pool made
-before forking it, and answers each as if it had been asked to ("ok", pid).
+before forking it, and answers each as if it had been asked to; then it
+forks its **standby**: a copy of itself, hence of the program as it was at
+``Pool()``, which sends ``("ready", pid)`` on a socket of its own and waits.
+If the zygote dies, the pool sends the standby ``("promote",)`` and it
+becomes the zygote (and is asked for a standby of its own).
 
 "exit" (the pool is closing), end of file on the socket, or a new parent
-(the pool's process died) ends the zygote: it kills every worker's process
-group (what tasks started dies too), reaps them and exits.
+(the pool's process died; the first zygote only) ends the zygote: it kills
+every worker's process group (what tasks started dies too) and its standby,
+reaps them and exits.
 """
 from __future__ import annotations
 
@@ -30,27 +40,37 @@ import socket
 import traceback
 from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ...worker import worker_main
 from . import clean_fork
+from .base import describe_start_error
 
 OWNER_CHECK_INTERVAL = 1.0   # seconds; the socket's EOF is the fast path
 
+Prefork = List[Tuple[int, int, List[int]]]   # (request id, slot index, its pipe ends)
 
-def fork_zygote(sock: socket.socket, spec: Any, prefork: List[Tuple[int, List[int]]]) -> int:
+
+def fork_zygote(sock: socket.socket, standby: Optional[socket.socket], spec: Any,
+                prefork: Prefork) -> int:
     """Fork the zygote; in the parent, return its pid.  The zygote first forks
-    a worker for each (slot index, its pipe ends) of *prefork*, answering each
-    as a "fork" request.  (What only the pool's process may hold is closed in
-    the child by wire/private_fds.py's at-fork hook; what other threads may
-    hold: clean_fork.py.)"""
+    a worker for each (request id, slot index, its pipe ends) of *prefork*,
+    answering each as a "fork" request, then a standby served by *standby*.
+    (What only the pool's process may hold is closed in the child by
+    wire/private_fds.py's at-fork hook; what other threads may hold:
+    clean_fork.py.)"""
     owner = os.getpid()
     pid = clean_fork.fork()
     if pid:
         return pid
+    _run(lambda: _serve(sock, standby, spec, owner, prefork))
+    raise AssertionError("unreachable")
+
+
+def _run(body: Any) -> None:
     code = 1
     try:
-        _serve(sock, spec, owner, prefork)
+        body()
         code = 0
     except BaseException:
         traceback.print_exc()
@@ -58,8 +78,8 @@ def fork_zygote(sock: socket.socket, spec: Any, prefork: List[Tuple[int, List[in
         os._exit(code)
 
 
-def _serve(sock: socket.socket, spec: Any, owner: int,
-           prefork: List[Tuple[int, List[int]]]) -> None:
+def _serve(sock: socket.socket, standby: Optional[socket.socket], spec: Any,
+           owner: Optional[int], prefork: Prefork) -> None:
     # Ctrl-C reaches the whole process group: the pool handles it, and its
     # exit closes our socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -67,76 +87,147 @@ def _serve(sock: socket.socket, spec: Any, owner: int,
     # daemonic process (a worker of another pool) may still have children.
     mp_process._children.clear()   # type: ignore[attr-defined]
     multiprocessing.current_process()._config["daemon"] = False   # type: ignore[attr-defined]
-    context = multiprocessing.get_context("fork")
-    children: Dict[int, Any] = {}
+    zygote = _Zygote(sock, spec)
     try:
-        for n, (index, fds) in enumerate(prefork):
+        for n, (rid, index, fds) in enumerate(prefork):
             # A worker must not hold the pipes of the workers forked after it.
-            later = [fd for _, theirs in prefork[n + 1:] for fd in theirs]
-            reply = _fork_worker(context, spec, index, fds, sock, children, later)
-            sock.send(pickle.dumps(reply))
-        _answer_requests(sock, owner, context, spec, children)
+            later = [fd for _, _, theirs in prefork[n + 1:] for fd in theirs]
+            if standby is not None:
+                later.append(standby.fileno())
+            sock.send(pickle.dumps(zygote.fork_worker(rid, index, fds, later)))
+        if standby is not None:
+            zygote.fork_standby(standby)
+        zygote.answer_requests(owner)
     except OSError:
         return   # the socket is gone: so is the pool
     finally:
-        _end(children)
+        zygote.end()
 
 
-def _answer_requests(sock: socket.socket, owner: int, context: Any, spec: Any,
-                     children: Dict[int, Any]) -> None:
-    while True:
-        if not select.select([sock], [], [], OWNER_CHECK_INTERVAL)[0]:
-            if os.getppid() != owner:
-                return
-            continue
-        data, fds, _flags, _addr = socket.recv_fds(sock, 65536, 8)
-        if not data:
-            return
-        request = pickle.loads(data)
-        if request[0] == "exit":
-            return
-        if request[0] == "fork":
-            reply = _fork_worker(context, spec, request[1], fds, sock, children, [])
-        else:
-            reply = ("status", _reap(children.pop(request[1], None)))
-        sock.send(pickle.dumps(reply))
-
-
-def _fork_worker(context: Any, spec: Any, index: int, fds: List[int], sock: socket.socket,
-                 children: Dict[int, Any], also_close: List[int]) -> tuple[Any, ...]:
-    conns = (Connection(fds[0], writable=False), Connection(fds[1], readable=False),
-             Connection(fds[2], readable=False))
-    process = context.Process(target=worker_main, name=f"poolguard-worker-{index}",
-                              args=(spec, index, *conns, os.getpid(),
-                                    [sock.fileno(), *also_close]))
+def _stand_by(sock: socket.socket, spec: Any) -> None:
+    """A standby: say so, wait to be promoted (or for the pool's end)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        process.start()
-    except Exception as exc:
-        return ("error", f"{type(exc).__name__}: {exc}")
+        sock.send(pickle.dumps(("ready", os.getpid())))
+        data = sock.recv(65536)
+    except OSError:
+        return
+    if not data or pickle.loads(data)[0] != "promote":
+        return
+    zygote = _Zygote(sock, spec)
+    try:
+        zygote.answer_requests(None)   # our parent is gone: the socket's EOF says it all
+    except OSError:
+        return
     finally:
-        for conn in conns:
-            conn.close()
-    children[process.pid] = process
-    return ("ok", process.pid)
+        zygote.end()
 
 
-def _reap(process: Any) -> Any:
-    if process is None:
-        return None
-    process.join()
-    code = process.exitcode
-    process.close()
-    return code
+class _Zygote:
+    """The loop's state: the workers and standbys forked, not yet reaped."""
 
+    def __init__(self, sock: socket.socket, spec: Any):
+        self.sock = sock
+        self.spec = spec
+        self.context = multiprocessing.get_context("fork")
+        self.children: Dict[int, Any] = {}
+        self.standbys: List[int] = []
 
-def _end(children: Dict[int, Any]) -> None:
-    """Nothing of a worker outlives the pool: kill each worker's group (its
-    pid: it is our unreaped child, so the id is still its), then reap."""
-    for pid in children:
-        for kill in (os.killpg, os.kill):
+    def answer_requests(self, owner: Optional[int]) -> None:
+        poller = select.poll()   # not select(): descriptors past 1023 exist
+        poller.register(self.sock, select.POLLIN)
+        while True:
+            if not poller.poll(OWNER_CHECK_INTERVAL * 1000):
+                if owner is not None and os.getppid() != owner:
+                    return
+                continue
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 8)
+            if not data:
+                return
+            request = pickle.loads(data)
+            if request[0] == "exit":
+                return
+            if request[0] == "fork":
+                self.sock.send(pickle.dumps(self.fork_worker(request[1], request[2], fds, [])))
+            elif request[0] == "standby":
+                self.fork_standby(socket.socket(fileno=fds[0]))
+            else:
+                _reap(self.children.pop(request[1], None))
+
+    def fork_worker(self, rid: int, index: int, fds: List[int],
+                    also_close: List[int]) -> tuple[Any, ...]:
+        if len(fds) != 3:   # they did not fit (out of descriptors here)
+            for fd in fds:
+                os.close(fd)
+            return ("error", rid, "the zygote could not receive the worker's pipes "
+                    "(out of file descriptors)")
+        conns = (Connection(fds[0], writable=False), Connection(fds[1], readable=False),
+                 Connection(fds[2], readable=False))
+        process = self.context.Process(target=worker_main, name=f"poolguard-worker-{index}",
+                                       args=(self.spec, index, *conns, os.getpid(),
+                                             [self.sock.fileno(), *also_close]))
+        try:
+            process.start()
+        except Exception as exc:
+            return ("error", rid, describe_start_error(exc))
+        finally:
+            for conn in conns:
+                conn.close()
+        # Reaped on request only (multiprocessing would reap it at the next
+        # start): until then its pid and group id cannot be reused.
+        mp_process._children.discard(process)   # type: ignore[attr-defined]
+        pid = process.pid
+        assert pid is not None   # started
+        self.children[pid] = process
+        return ("ok", rid, pid)
+
+    def fork_standby(self, standby: socket.socket) -> None:
+        """Fork a copy of this process that waits on *standby* to take over."""
+        self._reap_standbys()
+        try:
+            pid = os.fork()
+        except OSError:
+            standby.close()   # the pool sees end of file: no standby for now
+            return
+        if pid == 0:
+            self.sock.close()
+            _run(lambda: _stand_by(standby, self.spec))
+        standby.close()
+        self.standbys.append(pid)
+
+    def _reap_standbys(self) -> None:
+        for pid in list(self.standbys):
             try:
-                kill(pid, signal.SIGKILL)
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    self.standbys.remove(pid)
+            except ChildProcessError:
+                self.standbys.remove(pid)
+
+    def end(self) -> None:
+        """Nothing of a worker outlives the pool: kill each worker's group (its
+        pid: it is our unreaped child, so the id is still its) and our
+        standby, then reap."""
+        for pid in self.children:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        for pid in self.standbys:
+            try:
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-    for process in children.values():
+        for process in self.children.values():
+            process.join()
+        for pid in self.standbys:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _reap(process: Any) -> None:
+    if process is not None:
         process.join()
+        process.close()
