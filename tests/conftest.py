@@ -34,6 +34,9 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "soak: runs longer under --soak; its timeout grows "
                                        "with it")
+    import warnings_policy   # a DeprecationWarning from poolguard's code fails the run
+    if not config.pluginmanager.is_registered(warnings_policy):
+        config.pluginmanager.register(warnings_policy, "poolguard-warnings-policy")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,8 +2,9 @@
 
     python tests/cpython_suite.py DIR METHOD
 
-DIR holds CPython 3.11's test_concurrent_futures.py (tests/test_cpython_suite.py
-finds or fetches it; CPython's code is not kept in this tree).  The suite
+DIR is a ``test`` directory holding this Python's test_concurrent_futures, a
+module up to 3.11 and a package from 3.12 (tests/test_cpython_suite.py finds
+or fetches it; CPython's code is not kept in this tree).  The suite
 starts interpreters of its own, some isolated (``python -I``), so the swap
 of ``concurrent.futures.ProcessPoolExecutor`` for ``poolguard.ProcessPoolExecutor``
 is made by a ``.pth`` file put in this environment's site-packages for the
@@ -16,7 +17,9 @@ attributes are set aside (SET_ASIDE).
 from __future__ import annotations
 
 import faulthandler
+import importlib
 import os
+import pkgutil
 import sys
 import sysconfig
 import unittest
@@ -40,6 +43,9 @@ SET_ASIDE = {
     "test_max_tasks_per_child": "_processes",
     "test_max_tasks_per_child_defaults_to_spawn_context": "_mp_context",
     "test_shutdown_deadlock_pickle": "_executor_manager_thread",
+    # 3.12 on: makes threading._start_joinable_thread fail from the second
+    # thread on, expecting CPython's executor to break at its second one.
+    "test_python_finalization_error": "threading._start_joinable_thread",
 }
 
 # Run at the start of every interpreter of this environment while the .pth
@@ -61,14 +67,31 @@ def install_shim() -> str:
     return path
 
 
-def suite(module, method: str) -> unittest.TestSuite:
+def modules(top):
+    """The module, or the test modules of the package (3.12 on)."""
+    if not hasattr(top, "__path__"):
+        return [top]
+    return [importlib.import_module(f"{top.__name__}.{info.name}")
+            for info in sorted(pkgutil.iter_modules(top.__path__), key=lambda i: i.name)
+            if info.name.startswith("test_")]
+
+
+def suite(top, method: str) -> unittest.TestSuite:
+    tests = unittest.TestSuite()
+    for module in modules(top):
+        tests.addTests(module_suite(module, method))
+    return tests
+
+
+def module_suite(module, method: str) -> unittest.TestSuite:
     mixin = {"fork": "ProcessPoolFork", "spawn": "ProcessPoolSpawn",
              "forkserver": "ProcessPoolForkserver"}[method]
     loader = unittest.TestLoader()
     tests = unittest.TestSuite()
     for name in sorted(dir(module)):
         cls = getattr(module, name)
-        if not (isinstance(cls, type) and issubclass(cls, unittest.TestCase)):
+        if not (isinstance(cls, type) and issubclass(cls, unittest.TestCase)) \
+                or cls.__module__ != module.__name__:    # imported from another module
             continue
         if not name.startswith(mixin) or (method == "fork" and "Forkserver" in name):
             continue
@@ -92,10 +115,11 @@ def main() -> int:
     exec(SHIM)                      # this interpreter started before the .pth existed
     shim = install_shim()
     try:
+        import concurrent.futures
         import poolguard
-        import test.test_concurrent_futures as module
-        assert module.futures.ProcessPoolExecutor is poolguard.ProcessPoolExecutor
-        tests = suite(module, method)
+        import test.test_concurrent_futures as top
+        assert concurrent.futures.ProcessPoolExecutor is poolguard.ProcessPoolExecutor
+        tests = suite(top, method)
         faulthandler.dump_traceback_later(PER_TEST_LIMIT * max(1, tests.countTestCases()),
                                           exit=True)
         result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(tests)

@@ -15,6 +15,8 @@ import pytest
 
 import poolguard
 
+from warnings_policy import SCRIPT_WARNINGS, offending_lines
+
 # The directory the tested poolguard was imported from (the installed
 # package, or the checkout's src/): scripts import the very same one.
 ROOT = str(Path(poolguard.__file__).resolve().parent.parent)
@@ -41,7 +43,8 @@ def run_script(tmp_path: Path, body: str, method: str, timeout: float = SCRIPT_L
     # Under the main guard: spawn and forkserver import the script again.
     script.write_text(PRELUDE + 'if __name__ == "__main__":\n'
                       + textwrap.indent(textwrap.dedent(body), "    "))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, str(tmp_path)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, str(tmp_path)]),
+               PYTHONWARNINGS=SCRIPT_WARNINGS)
     proc = subprocess.Popen([sys.executable, str(script), method], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -52,4 +55,5 @@ def run_script(tmp_path: Path, body: str, method: str, timeout: float = SCRIPT_L
         out, err = proc.communicate()
         pytest.fail(f"script hung\nstdout:\n{out}\nstderr:\n{err}")
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    assert not offending_lines(err), f"DeprecationWarning from poolguard:\n{err}"
     return out

@@ -1,10 +1,12 @@
-"""CPython 3.11's own test_concurrent_futures against poolguard's executor.
+"""The running CPython's own test_concurrent_futures against poolguard's executor.
 
-The test file is CPython's and stays outside this tree: it is taken from
-this Python's ``test`` package when that has it, else from Debian's
-``libpython3.11-testsuite`` package, fetched into a temporary directory once
-per machine.  Where neither can be had, the test is skipped with the reason.
-tests/cpython_suite.py runs it with the executor swapped.
+The tests are CPython's and stay outside this tree: a module up to 3.11, a
+package from 3.12.  They are taken from this Python's ``test`` package when
+that has them (pyenv's 3.10 and 3.13 do, its 3.11 and 3.12 do not), else
+from Debian's ``libpython3.X-testsuite`` package of the same version,
+fetched into a temporary directory once per machine.  Where neither can be
+had, the test is skipped with the reason.  tests/cpython_suite.py runs them
+with the executor swapped.
 """
 from __future__ import annotations
 
@@ -23,50 +25,62 @@ import pytest
 from scripts import ROOT
 
 HERE = Path(__file__).resolve().parent
-CACHE = Path(tempfile.gettempdir()) / "poolguard-cpython-3.11-tests"
+VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
+PACKAGE = f"libpython{VERSION}-testsuite"
+CACHE = Path(tempfile.gettempdir()) / f"poolguard-cpython-{VERSION}-tests"
 SUITE_LIMIT = 600     # seconds for one start method's run
+
+
+def _test_dir(found: "list[Path]") -> Optional[Path]:
+    """The ``test`` directory holding test_concurrent_futures, from the
+    paths of its module or of its package's __init__.py."""
+    for path in found:
+        return path.parent if path.name != "__init__.py" else path.parent.parent
+    return None
+
+
+def _in_tree(tree: Path) -> Optional[Path]:
+    return _test_dir(list(tree.glob("**/test/test_concurrent_futures.py"))
+                     + list(tree.glob("**/test/test_concurrent_futures/__init__.py")))
 
 
 def _fetch() -> Optional[Path]:
     spec = importlib.util.find_spec("test.test_concurrent_futures")
     if spec is not None and spec.origin:
-        return Path(spec.origin)
-    found = list(CACHE.glob("**/test/test_concurrent_futures.py"))
-    if found:
-        return found[0]
+        return _test_dir([Path(spec.origin)])
+    if CACHE.is_dir():
+        found = _in_tree(CACHE)
+        if found:
+            return found
     if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
         return None
     CACHE.mkdir(parents=True, exist_ok=True)
     download = tempfile.mkdtemp(dir=CACHE)
     try:
-        subprocess.run(["apt-get", "download", "libpython3.11-testsuite"], cwd=download,
+        subprocess.run(["apt-get", "download", PACKAGE], cwd=download,
                        capture_output=True, timeout=120, check=True)
         deb = next(Path(download).glob("*.deb"))
         subprocess.run(["dpkg-deb", "-x", str(deb), download], capture_output=True,
                        timeout=120, check=True)
     except (subprocess.SubprocessError, OSError, StopIteration):
         return None
-    found = list(Path(download).glob("**/test/test_concurrent_futures.py"))
-    return found[0] if found else None
+    return _in_tree(Path(download))
 
 
 @pytest.fixture(scope="module")
-def cpython_test_file() -> Path:
-    if sys.version_info[:2] != (3, 11):
-        pytest.skip("the fetched suite is CPython 3.11's; this is "
-                    f"{sys.version_info[0]}.{sys.version_info[1]}")
+def cpython_test_dir() -> Path:
     path = _fetch()
     if path is None:
-        pytest.skip("test_concurrent_futures.py is not in this Python and "
-                    "libpython3.11-testsuite could not be fetched")
+        pytest.skip(f"test_concurrent_futures is not in this Python {VERSION} and "
+                    f"{PACKAGE} could not be fetched")
     return path
 
 
 @pytest.mark.timeout(SUITE_LIMIT + 60)
-def test_cpython_test_concurrent_futures_passes(cpython_test_file, method):
+def test_cpython_test_concurrent_futures_passes(cpython_test_dir, method):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]))
     done = subprocess.run([sys.executable, str(HERE / "cpython_suite.py"),
-                           str(cpython_test_file.parent), method],
+                           str(cpython_test_dir), method],
                           capture_output=True, text=True, timeout=SUITE_LIMIT, env=env,
                           start_new_session=True)
     lines = done.stdout.strip().splitlines()

@@ -9,13 +9,16 @@ import sys
 import poolguard
 
 from scripts import CHECKOUT, ROOT
-
+from warnings_policy import SCRIPT_WARNINGS, offending_lines
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS=SCRIPT_WARNINGS)
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=CHECKOUT)
+    assert not offending_lines(done.stderr), \
+        f"DeprecationWarning from poolguard:\n{done.stderr}"
+    return done
 
 
 def test_demo_shows_the_hang_and_the_error():
