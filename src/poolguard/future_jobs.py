@@ -20,7 +20,9 @@ import collections
 import threading
 import time
 import weakref
-from concurrent.futures import CancelledError, Future, InvalidStateError
+# concurrent.futures' own TimeoutError: the builtin one from 3.11, a class of
+# its own on 3.10, where `except futures.TimeoutError` misses the builtin.
+from concurrent.futures import CancelledError, Future, InvalidStateError, TimeoutError
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from .engine import EngineSurface, Job, Unit
