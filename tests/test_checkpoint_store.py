@@ -217,3 +217,62 @@ def test_processes_racing_on_a_fresh_or_stale_key_agree(tmp_path, start):
     assert len(lines) == rounds
     bad = [line for line in lines if len(line[0]) != 64 or set(line[1:]) != {line[0]}]
     assert not bad, f"{len(bad)} of {rounds} rounds: {bad[:3]}"
+
+
+JOBS = """
+    import os, sys
+    from poolguard import checkpoint
+    base, rounds = sys.argv[1], int(sys.argv[2])
+    for round_ in range(rounds):
+        # As many jobs starting at once on a fresh key and a fresh store.
+        os.environ["POOLGUARD_CHECKPOINT_KEY"] = os.path.join(base, f"key{round_}", "key")
+        root = os.path.join(base, f"store{round_}")
+        go_r, go_w = os.pipe()
+        kids = []
+        for job in range(6):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(r)
+                os.read(go_r, 1)
+                try:
+                    store = checkpoint.Store(root, "s", checkpoint.load_key(None))
+                    store.prepare("f")
+                    for item in range(job, job + 3):   # neighbours share items
+                        key = store.key((item,), {})
+                        assert store.put(key, item * 10)
+                        assert store.get(key) == (True, item * 10)
+                    os.write(w, f"{store.identity}".encode())
+                except BaseException as exc:
+                    os.write(w, f"error:{exc!r}".replace(" ", "_").encode())
+                os._exit(0)
+            os.close(w)
+            kids.append((pid, r))
+        os.write(go_w, b"x" * len(kids))
+        got = []
+        for pid, r in kids:
+            got.append(os.read(r, 500).decode())
+            os.close(r)
+            os.waitpid(pid, 0)
+        os.close(go_r)
+        os.close(go_w)
+        store = checkpoint.Store(root, "s", checkpoint.load_key(None))
+        found = [store.get(store.key((item,), {})) for item in range(8)]
+        print(" ".join(got), all(f == (True, i * 10) for i, f in enumerate(found)))
+"""
+
+
+def test_jobs_starting_at_once_on_a_fresh_key_and_store_agree(tmp_path):
+    """Six processes at once, each making the key, the step and its identity
+    and storing items its neighbours store too, 30 rounds: every process
+    has the same step identity, and every entry reads back afterwards."""
+    rounds = 30
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(JOBS), str(tmp_path),
+                           str(rounds)], env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines()]
+    assert len(lines) == rounds
+    bad = [line for line in lines
+           if line[-1] != "True" or len(set(line[:-1])) != 1 or len(line[0]) != 32]
+    assert not bad, f"{len(bad)} of {rounds} rounds: {bad[:3]}"

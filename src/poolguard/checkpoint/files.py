@@ -60,12 +60,17 @@ def read_at(fd: int, size: int, offset: int) -> bytes:
 def read_small(path: str, limit: int) -> bytes:
     """The content of the regular file at *path*, refused (EFBIG) past
     *limit* bytes."""
+    return read_file(path, limit)[0]
+
+
+def read_file(path: str, limit: int) -> tuple[bytes, os.stat_result]:
+    """read_small's content, and the status of the very file read."""
     fd, info = open_regular(path)
     try:
         if info.st_size > limit:
             raise OSError(errno.EFBIG, f"{info.st_size} bytes, more than {limit} expected",
                           path)
-        return read_at(fd, limit, 0)
+        return read_at(fd, limit, 0), info
     finally:
         os.close(fd)
 
@@ -96,7 +101,7 @@ def make_dirs(directory: str, mode: int = 0o777, fsync: bool = False) -> None:
     moment is fine.  With *fsync*, the new names are made durable."""
     parent = os.path.dirname(directory)
     if parent != directory and not os.path.isdir(parent):
-        make_dirs(parent, mode, fsync)
+        make_dirs(parent, fsync=fsync)        # *mode* is the leaf's, as in os.makedirs
     try:
         os.mkdir(directory, mode)
     except FileExistsError:

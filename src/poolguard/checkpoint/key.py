@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Union
 
-from .files import NotRegularFile, create_once, link_into_place, make_dirs, read_small, \
+from .files import NotRegularFile, create_once, link_into_place, make_dirs, read_file, \
     remove, sync_dir, write_temp
 
 KEY_SIZE = 32
@@ -58,8 +58,7 @@ def load_key(key: Union[bytes, str, "os.PathLike[str]", None]) -> bytes:
 
 def _read(path: str) -> tuple[bytes, os.stat_result]:
     try:
-        secret = read_small(path, _KEY_LIMIT)
-        return secret, os.stat(path, follow_symlinks=False)
+        return read_file(path, _KEY_LIMIT)
     except FileNotFoundError:
         raise
     except (NotRegularFile, OSError) as exc:

@@ -90,7 +90,7 @@ class Store:
             return False, None
         except OSError as exc:
             how = ("is a symbolic link, not followed" if exc.errno == errno.ELOOP
-                   else f"is not a regular file ({exc.strerror}): not trusted"
+                   else f"is {exc.strerror}: not trusted"
                    if isinstance(exc, files.NotRegularFile)
                    else f"cannot be read: {exc}")
             self._warn(f"{path} {how}; computing it again", disable=False)
