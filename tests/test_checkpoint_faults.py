@@ -22,6 +22,8 @@ from poolguard import checkpoint as store_module
 import tasks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Several fresh interpreters a test, each bounded on its own.
+pytestmark = pytest.mark.timeout(150)
 ITEMS = list(range(8))
 ERRORS = ["EACCES", "EIO", "ESTALE", "ENOSPC"]
 # The store's own system calls (files.py uses pread/pwrite so that these
@@ -57,7 +59,7 @@ needs_strace = pytest.mark.skipif(bool(STRACE_PROBLEM), reason=STRACE_PROBLEM)
 
 
 def run(tmp_path, store, prefix: list | None = None, func: str = "logged_square",
-        timeout: float = 60, fsync: bool = False) -> tuple[str, str, list]:
+        timeout: float = 30, fsync: bool = False) -> tuple[str, str, list]:
     """The map in a fresh interpreter, under *prefix* (strace, setpriv):
     (its output, its stderr, the items computed)."""
     log = tmp_path / "calls"

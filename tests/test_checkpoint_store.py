@@ -22,6 +22,8 @@ from scripts import ROOT
 from poolguard import checkpoint as store_module
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Several fresh interpreters a test, each bounded on its own.
+pytestmark = pytest.mark.timeout(150)
 
 
 def run(code: str, timeout: float = 40, env: dict | None = None) -> tuple[int, str, str]:
@@ -108,7 +110,6 @@ def test_an_entry_of_the_previous_format_is_computed_again_with_one_warning(tmp_
     assert run_map(tmp_path, store, [1, 2, 3])[1:] == ("", [])
 
 
-@pytest.mark.timeout(60)
 def test_a_fifo_at_an_entry_path_never_blocks(tmp_path):
     """A FIFO planted where an entry goes blocked the worker in open()
     forever (O_NOFOLLOW does not stop a FIFO): the map never returned."""
