@@ -7,7 +7,11 @@ of many processes (threads, jobs on many hosts) making it at once exactly
 one wins and every one reads the winner's.  A key too short to use, as an
 older version left it when its writer was killed between creating and
 writing it, is moved aside and replaced; a process that moved a whole key
-aside (another had replaced the short one first) puts it back.
+aside (another had replaced the short one first) puts it back.  What
+remains: if a third process links a key in that instant, the put-back
+fails and the process whose key was moved keeps it for its run; later runs
+compute its entries again, never read them wrong.  This can happen only
+while a short key of an older version is being repaired.
 """
 from __future__ import annotations
 
