@@ -401,3 +401,23 @@ def test_an_argument_the_workers_cannot_unpickle_fails_only_its_task(client, tmp
         assert "could not be unpickled on the dask worker" in str(error)
         assert "only_here" in str(error)
         assert good.result(30) == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_cluster_left_without_workers_fails_the_tasks_not_hangs():
+    """Every worker leaves mid-map (a batch system's jobs ending) and none
+    comes back: the tasks fail once dask's no-workers-timeout has passed,
+    as the pool read it when it started."""
+    import dask
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0", silence_logs=50) as local, \
+            distributed.Client(local, set_as_default=False) as client:
+        with dask.config.set({"distributed.scheduler.no-workers-timeout": "2s"}):
+            pool = poolguard.Pool(cluster=client)
+        with pool:
+            result = pool.map_async(sleep_for, [0.5] * 40, chunksize=1)
+            wait_until(lambda: [s for s in pool.status() if s.state == "busy"], 30)
+            local.scale(0)
+            with pytest.raises(WorkerCrashedError, match="has had no worker for") as info:
+                result.get(30)
+            assert info.value.task.function == "sleep_for"

@@ -164,16 +164,18 @@ class WorkerCrashedError(PoolguardError, BrokenProcessPool):
         self.args = (f"{self.args[0]}\nFailed after {len(self.attempts)} attempts: {lines}",
                      ) + self.args[1:]
 
-    def place(self, host: str, dask_worker: str, note: str = "") -> None:
+    def place(self, host: str, dask_worker: str, note: str = "", advice: str = "") -> None:
         """Say where the worker ran (on a cluster), in the message too:
-        "worker 123 on node7 (dask worker tcp://...) was killed ..."."""
+        "worker 123 on node7 (dask worker tcp://...) was killed ...", with
+        *note* before the "What to do:" line and *advice* instead of it."""
         self.host, self.dask_worker = host, dask_worker
         message = str(self.args[0]) if self.args else ""
         head = f"worker {self.pid} "
         if message.startswith(head):
             message = f"{head}on {host} (dask worker {dask_worker}) {message[len(head):]}"
-        if note:
-            message = message.replace("\nWhat to do: ", f"\n{note}\nWhat to do: ", 1)
+        body, todo, old_advice = message.rpartition("\nWhat to do: ")
+        if todo:
+            message = body + (f"\n{note}" if note else "") + todo + (advice or old_advice)
         self.args = (message,) + self.args[1:]
 
     @classmethod

@@ -27,17 +27,20 @@ go.  Data flow::
 Deaths, timeouts and memory caps are handled by the sub-pool, next to the
 process; this side only ever sees finished dask tasks.  A dask task that
 did not return fails its units: with a ``WorkerCrashedError`` when its dask
-worker died under it (``KilledWorker``), with a ``TaskDecodeError`` saying
-what it raised otherwise, with ``PoolTerminatedError`` when it was cancelled
-(the client closed).
+worker died under it (``KilledWorker``) or the cluster has been left without
+workers (watch.py), with a ``TaskDecodeError`` saying what it raised
+otherwise, with ``PoolTerminatedError`` when it was cancelled (the client
+closed).
 """
 from __future__ import annotations
 
 import collections
 import math
 import select
+import socket
 import sys
 import threading
+import time
 import traceback
 import uuid
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -53,6 +56,7 @@ from ..errors import PoolguardError, PoolTerminatedError, TaskDecodeError, Worke
 from ..options import Guards
 from ..wire.messages import PROTOCOL
 from . import on_worker, parts
+from .watch import WorkerWatch, configured_timeout
 
 DROP_TIMEOUT = 10.0   # seconds to wait for the workers to end a closed pool's sub-pools
 BUNDLE = 64           # most units one dask task carries
@@ -84,6 +88,7 @@ class ClusterEngine(EngineBase):
         self._running: Dict[str, Tuple[List[Unit], Any]] = {}   # dask key -> units, future
         self._in_flight = 0   # units in self._running
         self._finished: Deque[Any] = collections.deque()  # futures, from dask's thread
+        self._watch = WorkerWatch(configured_timeout())
         self._start(self._run, "poolguard-cluster")
 
     # ---- called from other threads (the surface both fronts use) --------------------
@@ -133,7 +138,10 @@ class ClusterEngine(EngineBase):
             poller = select.poll()
             poller.register(self.inbox.wakeup.fd, select.POLLIN)
             while self._step():
-                poller.poll()
+                # Woken by the inbox and by dask's callbacks; with units in
+                # flight, also when the next check of the workers is due.
+                due = self._watch.due(time.monotonic()) if self._in_flight else None
+                poller.poll(None if due is None else math.ceil(due * 1000))
                 self.inbox.wakeup.drain()
         except BaseException as exc:   # a bug of ours: fail everything rather than hang
             text = traceback.format_exc()
@@ -150,6 +158,7 @@ class ClusterEngine(EngineBase):
         if state == TERMINATING:
             return False
         self._collect()
+        self._check_workers()
         self._send()
         return not (state == CLOSING and not inbox.pending and not self._in_flight
                     and not inbox.open_calls)
@@ -232,6 +241,27 @@ class ClusterEngine(EngineBase):
         for unit, (found, retried) in zip(bundle, outcome, strict=True):
             parts.deliver_parts(unit, found, retried)
 
+    def _check_workers(self) -> None:
+        """Fail the units in flight and waiting once the cluster has been
+        without any worker for the watch's timeout (its batch jobs ended)."""
+        if not self._in_flight:
+            self._watch.idle()
+            return
+        waited = self._watch.check(self._client)
+        if waited is None:
+            return
+        units = self.inbox.take_pending() + [
+            unit for bundle, _ in self._running.values() for unit in bundle]
+        futures = [future for _, future in self._running.values()]
+        self._running.clear()
+        self._in_flight = 0
+        try:
+            self._client.cancel(futures, force=True)
+        except Exception:
+            pass
+        for unit in units:
+            deliver(unit, False, _no_workers(unit, waited, self._watch.timeout))
+
     # ---- the end --------------------------------------------------------------------
 
     def _shutdown(self, error: Optional[BaseException]) -> None:
@@ -268,6 +298,8 @@ class ClusterEngine(EngineBase):
             client = self._client
             try:
                 if client.status != "running":   # closed under us: a Client of our own
+                    if not _reachable(self._address):
+                        return   # the scheduler is gone (its workers end their sub-pools)
                     from distributed import Client
                     client = Client(self._address, set_as_default=False,
                                     timeout=DROP_TIMEOUT)
@@ -282,6 +314,20 @@ class ClusterEngine(EngineBase):
         thread.join(DROP_TIMEOUT)
 
 
+def _reachable(address: str) -> bool:
+    """Whether a ``tcp://host:port`` scheduler accepts connections (other
+    kinds of address are assumed to).  Asked before making a Client: one
+    that fails to connect leaves its event loop's descriptors open."""
+    if not address.startswith("tcp://"):
+        return True
+    host, _, port = address[len("tcp://"):].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=2.0).close()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _bundle_size(count: int, processes: int) -> int:
     """Units a dask task carries.  One while the units sent at a time are
     few (each result comes back as soon as it is ready); from a backlog, up
@@ -293,13 +339,27 @@ def _outcome(future: Any) -> Any:
     """What a dask task left: its result, or the exception that ended it."""
     try:
         if future.status == "cancelled":
-            return PoolTerminatedError("the dask task was cancelled (was the client "
-                                       "closed?)")
+            return PoolTerminatedError("the dask task was cancelled: the client was "
+                                       "closed, or lost its scheduler (the cluster closed)")
         if future.status == "error":
             return future.exception()
         return future.result()
     except BaseException as exc:
         return exc
+
+
+def _no_workers(unit: Unit, waited: float, timeout: float) -> WorkerCrashedError:
+    task = unit.job.describe(unit, None)
+    return WorkerCrashedError(
+        f"the dask cluster has had no worker for {waited:.0f} s while {task} waited "
+        f"(no-workers timeout: {timeout:g} s): every dask worker left and none came back. "
+        f"On a batch system: the jobs ended (their walltime, scancel, preemption); the "
+        f"scheduler's logs and the jobs' say which. Tasks that had finished on those "
+        f"workers were delivered; the others ran again on the workers left, until none "
+        f"was left.\nWhat to do: give the jobs a longer walltime, or let the cluster "
+        f"submit new jobs (dask-jobqueue's cluster.adapt()); set "
+        f"distributed.scheduler.no-workers-timeout in dask's config to wait longer for "
+        f"them.", task=task)
 
 
 def _task_failure(unit: Unit, exc: BaseException) -> BaseException:
@@ -309,8 +369,11 @@ def _task_failure(unit: Unit, exc: BaseException) -> BaseException:
         return exc
     task = unit.job.describe(unit, None)
     from distributed import KilledWorker
-    if not isinstance(exc, KilledWorker):
-        error: PoolguardError = TaskDecodeError(
+    if type(exc).__name__ == "NoWorkerError":   # dask's own no-workers-timeout
+        error: PoolguardError = _no_workers(unit, float(getattr(exc, "timeout", 0.0)),
+                                            float(getattr(exc, "timeout", 0.0)))
+    elif not isinstance(exc, KilledWorker):
+        error = TaskDecodeError(
             f"the dask task running {task} failed on its dask worker: "
             f"{type(exc).__name__}: {exc}", exc=exc)
     else:

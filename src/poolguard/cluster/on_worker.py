@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import pickle
 import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 from ..engine import Engine, Job, Unit
 from ..errors import PoolTerminatedError, TaskDecodeError, WorkerCrashedError, WorkerMemoryError
@@ -90,8 +91,8 @@ class _SubPool:
         worker = get_worker()
         self.host = socket.gethostname()
         self.address = str(worker.address)
-        guards, self.memory_note = _memory_cap(config.guards,
-                                               worker.memory_manager.memory_limit)
+        guards, self.memory_note, self.memory_advice = _memory_cap(
+            config.guards, worker.memory_manager.memory_limit, batch_job(os.environ))
         self.engine = Engine(max(1, worker.state.nthreads), config.initializer,
                              config.initargs, config.maxtasks,
                              resolve_context(config.method or "forkserver"), guards=guards)
@@ -124,22 +125,57 @@ class _SubPool:
             status, blob = parts.encode_values(kind, value)
         else:
             if isinstance(value, WorkerCrashedError):
-                note = self.memory_note if isinstance(value, WorkerMemoryError) else ""
-                value.place(self.host, self.address, note)
+                if isinstance(value, WorkerMemoryError):
+                    value.place(self.host, self.address, self.memory_note, self.memory_advice)
+                else:
+                    value.place(self.host, self.address)
             status, blob = parts.encode_failure(value)
         return start, count, status, blob
 
 
-def _memory_cap(guards: Guards, dask_limit: Optional[int]) -> Tuple[Guards, str]:
+def _memory_cap(guards: Guards, dask_limit: Optional[int],
+                job: Optional[str]) -> Tuple[Guards, str, str]:
     """The sub-pool's ``max_worker_memory``: the pool's, and no more than the
-    dask worker's ``memory_limit``; with the note its errors carry."""
+    dask worker's ``memory_limit``; with the note and advice its errors
+    carry.  *job* describes the batch job the dask worker runs in, if any:
+    there the limit is the dask worker's share of the job's memory."""
     if not dask_limit or (guards.max_worker_memory is not None
                           and guards.max_worker_memory <= dask_limit):
-        return guards, ""
-    note = (f"The cap is the dask worker's memory_limit ({dask_limit / 2**20:.0f} MiB): "
-            f"dask's nanny only watches the worker's own process, so poolguard holds each "
-            f"task's process to it.")
-    return dataclasses.replace(guards, max_worker_memory=int(dask_limit)), note
+        return guards, "", ""
+    limit = f"memory_limit ({dask_limit / 2**20:.0f} MiB)"
+    if job:
+        note = (f"The cap is the batch job's memory: this dask worker runs in {job}, and "
+                f"dask-jobqueue gives it its share of the job's memory as its {limit}. "
+                f"poolguard holds each task's process to that share (dask's nanny only "
+                f"watches the worker's own process); past the job's memory the batch system "
+                f"would kill the job, or the kernel its processes, as out of memory.")
+        advice = ("ask for more memory per job (dask-jobqueue's memory=, shared among the "
+                  "job's processes=), or make the task use less (smaller inputs or chunks, "
+                  "fewer copies).")
+    else:
+        note = (f"The cap is the dask worker's {limit}: dask's nanny only watches the "
+                f"worker's own process, so poolguard holds each task's process to it.")
+        advice = ("give the dask workers more memory (memory_limit=), or make the task use "
+                  "less (smaller inputs or chunks, fewer copies).")
+    return dataclasses.replace(guards, max_worker_memory=int(dask_limit)), note, advice
+
+
+def batch_job(environ: Mapping[str, str]) -> Optional[str]:
+    """The batch job a process runs in, as its environment says ("SLURM job
+    42 (--mem=954M)"), or None."""
+    if "SLURM_JOB_ID" in environ:
+        memory = ""
+        if environ.get("SLURM_MEM_PER_NODE"):
+            memory = f" (--mem={environ['SLURM_MEM_PER_NODE']}M)"
+        elif environ.get("SLURM_MEM_PER_CPU"):
+            memory = f" (--mem-per-cpu={environ['SLURM_MEM_PER_CPU']}M)"
+        return f"SLURM job {environ['SLURM_JOB_ID']}{memory}"
+    for variable, system in (("PBS_JOBID", "PBS"), ("LSB_JOBID", "LSF")):
+        if environ.get(variable):
+            return f"{system} job {environ[variable]}"
+    if environ.get("JOB_ID") and environ.get("SGE_ROOT"):
+        return f"SGE job {environ['JOB_ID']}"
+    return None
 
 
 _subpools: Dict[str, _SubPool] = {}
