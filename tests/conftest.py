@@ -34,6 +34,8 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "soak: runs longer under --soak; its timeout grows "
                                        "with it")
+    config.addinivalue_line("markers", "slurm: needs the one-node SLURM of tools/slurm.sh "
+                                       "(CI part 80-slurm); skipped where it is not up")
     import warnings_policy   # a DeprecationWarning from poolguard's code fails the run
     if not config.pluginmanager.is_registered(warnings_policy):
         config.pluginmanager.register(warnings_policy, "poolguard-warnings-policy")
