@@ -1,7 +1,10 @@
 """poolguard on a dask.distributed cluster against plain dask, on one
-LocalCluster, alternating in one run.
+cluster, alternating in one run: a LocalCluster, or with --slurm a
+dask-jobqueue SLURMCluster of one job per worker (the SLURM reached through
+$SLURM_CONF, e.g. the one of tools/slurm.sh; --queue names its partition).
 
     python benchmarks/bench_cluster.py [--rounds 5] [--workers 2] [--tasks 10000]
+    python benchmarks/bench_cluster.py --slurm [--queue debug] ...
 
 1. Death to error: a task SIGKILLs its own process; time from that first
    death to the caller's exception.  poolguard: WorkerCrashedError naming
@@ -115,22 +118,42 @@ def throughput(client: Client, pool: Any, executor: Any, rounds: int, n: int) ->
               f"   {statistics.median(values) / n * 1e6:7.0f} us/task   {ratio:5.2f}x dask")
 
 
+def make_cluster(args: argparse.Namespace, logs: str) -> Any:
+    if not args.slurm:
+        print(f"LocalCluster: {args.workers} worker processes x 1 thread; {args.rounds} "
+              f"rounds, alternating")
+        return LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                            dashboard_address=":0", silence_logs=50)
+    from dask_jobqueue import SLURMCluster
+    print(f"SLURMCluster: {args.workers} jobs x 1 dask worker x 1 thread; {args.rounds} "
+          f"rounds, alternating")
+    cluster = SLURMCluster(cores=1, processes=1, memory="1GB", walltime="01:00:00",
+                           queue=args.queue, log_directory=logs,
+                           scheduler_options={"dashboard_address": ":0"},
+                           job_script_prologue=[f"export PYTHONPATH={HERE}"])
+    cluster.scale(jobs=args.workers)
+    return cluster
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--slurm", action="store_true",
+                        help="a dask-jobqueue SLURMCluster instead of a LocalCluster")
+    parser.add_argument("--queue", default="debug", help="the SLURM partition (--slurm)")
     args = parser.parse_args()
-    print(f"LocalCluster: {args.workers} worker processes x 1 thread; {args.rounds} rounds, "
-          f"alternating")
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0", silence_logs=50) as cluster, \
-            Client(cluster) as client, \
-            poolguard.Pool(cluster=client) as pool, \
-            poolguard.ProcessPoolExecutor(cluster=client) as executor:
-        assert pool.map(work.inc, range(10)) == list(range(1, 11))   # sub-pools started
-        deaths(client, pool, args.rounds, args.workers)
-        throughput(client, pool, executor, args.rounds, args.tasks)
+    # The job logs' directory is made beforehand: dask-jobqueue's own check
+    # then makedirs fails when another process makes it at the same moment.
+    with tempfile.TemporaryDirectory() as logs, make_cluster(args, logs) as cluster, \
+            Client(cluster) as client:
+        client.wait_for_workers(args.workers, timeout=300)
+        with poolguard.Pool(cluster=client) as pool, \
+                poolguard.ProcessPoolExecutor(cluster=client) as executor:
+            assert pool.map(work.inc, range(10)) == list(range(1, 11))   # sub-pools started
+            deaths(client, pool, args.rounds, args.workers)
+            throughput(client, pool, executor, args.rounds, args.tasks)
 
 
 if __name__ == "__main__":
