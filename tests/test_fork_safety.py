@@ -345,7 +345,7 @@ def test_the_zygote_killed_is_no_hang_and_later_calls_work(tmp_path, method):
             try:
                 print(len(p.map(tasks_mod.pid_after, [0.2] * 4)))
             except poolguard.PoolguardError as exc:
-                print(type(exc).__name__, "|", exc)
+                print(type(exc).__name__, "|", str(exc).replace("\\n", " / "))
         print(p.map(tasks_mod.square, range(4)))
         p.terminate()
         print("done")
@@ -372,7 +372,7 @@ def test_the_zygote_killed_at_once_gives_a_clear_error_and_no_busy_loop(tmp_path
             try:
                 print(p.map(tasks_mod.square, range(4)))
             except poolguard.PoolguardError as exc:
-                print(type(exc).__name__, "|", exc)
+                print(type(exc).__name__, "|", str(exc).replace("\\n", " / "))
             if pause:
                 before = sum(os.times()[:2])
                 time.sleep(1.0)

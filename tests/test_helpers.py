@@ -58,7 +58,7 @@ def test_the_zygote_killed_while_a_worker_it_forked_still_starts_never_hangs(tmp
                 try:
                     print(result.get())
                 except poolguard.PoolguardError as exc:
-                    print(type(exc).__name__, "|", exc)
+                    print(type(exc).__name__, "|", str(exc).replace("\\n", " / "))
             p.terminate()
         print("done")
     """, method)
