@@ -20,6 +20,12 @@ def square(x):
 def pid_after(seconds):
     time.sleep(seconds)
     return os.getpid()
+
+def exit_once(marker):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
+    return "ran again"
 """
 
 
@@ -184,3 +190,52 @@ def test_a_stopped_zygote_delays_only_the_workers_it_must_start(tmp_path, method
     """, method)
     assert out.splitlines() == ["death True SIGKILL", "healthy 49 True",
                                 "[0, 1, 4, 9, 16, 25]", "2 ['idle']"], out
+
+
+@pytest.mark.parametrize("method", ["fork"])
+def test_a_worker_dead_before_the_pool_watches_it_is_a_death_not_a_start_failure(
+        tmp_path, method):
+    """The zygote answers for a replacement and dies at once (SIGALRM), with
+    the pool's process stopped meanwhile: the worker dies with it and, as
+    under an init that reaps orphans (systemd, tini; here a subreaper), is
+    reaped before the pool looks at it.  By its pid the pool found nothing
+    and failed the retried call with "WorkerInitError: cannot watch
+    worker"; it is a death like any other: the standby's worker runs it."""
+    out = run(tmp_path, """
+        import ctypes, signal, traceback, warnings
+        import tasks_mod
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)   # PR_SET_CHILD_SUBREAPER
+        inner = os.fork()
+        if inner:   # reap orphans as init does; let the pool go on once they are
+            while True:
+                pid, status = os.waitpid(-1, 0)
+                if pid == inner:
+                    sys.exit(os.waitstatus_to_exitcode(status))
+                os.kill(inner, signal.SIGCONT)
+        code = 1
+        try:
+            warnings.simplefilter("ignore", poolguard.HelperDiedWarning)
+            MAIN, TRIGGER = os.getpid(), os.path.abspath("trigger")
+            def in_zygote_after_fork():
+                if (os.getppid() == MAIN and os.path.exists(TRIGGER)
+                        and any(f.name == "_launch" for f in traceback.extract_stack())):
+                    os.unlink(TRIGGER)   # a worker just forked: stop the pool, answer, die
+                    os.kill(MAIN, signal.SIGSTOP)
+                    signal.setitimer(signal.ITIMER_REAL, 0.05)
+            os.register_at_fork(after_in_parent=in_zygote_after_fork)
+            p = poolguard.Pool(1, retries=1, context=METHOD)
+            print(p.map(tasks_mod.square, range(3)))
+            time.sleep(0.5)   # the standby is ready
+            open(TRIGGER, "w").close()
+            try:
+                print(p.apply(tasks_mod.exit_once, (os.path.abspath("marker"),)))
+            except poolguard.PoolguardError as exc:
+                print(type(exc).__name__, exc)
+            print(p.map(tasks_mod.square, range(4)))
+            p.terminate()
+            code = 0
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    """, method)
+    assert out.splitlines() == ["[0, 1, 4]", "ran again", "[0, 1, 4, 9]"], out

@@ -25,8 +25,7 @@ from ...errors import HelperDiedWarning, signal_name
 from ...wire import private_fds
 from ...wire.slots import INITIALIZING
 from . import zygote_main
-from .base import (StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd,
-                   describe_start_error)
+from .base import StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd
 
 ZYGOTE_EXIT_GRACE = 5.0       # seconds a zygote has to kill and reap its workers
 STANDBY_RETRY = 1.0           # seconds between two requests for a standby
@@ -80,21 +79,22 @@ class _Helper:
         """Send without blocking; OSError (BlockingIOError: not reading) if not sent."""
         socket.send_fds(self.sock, [pickle.dumps(request)], fds or [])
 
-    def receive(self) -> List[tuple[Any, ...]]:
-        """Every message there now; [("eof",)] ends them when it closed."""
-        out: List[tuple[Any, ...]] = []
+    def receive(self) -> List[Tuple[tuple[Any, ...], List[int]]]:
+        """Every message there now, each with the descriptors that came with
+        it (ours to close); (("eof",), []) ends them when it closed."""
+        out: List[Tuple[tuple[Any, ...], List[int]]] = []
         while True:
             try:
-                data = self.sock.recv(65536)
+                data, fds, _, _ = socket.recv_fds(self.sock, 65536, 1, socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 return out
             except OSError:
-                data = b""
+                data, fds = b"", []
             if not data:
                 self.eof = True
-                out.append(("eof",))
+                out.append((("eof",), []))
                 return out
-            out.append(pickle.loads(data))
+            out.append((pickle.loads(data), fds))
 
     def how_it_died(self) -> str:
         """Once its pidfd is readable: reap it if it is our child, else read
@@ -154,8 +154,9 @@ class ZygoteLauncher:
         lifeline.load_native()   # once here, not in each worker
         self._next_rid = 0
         self._asked: Dict[int, Tuple[int, WorkerPipes]] = {}    # rid -> (slot, pipes)
-        # slot -> (pipes, answer, the zygote that answered)
-        self._answers: Dict[int, Tuple[WorkerPipes, tuple[Any, ...], _Helper]] = {}
+        # slot -> (pipes, answer, the zygote that answered, the worker's pidfd)
+        self._answers: Dict[int, Tuple[WorkerPipes, tuple[Any, ...], _Helper,
+                                       Optional[int]]] = {}
         try:
             for index in range(prefork):
                 self._asked[self._rid()] = (index, WorkerPipes())
@@ -235,15 +236,21 @@ class ZygoteLauncher:
         return self.broken if self._zygote is None and self._standby is None else None
 
     def _read_answers(self, zygote: _Helper) -> None:
-        for reply in zygote.receive():
+        for reply, fds in zygote.receive():
             if reply[0] == "eof":
                 return   # its pidfd says how it ended
+            pidfd = fds.pop() if reply[0] == "ok" and fds else None
+            _close_all(fds)
             asked = self._asked.pop(reply[1], None)
             if asked is not None:
-                self._answers[asked[0]] = (asked[1], reply, zygote)
+                self._answers[asked[0]] = (asked[1], reply, zygote, pidfd)
             elif reply[0] == "ok":   # for a request given up on: not ours to use
-                _kill(reply[2])
-                zygote.send(("reap", reply[2]))
+                _kill(reply[2], pidfd)
+                _close_all([pidfd] if pidfd is not None else [])
+                try:
+                    zygote.send(("reap", reply[2]))
+                except OSError:
+                    pass   # gone: its orphans are not its to reap
 
     def _zygote_died(self, zygote: _Helper) -> None:
         self._read_answers(zygote)   # what it sent before dying; the rest never comes
@@ -266,7 +273,8 @@ class ZygoteLauncher:
             self._promote()
 
     def _standby_said(self, standby: _Helper) -> None:
-        for message in standby.receive():
+        for message, fds in standby.receive():
+            _close_all(fds)
             if message[0] == "ready":
                 standby.know(message[1])
                 if self._zygote is None:
@@ -365,16 +373,17 @@ class ZygoteLauncher:
         self._first.discard(index)
         if answer is None:
             return None
-        pipes, reply, zygote = answer
+        pipes, reply, zygote, pidfd = answer
         try:
             if reply[0] != "ok":
                 raise StartError(reply[2])
-            try:
-                pidfd = os.pidfd_open(reply[2])
-            except OSError as exc:   # out of descriptors (it is unreaped: it exists)
-                _kill(reply[2])
-                raise StartError(f"cannot watch worker {reply[2]}: "
-                                 f"{describe_start_error(exc)}") from exc
+            if pidfd is None:   # it did not fit: we are out of descriptors
+                if not zygote.eof:   # its zygote lives: the pid is still the worker's
+                    _kill(reply[2], None)
+                raise StartError(f"cannot watch worker {reply[2]}: out of file "
+                                 f"descriptors (RLIMIT_NOFILE) for its pidfd")
+            # Dead already (at birth, or with its zygote), it is a death as
+            # any other: its pidfd is readable.
             return pipes, ZygoteProcess(reply[2], pidfd, zygote)
         except StartError:
             pipes.close_parent_ends()
@@ -392,17 +401,28 @@ class ZygoteLauncher:
     def _close_pipes(self) -> None:
         for _, pipes in self._asked.values():
             pipes.close_parent_ends()
-        for pipes, _, _ in self._answers.values():
+        for pipes, _, _, pidfd in self._answers.values():
             pipes.close_parent_ends()
+            _close_all([pidfd] if pidfd is not None else [])
         self._asked.clear()
         self._answers.clear()
 
 
-def _kill(pid: int) -> None:
+def _kill(pid: int, pidfd: Optional[int]) -> None:
+    """SIGKILL a worker: by its pidfd, else by its pid (which is still its
+    only while its zygote lives and has not reaped it)."""
     try:
-        os.kill(pid, signal.SIGKILL)   # unreaped by its zygote: the pid is still its
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
+
+
+def _close_all(fds: List[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _readable(fd: int, timeout: float) -> bool:

@@ -9,7 +9,7 @@ thread held at the instant of the fork, however late the worker is started.
 Requests (pickled tuples; file descriptors ride along as SCM_RIGHTS):
 
     ("fork", rid, index) + [task_r, result_w, crash_w]
-                              ->  ("ok", rid, pid) | ("error", rid, text)
+                              ->  ("ok", rid, pid) + [its pidfd] | ("error", rid, text)
     ("reap", pid)             ->  (none: the pool read the status from /proc)
     ("standby",) + [socket]   ->  (none: the standby says "ready" on that socket)
     ("exit",)                 ->  (none: it ends)
@@ -94,7 +94,7 @@ def _serve(sock: socket.socket, standby: Optional[socket.socket], spec: Any,
             later = [fd for _, _, theirs in prefork[n + 1:] for fd in theirs]
             if standby is not None:
                 later.append(standby.fileno())
-            sock.send(pickle.dumps(zygote.fork_worker(rid, index, fds, later)))
+            zygote.answer(zygote.fork_worker(rid, index, fds, later))
         if standby is not None:
             zygote.fork_standby(standby)
         zygote.answer_requests(owner)
@@ -148,19 +148,30 @@ class _Zygote:
             if request[0] == "exit":
                 return
             if request[0] == "fork":
-                self.sock.send(pickle.dumps(self.fork_worker(request[1], request[2], fds, [])))
+                self.answer(self.fork_worker(request[1], request[2], fds, []))
             elif request[0] == "standby":
                 self.fork_standby(socket.socket(fileno=fds[0]))
             else:
                 _reap(self.children.pop(request[1], None))
 
+    def answer(self, reply: Tuple[tuple[Any, ...], List[int]]) -> None:
+        """Send a reply with its descriptors, which are then closed here."""
+        message, fds = reply
+        try:
+            socket.send_fds(self.sock, [pickle.dumps(message)], fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
     def fork_worker(self, rid: int, index: int, fds: List[int],
-                    also_close: List[int]) -> tuple[Any, ...]:
+                    also_close: List[int]) -> Tuple[tuple[Any, ...], List[int]]:
+        """Fork a worker on the pipe ends *fds*: the answer, and the worker's
+        pidfd to pass with it."""
         if len(fds) != 3:   # they did not fit (out of descriptors here)
             for fd in fds:
                 os.close(fd)
             return ("error", rid, "the zygote could not receive the worker's pipes "
-                    "(out of file descriptors)")
+                    "(out of file descriptors)"), []
         conns = (Connection(fds[0], writable=False), Connection(fds[1], readable=False),
                  Connection(fds[2], readable=False))
         process = self.context.Process(target=worker_main, name=f"poolguard-worker-{index}",
@@ -169,7 +180,7 @@ class _Zygote:
         try:
             process.start()
         except Exception as exc:
-            return ("error", rid, describe_start_error(exc))
+            return ("error", rid, describe_start_error(exc)), []
         finally:
             for conn in conns:
                 conn.close()
@@ -179,7 +190,16 @@ class _Zygote:
         pid = process.pid
         assert pid is not None   # started
         self.children[pid] = process
-        return ("ok", rid, pid)
+        # The pidfd is opened here, where the worker cannot have been reaped
+        # yet: by its pid the pool might find it gone (this zygote dead and
+        # its orphans reaped by init) or another process in its place.
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:   # out of descriptors
+            _kill_worker(pid)
+            _reap(self.children.pop(pid))
+            return ("error", rid, f"cannot watch the worker: {describe_start_error(exc)}"), []
+        return ("ok", rid, pid), [pidfd]
 
     def fork_standby(self, standby: socket.socket) -> None:
         """Fork a copy of this process that waits on *standby* to take over."""
@@ -208,11 +228,7 @@ class _Zygote:
         pid: it is our unreaped child, so the id is still its) and our
         standby, then reap."""
         for pid in self.children:
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            _kill_worker(pid)
         for pid in self.standbys:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -225,6 +241,16 @@ class _Zygote:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+
+
+def _kill_worker(pid: int) -> None:
+    """SIGKILL a worker and its group (its pid: it is our unreaped child, so
+    the id is still its)."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _reap(process: Any) -> None:
