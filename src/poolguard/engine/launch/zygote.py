@@ -29,27 +29,26 @@ from .base import StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd
 
 ZYGOTE_EXIT_GRACE = 5.0       # seconds a zygote has to kill and reap its workers
 STANDBY_RETRY = 1.0           # seconds between two requests for a standby
+STATUS_WAIT = 1.0             # seconds to wait for an exit status /proc does not show
 
 
 class ZygoteProcess(WorkerProcess):
     """A worker forked by a zygote: its child, not ours."""
 
-    def __init__(self, pid: int, pidfd: int, zygote: "_Helper"):
+    def __init__(self, pid: int, pidfd: int, zygote: "_Helper", launcher: "ZygoteLauncher"):
         self.pid = pid
         self.pidfd: Optional[int] = pidfd
         self.death_fd = pidfd
         self._zygote = zygote
+        self._launcher = launcher
 
     def reap(self) -> Optional[int]:
         # A zombie until its zygote reaps it, which it does only when asked:
         # the status is read first.  (Its zygote dead, it was handed to init,
         # which may have reaped it already: then the status is unknown.)
         status = diagnosis.zombie_exit_status(self.pid, diagnosis.SOURCES)
-        try:
-            self._zygote.send(("reap", self.pid))
-        except OSError:
-            pass   # gone (init reaps it), or stopped with a full socket: reaped at its end
-        return status
+        dead = self.pidfd is not None and _readable(self.pidfd, 0)
+        return self._launcher.reap(self.pid, self._zygote, status, ask=status is None and dead)
 
     def close(self) -> None:
         if self.pidfd is not None:
@@ -162,6 +161,8 @@ class ZygoteLauncher:
                 self._asked[self._rid()] = (index, WorkerPipes())
         except OSError:   # out of descriptors: the rest start on request, or fail then
             pass
+        self._awaited: Set[int] = set()                 # pids whose status reap() waits for
+        self._statuses: Dict[int, Optional[int]] = {}   # their exit codes, come
         self._first: Set[int] = {index for index, _ in self._asked.values()}
         for index in self._first:
             spec.slots.write(index, INITIALIZING, 0)
@@ -239,6 +240,10 @@ class ZygoteLauncher:
         for reply, fds in zygote.receive():
             if reply[0] == "eof":
                 return   # its pidfd says how it ended
+            if reply[0] == "reaped":   # (pid, exit code) of a worker reap() waits for
+                if reply[1] in self._awaited:
+                    self._statuses[reply[1]] = reply[2]
+                continue
             pidfd = fds.pop() if reply[0] == "ok" and fds else None
             _close_all(fds)
             asked = self._asked.pop(reply[1], None)
@@ -248,9 +253,33 @@ class ZygoteLauncher:
                 _kill(reply[2], pidfd)
                 _close_all([pidfd] if pidfd is not None else [])
                 try:
-                    zygote.send(("reap", reply[2]))
+                    zygote.send(("reap", reply[2], False))
                 except OSError:
                     pass   # gone: its orphans are not its to reap
+
+    def reap(self, pid: int, zygote: _Helper, status: Optional[int],
+             ask: bool) -> Optional[int]:
+        """Have *zygote* reap its dead worker *pid*.  Its exit status is
+        *status*, read from /proc; when that could not be (no /proc here)
+        and *ask*, the zygote's answer, waited for at most STATUS_WAIT
+        seconds: it has it at once, unless stopped.  None when unknown."""
+        try:
+            zygote.send(("reap", pid, ask))
+        except OSError:
+            return status   # gone (init reaps it), or stopped with a full socket
+        if not ask:
+            return status
+        self._awaited.add(pid)
+        deadline = time.monotonic() + STATUS_WAIT
+        try:
+            while pid not in self._statuses and not zygote.eof:
+                left = deadline - time.monotonic()
+                if left <= 0 or not _readable(zygote.sock.fileno(), left):
+                    break
+                self._read_answers(zygote)   # answers for others are kept as usual
+        finally:
+            self._awaited.discard(pid)
+        return self._statuses.pop(pid, None)
 
     def _zygote_died(self, zygote: _Helper) -> None:
         self._read_answers(zygote)   # what it sent before dying; the rest never comes
@@ -384,7 +413,7 @@ class ZygoteLauncher:
                                  f"descriptors (RLIMIT_NOFILE) for its pidfd")
             # Dead already (at birth, or with its zygote), it is a death as
             # any other: its pidfd is readable.
-            return pipes, ZygoteProcess(reply[2], pidfd, zygote)
+            return pipes, ZygoteProcess(reply[2], pidfd, zygote, self)
         except StartError:
             pipes.close_parent_ends()
             raise

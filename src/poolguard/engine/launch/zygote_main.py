@@ -10,7 +10,8 @@ Requests (pickled tuples; file descriptors ride along as SCM_RIGHTS):
 
     ("fork", rid, index) + [task_r, result_w, crash_w]
                               ->  ("ok", rid, pid) + [its pidfd] | ("error", rid, text)
-    ("reap", pid)             ->  (none: the pool read the status from /proc)
+    ("reap", pid, ask)        ->  ("reaped", pid, exit code) if *ask* (the pool could
+                                  not read the status from /proc), else none
     ("standby",) + [socket]   ->  (none: the standby says "ready" on that socket)
     ("exit",)                 ->  (none: it ends)
 
@@ -152,7 +153,9 @@ class _Zygote:
             elif request[0] == "standby":
                 self.fork_standby(socket.socket(fileno=fds[0]))
             else:
-                _reap(self.children.pop(request[1], None))
+                code = _reap(self.children.pop(request[1], None))
+                if request[2]:
+                    self.answer((("reaped", request[1], code), []))
 
     def answer(self, reply: Tuple[tuple[Any, ...], List[int]]) -> None:
         """Send a reply with its descriptors, which are then closed here."""
@@ -253,7 +256,11 @@ def _kill_worker(pid: int) -> None:
             pass
 
 
-def _reap(process: Any) -> None:
-    if process is not None:
-        process.join()
-        process.close()
+def _reap(process: Any) -> Optional[int]:
+    """Reap a worker; its exit code as ``Process.exitcode`` says it."""
+    if process is None:
+        return None
+    process.join()
+    code: Optional[int] = process.exitcode
+    process.close()
+    return code
