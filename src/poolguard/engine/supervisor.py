@@ -45,6 +45,7 @@ a worker killed at any instant cannot block anyone else.
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -57,18 +58,24 @@ from ..wire.channels import Spiller, WatchSet
 from ..wire.messages import (CONTROL, INIT_FAILED, ITEM, PER_ITEM, READY, REPLY_HEADER,
                              RETIRING, decode_exception, decode_reply)
 from ..wire.slots import SharedSlots
-from . import at_exit
+from . import at_exit, limits
 from .guards import GuardKeeper
 from .callbacks import report_callback_error
 from .inbox import CLOSING, RUNNING, TERMINATING, Inbox
 from .jobs import Job, Unit, cut_units, deliver, make_unit
 from .pacing import Pacer
 from .launch import ParentAlive, StartError, WorkerSpec, ZygoteLauncher, make_launcher
+from .launch.zygote import can_use_zygote
 from .postmortem import Postmortem, name_of
 from .surface import EngineBase
 from .workers import State, Worker, WorkerSet, WorkerStatus, kill_group
 
 TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
+# Seconds of worker starts per turn of the loop.  A start through
+# multiprocessing waits for the process (forkserver: 5-150 ms each on a busy
+# machine): the workers already up take tasks between two rounds of starts
+# instead of after the last of a thousand.
+START_BUDGET = 0.02
 
 
 class Engine(EngineBase):
@@ -89,6 +96,8 @@ class Engine(EngineBase):
         self.inbox = inbox = Inbox()
         self._alive = ParentAlive()
         self._slots = SharedSlots(processes)
+        zygote = context.get_start_method() == "fork" and can_use_zygote()
+        limits.make_room(processes, "zygote" if zygote else "multiprocessing")
         # Before any thread of ours exists: under fork this forks the zygote.
         launcher = make_launcher(context, WorkerSpec(
             self._alive.conn, self._slots, initializer, tuple(initargs), maxtasks,
@@ -113,6 +122,7 @@ class Engine(EngineBase):
         # their turn, when that cannot take long: forked, no initializer.  The
         # pool's first result then does not wait for a READY round trip.
         self._early = initializer is None and isinstance(launcher, ZygoteLauncher)
+        self._more_to_start = False   # the start budget ran out: the next turn goes on
         self._start(self._run, "poolguard-supervisor")
 
     # ---- called from other threads -------------------------------------------------
@@ -217,6 +227,8 @@ class Engine(EngineBase):
         return True
 
     def _next_wake(self) -> Optional[float]:
+        if self._more_to_start:
+            return 0.0
         wake = self.guard_keeper.next_wake(self._workers)
         try:
             head = self.inbox.pending[0]
@@ -231,9 +243,14 @@ class Engine(EngineBase):
         inbox = self.inbox
         with inbox.lock:
             needed = inbox.state == RUNNING or bool(inbox.pending) or inbox.open_calls > 0
+        self._more_to_start = False
         if not needed:
             return
+        until = time.monotonic() + START_BUDGET
         for index in self._workers.empty_slots():
+            if time.monotonic() > until:
+                self._more_to_start = True
+                return
             if self._launcher.still_forking(index):
                 continue   # the loop wakes when the zygote answers
             if self._init_error is not None and not self._launcher.prepared(index):
