@@ -77,6 +77,14 @@ class WorkerPipes:
         for fd in (self.task_w, self.result_w):
             grow_pipe(fd)
 
+    def renew(self) -> None:
+        """New pipes in place of these, after a start that failed half-way:
+        our ends of the old ones are closed (their child ends must be
+        already); OSError, with the old ones untouched, if none can be made."""
+        new = WorkerPipes()
+        self.close_parent_ends()
+        vars(self).update(vars(new))
+
     def child_ends(self) -> List[int]:
         return [self.task_r, self.result_w, self.crash_w]
 

@@ -98,7 +98,27 @@ class ContextLauncher:
 
     def start(self, index: int, pipes: WorkerPipes) -> Optional[WorkerProcess]:
         """Start the worker of slot *index*; our copies of its ends of
-        *pipes* are closed, whatever happens."""
+        *pipes* are closed, whatever happens.  If the fork server died
+        during the start (killed, or by the OOM killer), multiprocessing
+        makes a new one at the next start: the start is made again once, on
+        new pipes (a worker it may have forked holds the old ones, and sees
+        their end)."""
+        try:
+            return self._start(index, pipes)
+        except _ForkServerGone:
+            pass
+        try:
+            pipes.renew()
+        except OSError as exc:
+            raise StartError(f"cannot make a worker's pipes: {describe_start_error(exc)}") from exc
+        try:
+            return self._start(index, pipes)
+        except _ForkServerGone as exc:
+            cause = exc.__cause__ or exc
+            raise StartError(f"the fork server died twice while starting a worker: "
+                             f"{describe_start_error(cause)}") from cause
+
+    def _start(self, index: int, pipes: WorkerPipes) -> WorkerProcess:
         conns = (Connection(pipes.task_r, writable=False),
                  Connection(pipes.result_w, readable=False),
                  Connection(pipes.crash_w, readable=False))
@@ -115,6 +135,10 @@ class ContextLauncher:
             # own exits, and wait forever: it is ours to reap.
             if mp_process.current_process().daemon:
                 mp_process._children.discard(process)   # type: ignore[attr-defined]
+        except (EOFError, ConnectionError) as exc:
+            if self._method != "forkserver":
+                raise StartError(describe_start_error(exc)) from exc
+            raise _ForkServerGone() from exc   # it closed or refused our connection
         except Exception as exc:
             raise StartError(describe_start_error(exc)) from exc
         finally:
@@ -124,6 +148,10 @@ class ContextLauncher:
 
     def close(self) -> None:
         pass   # each worker was reaped by the supervisor
+
+
+class _ForkServerGone(Exception):
+    """The fork server died while it started a worker."""
 
 
 _daemon_flag_lock = threading.Lock()

@@ -1,0 +1,108 @@
+"""The pool's helper processes under every start method: multiprocessing's
+fork server killed while it starts a worker, a chaos killer picking among
+every descendant of the pool's process.  Fresh interpreters, real signals
+(see test_helpers.py for the zygote's own cases)."""
+from __future__ import annotations
+
+import pytest
+
+from test_helpers import TASKS, run
+
+
+@pytest.mark.parametrize("method", ["forkserver"])
+def test_the_fork_server_killed_while_it_starts_a_worker_changes_no_result(tmp_path, method):
+    """The fork server, stopped, is killed while the pool waits for it to
+    report a new worker's pid: multiprocessing's start fails with EOFError.
+    Before, that failed the map's remaining tasks ("WorkerInitError: could
+    not start a worker: EOFError: unexpected EOF"); the start is made again
+    through the new fork server multiprocessing makes."""
+    out = run(tmp_path, """
+        import signal
+        from multiprocessing import forkserver
+        import tasks_mod
+        p = poolguard.Pool(1, maxtasksperchild=1, context=METHOD)
+        print(p.map(tasks_mod.square, [5]))
+        time.sleep(0.5)   # its replacement has started
+        server = forkserver._forkserver._forkserver_pid
+        os.kill(server, signal.SIGSTOP)
+        result = p.map_async(tasks_mod.square, range(3), chunksize=1)
+        # The next replacement's start waits for the stopped server to say
+        # its pid (after the reap of the worker before, which waits up to
+        # 1 s for the server to report its status).
+        supervisor = next(t for t in threading.enumerate() if "supervisor" in t.name)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            frame = sys._current_frames().get(supervisor.ident)
+            names = []
+            while frame is not None:
+                names.append(frame.f_code.co_name)
+                frame = frame.f_back
+            if "read_signed" in names:
+                break
+            time.sleep(0.05)
+        os.kill(server, signal.SIGKILL)
+        try:
+            print(result.get(20))
+        except poolguard.PoolguardError as exc:
+            print(type(exc).__name__, repr(str(exc)))
+        print(p.map(tasks_mod.square, range(4)))
+        p.terminate()
+    """, method)
+    assert out.splitlines() == ["[25]", "[0, 1, 4]", "[0, 1, 4, 9]"], out
+
+
+def test_a_killer_among_every_descendant_changes_no_result(tmp_path, method):
+    """A chaos killer picks among every descendant of the pool's process:
+    workers, the zygote and its standby (fork), multiprocessing's fork
+    server and resource tracker (spawn, forkserver), the workers' guardians.
+    With retries, every result is right.  Workers still starting are left
+    alone, as in test_fork_safety.py: a spawn start outlasts the killer's
+    interval on a loaded machine."""
+    out = run(tmp_path, """
+        import collections, random, signal, warnings
+        import psutil
+        import tasks_mod
+        warnings.simplefilter("ignore", poolguard.HelperDiedWarning)
+        p = poolguard.Pool(3, retries=30, context=METHOD)
+        me = psutil.Process()
+        kills = collections.Counter()
+        def role(proc):
+            if proc.pid in p.pids:
+                return "worker"
+            if proc.ppid() == os.getpid():
+                return "helper"
+            return "other"
+        def killer(stop):
+            rng = random.Random(11)
+            while not stop.wait(0.1):
+                starting = {s.pid for s in p.status() if s.state == "starting"}
+                try:
+                    procs = [c for c in me.children(recursive=True) if c.pid not in starting]
+                except psutil.Error:
+                    continue
+                if procs:
+                    victim = rng.choice(procs)
+                    try:
+                        what = role(victim)
+                        victim.send_signal(signal.SIGKILL)
+                        kills[what] += 1
+                    except psutil.Error:
+                        pass
+        stop = threading.Event()
+        thread = threading.Thread(target=killer, args=(stop,))
+        thread.start()
+        try:
+            results = [p.map(tasks_mod.sleep_square, range(20), chunksize=1) for _ in range(4)]
+        finally:
+            stop.set()
+            thread.join()
+        print(all(r == [x * x for x in range(20)] for r in results))
+        print(p.map(tasks_mod.square, range(4)))
+        print(dict(kills), file=sys.stderr)
+        p.terminate()
+    """, method, modules={"tasks_mod": TASKS + """
+def sleep_square(x):
+    time.sleep(0.05)
+    return x * x
+"""})
+    assert out.splitlines() == ["True", "[0, 1, 4, 9]"], out
