@@ -1,7 +1,8 @@
 """The pool's helper processes under every start method: multiprocessing's
 fork server killed while it starts a worker, a chaos killer picking among
-every descendant of the pool's process.  Fresh interpreters, real signals
-(see test_helpers.py for the zygote's own cases)."""
+every descendant of the pool's process, descriptors running out at each
+step of a worker's start.  Fresh interpreters, real signals (see
+test_helpers.py for the zygote's own cases)."""
 from __future__ import annotations
 
 import pytest
@@ -106,3 +107,41 @@ def sleep_square(x):
     return x * x
 """})
     assert out.splitlines() == ["True", "[0, 1, 4, 9]"], out
+
+
+def test_out_of_descriptors_fails_only_what_cannot_be_served_and_heals(tmp_path, method):
+    """RLIMIT_NOFILE is lowered to the descriptors in use plus 0, 1, ... 13,
+    so that a worker's start runs out at each of its steps (its pipes, the
+    pidfd, multiprocessing's own pipes and sentinel):
+    each map, whose tasks all need new workers (maxtasksperchild=1), either
+    gives every result or fails with an error naming the resource, never hangs.
+    Raised again, the limit lets the pool serve as before."""
+    out = run(tmp_path, """
+        import resource
+        import tasks_mod
+        p = poolguard.Pool(2, maxtasksperchild=1, context=METHOD)
+        print(p.map(tasks_mod.square, range(4)))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        outcomes = set()
+        for spare in range(14):
+            time.sleep(0.3)   # the replacements of the last round have started (or failed)
+            used = len(os.listdir("/proc/self/fd")) - 1   # the listing's own one is closed
+            resource.setrlimit(resource.RLIMIT_NOFILE, (used + spare, hard))
+            try:
+                result = p.map_async(tasks_mod.square, range(4), chunksize=1)
+                result.wait(20)
+                outcome = "results" if result.get(0) == [0, 1, 4, 9] else "wrong results"
+            except poolguard.WorkerInitError as exc:
+                outcome = "named" if "out of file descriptors" in str(exc) else repr(exc)
+            except Exception as exc:   # a hang (TimeoutError) or another error
+                outcome = repr(exc)
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            outcomes.add(outcome)
+        print(sorted(outcomes))
+        print(p.map(tasks_mod.square, range(6), chunksize=1))
+        p.terminate()
+    """, method)
+    lines = out.splitlines()
+    assert lines[0] == "[0, 1, 4, 9]" and lines[2] == "[0, 1, 4, 9, 16, 25]", out
+    assert lines[1] in ("['named']", "['named', 'results']"), out
