@@ -359,9 +359,13 @@ class WorkerSet:
             if slot.task_id == INITIALIZING:
                 state = "starting"
             elif slot.task_id >= 0:
-                state = "busy"
-                elapsed = (now - slot.started) / 1e9 if slot.started else None
                 task = worker.describe_running(slot)
+                # None: answered already; the worker clears its slot after its
+                # reply (and, forked by the zygote, after its first task starts
+                # its parent-watching thread), so a status read at once saw it busy.
+                if task is not None:
+                    state = "busy"
+                    elapsed = (now - slot.started) / 1e9 if slot.started else None
             if diagnosis.process_state(worker.pid) in ("T", "t"):
                 state = "stopped"
             out.append(WorkerStatus(worker.pid, state, task, elapsed,
