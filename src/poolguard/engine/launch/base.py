@@ -32,6 +32,17 @@ def describe_start_error(exc: BaseException) -> str:
     return f"{what}: {text}" if what else text
 
 
+def started_pid(process: Any) -> int:
+    """The pid of *process*, whose ``start()`` has returned; StartError when
+    it started no process of ours.  A stand-in for ``Process`` (a test's
+    mock) starts nothing, and its pid converts to 1: signalling that would
+    hit init's process group, the whole machine."""
+    pid = process.pid
+    if type(pid) is not int or pid <= 1:
+        raise StartError(f"{type(process).__name__}.start() started no process (pid {pid!r})")
+    return pid
+
+
 @dataclass
 class WorkerSpec:
     """What every worker of one pool starts with: one parameters object

@@ -13,7 +13,8 @@ from ... import diagnosis
 from ...diagnosis import zombie_exit_status
 from ...wire.messages import top_level_names_of_main
 from ...worker import worker_main
-from .base import StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd, describe_start_error
+from .base import (StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd,
+                   describe_start_error, started_pid)
 
 
 class ContextProcess(WorkerProcess):
@@ -144,6 +145,7 @@ class ContextLauncher:
         finally:
             for conn in conns:     # the child has its own copies now
                 conn.close()
+        started_pid(process)
         return ContextProcess(process, self._method == "forkserver")
 
     def close(self) -> None:

@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ...worker import worker_main
 from . import clean_fork
-from .base import describe_start_error
+from .base import StartError, describe_start_error, started_pid
 
 OWNER_CHECK_INTERVAL = 1.0   # seconds; the socket's EOF is the fast path
 
@@ -190,8 +190,10 @@ class _Zygote:
         # Reaped on request only (multiprocessing would reap it at the next
         # start): until then its pid and group id cannot be reused.
         mp_process._children.discard(process)   # type: ignore[attr-defined]
-        pid = process.pid
-        assert pid is not None   # started
+        try:
+            pid = started_pid(process)
+        except StartError as exc:
+            return ("error", rid, str(exc)), []
         self.children[pid] = process
         # The pidfd is opened here, where the worker cannot have been reaped
         # yet: by its pid the pool might find it gone (this zygote dead and
