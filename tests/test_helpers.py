@@ -239,3 +239,27 @@ def test_a_worker_dead_before_the_pool_watches_it_is_a_death_not_a_start_failure
             os._exit(code)
     """, method)
     assert out.splitlines() == ["[0, 1, 4]", "ran again", "[0, 1, 4, 9]"], out
+
+
+@pytest.mark.parametrize("method", ["fork"])
+def test_a_task_lost_with_the_zygote_names_it(tmp_path, method):
+    """The zygote killed while a task runs: the worker dies with it (its
+    parent-death signal), and the task's error says so, not that a job
+    scheduler or a user killed the worker."""
+    out = run(tmp_path, """
+        import signal
+        import tasks_mod
+        p = poolguard.Pool(1, context=METHOD)
+        running = p.apply_async(tasks_mod.pid_after, (60,))
+        while [w.state for w in p.status()] != ["busy"]:
+            time.sleep(0.01)
+        os.kill(p._engine._launcher.pid, signal.SIGKILL)
+        try:
+            running.get(30)
+        except poolguard.WorkerCrashedError as exc:
+            print(exc.signal, "|", str(exc).replace("\\\\n", " / "))
+        p.terminate()
+    """, method)
+    assert out.startswith("SIGKILL | "), out
+    assert "died with the pool's zygote (pid" in out and "which was killed by SIGKILL" in out, out
+    assert "came from outside" not in out, out

@@ -95,14 +95,7 @@ class Postmortem:
         guard = worker.guard
         phase = _PHASES.get(slot.item, "running")
         cls = _ERRORS.get(guard.kind, WorkerCrashedError) if guard else WorkerCrashedError
-        if guard is not None and guard.kind == "memory":
-            verdict: Optional[diagnosis.Diagnosis] = diagnosis.Diagnosis(
-                diagnosis.CONFIRMED, "poolguard's memory guard killed it", ["max_worker_memory"])
-        elif exitcode is not None and guard is None:
-            verdict = diagnose(_signal(exitcode), worker.watch, self._kernel_log,
-                               diagnosis.SOURCES, slot.sent)
-        else:
-            verdict = None
+        verdict = self._verdict(worker, slot, exitcode)
         error = cls.from_death(
             pid=worker.pid, exitcode=exitcode, exit_status_known=exitcode is not None,
             task=culprit.job.describe(culprit, offset), phase=phase, diagnosis=verdict,
@@ -113,6 +106,22 @@ class Postmortem:
         elif isinstance(error, WorkerMemoryError):
             error.limit, error.rss = self.guards.max_worker_memory, guard.rss if guard else None
         return error
+
+    def _verdict(self, worker: Worker, slot: Slot,
+                 exitcode: Optional[int]) -> Optional[diagnosis.Diagnosis]:
+        guard = worker.guard
+        if guard is not None and guard.kind == "memory":
+            return diagnosis.Diagnosis(
+                diagnosis.CONFIRMED, "poolguard's memory guard killed it", ["max_worker_memory"])
+        if exitcode is None or guard is not None:
+            return None
+        helper = worker.process.lost_with()
+        if helper is not None:
+            return diagnosis.Diagnosis(diagnosis.RULED_OUT, f"it died with {helper}: the "
+                                       "workers a zygote forked end when it does", [],
+                                       outside_kill=True)
+        return diagnose(_signal(exitcode), worker.watch, self._kernel_log,
+                        diagnosis.SOURCES, slot.sent)
 
     def _may_retry(self, culprit: Unit, error: WorkerCrashedError) -> bool:
         """Only the culprit's own item counts an attempt (Unit.split)."""

@@ -132,6 +132,11 @@ class WorkerProcess:
     def close(self) -> None:
         raise NotImplementedError
 
+    def lost_with(self) -> Optional[str]:
+        """Once it is dead: the helper that forked it, when that helper was
+        dead first (a zygote's workers die with it), named with how it died."""
+        return None
+
 
 class ParentAlive:
     """A pipe whose write end only the pool's process holds: its workers see

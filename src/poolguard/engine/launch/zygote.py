@@ -55,6 +55,15 @@ class ZygoteProcess(WorkerProcess):
             os.close(self.pidfd)
             self.pidfd = None
 
+    def lost_with(self) -> Optional[str]:
+        # The zygote's death reaches its workers as their parent-death signal,
+        # so when this one's death is handled the zygote's pidfd is readable,
+        # though the launcher may not have handled that yet.
+        zygote = self._zygote
+        if not zygote.reaped and (zygote.pidfd is None or not _readable(zygote.pidfd, 0)):
+            return None
+        return f"the pool's zygote (pid {zygote.pid}), its parent, which {zygote.how_it_died()}"
+
 
 class _Helper:
     """One zygote process (the zygote, or its standby) as the pool sees it:
