@@ -38,6 +38,7 @@ SET_ASIDE = {
     "test_saturation": "_max_workers, _processes",
     "test_killed_child": "_processes",
     "test_traceback": "_RemoteTraceback",
+    "test_traceback_when_child_process_terminates_abruptly": "_RemoteTraceback",   # 3.15
     "test_idle_process_reuse_one": "_max_workers, _processes",
     "test_idle_process_reuse_multiple": "_max_workers, _processes",
     "test_max_tasks_per_child": "_processes",

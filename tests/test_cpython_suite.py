@@ -23,6 +23,7 @@ from typing import Optional
 import pytest
 
 from scripts import ROOT
+from warnings_policy import SCRIPT_WARNINGS, offending_lines
 
 HERE = Path(__file__).resolve().parent
 VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -78,7 +79,8 @@ def cpython_test_dir() -> Path:
 
 @pytest.mark.timeout(SUITE_LIMIT + 60)
 def test_cpython_test_concurrent_futures_passes(cpython_test_dir, method):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]),
+               PYTHONWARNINGS=SCRIPT_WARNINGS)
     done = subprocess.run([sys.executable, str(HERE / "cpython_suite.py"),
                            str(cpython_test_dir), method],
                           capture_output=True, text=True, timeout=SUITE_LIMIT, env=env,
@@ -91,3 +93,4 @@ def test_cpython_test_concurrent_futures_passes(cpython_test_dir, method):
     assert failed == 0 and done.returncode == 0, \
         f"{summary}\n{done.stdout[-6000:]}\nstderr:\n{done.stderr[-6000:]}"
     assert passed >= 30, summary
+    assert not offending_lines(done.stderr), f"DeprecationWarning from poolguard:\n{done.stderr}"
