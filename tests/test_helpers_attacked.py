@@ -52,6 +52,48 @@ def test_the_fork_server_killed_while_it_starts_a_worker_changes_no_result(tmp_p
     assert out.splitlines() == ["[25]", "[0, 1, 4]", "[0, 1, 4, 9]"], out
 
 
+@pytest.mark.parametrize("method", ["forkserver"])
+def test_a_stopped_fork_server_delays_only_the_workers_it_must_start(tmp_path, method):
+    """The fork server SIGSTOPped (before, a start waited for it on the
+    supervisor's thread, and nothing else was handled until SIGCONT): a
+    worker is SIGKILLed meanwhile (its death reported within 5 s) and a
+    healthy short task runs on the other within 5 s; after SIGCONT the
+    replacement comes and the pool is exactly right."""
+    out = run(tmp_path, """
+        import signal
+        from multiprocessing import forkserver
+        import tasks_mod
+        p = poolguard.Pool(2, context=METHOD)
+        p.map(tasks_mod.pid_after, [0.2, 0.2], chunksize=1)
+        server = forkserver._forkserver._forkserver_pid
+        os.kill(server, signal.SIGSTOP)
+        try:
+            victim = p.pids[0]
+            doomed = p.apply_async(tasks_mod.pid_after, (30,))
+            time.sleep(0.3)
+            started = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            try:
+                doomed.get(10)
+            except poolguard.WorkerCrashedError as exc:
+                print("death", time.monotonic() - started < 5, exc.signal)
+            started = time.monotonic()
+            print("healthy", p.apply_async(tasks_mod.square, (7,)).get(10),
+                  time.monotonic() - started < 5)
+            time.sleep(1.0)
+        finally:
+            os.kill(server, signal.SIGCONT)
+        print(p.map(tasks_mod.square, range(6), chunksize=1))
+        deadline = time.monotonic() + 10
+        while len([s for s in p.status() if s.state == "idle"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(len(p.status()), sorted({s.state for s in p.status()}))
+        p.terminate()
+    """, method)
+    assert out.splitlines() == ["death True SIGKILL", "healthy 49 True",
+                                "[0, 1, 4, 9, 16, 25]", "2 ['idle']"], out
+
+
 def test_a_killer_among_every_descendant_changes_no_result(tmp_path, method):
     """A chaos killer picks among every descendant of the pool's process:
     workers, the zygote and its standby (fork), multiprocessing's fork

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
@@ -15,6 +16,7 @@ from ...wire.messages import top_level_names_of_main
 from ...worker import worker_main
 from .base import (StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd,
                    describe_start_error, started_pid)
+from .starter import Starter
 
 
 class ContextProcess(WorkerProcess):
@@ -59,6 +61,9 @@ class ContextLauncher:
         self.spec = spec
         self._method = context.get_start_method()
         self._main_names: Optional[FrozenSet[str]] = None
+        # Under forkserver each start waits for the fork server: made on a
+        # thread of ours, not the supervisor's (starter.py).
+        self._starter = Starter(self._start_now) if self._method == "forkserver" else None
 
     def main_by_value(self, func: Callable[..., Any]) -> bool:
         """Must a function of __main__ go by value?  Under fork (no zygote)
@@ -75,31 +80,52 @@ class ContextLauncher:
         name = getattr(func, "__qualname__", "")
         return name not in self._main_names
 
-    # Every worker is started at once, on request: nothing to watch, nothing
-    # pending.  (What a helper of multiprocessing's does is said in start.)
+    # Under spawn every worker is started at once, on request: nothing to
+    # watch, nothing pending.  Under forkserver the starter's thread makes
+    # the starts, and they are taken as the zygote's answers are.
     broken: Optional[str] = None
 
     def fds(self) -> List[int]:
-        return []
+        return [self._starter.wake_fd] if self._starter is not None else []
 
     def on_ready(self, fd: int) -> Optional[str]:
+        if self._starter is not None:
+            self._starter.drain()   # the next turn takes what was started
         return None
 
     def take_prepared(self, index: int) -> Optional[Tuple[WorkerPipes, WorkerProcess]]:
-        return None
+        """The worker started for slot *index*, and its pipes; None if none
+        is (StartError if its start failed)."""
+        outcome = self._starter.take(index) if self._starter is not None else None
+        if outcome is None:
+            return None
+        pipes, process = outcome
+        if isinstance(process, StartError):
+            pipes.close_parent_ends()
+            raise process
+        return pipes, process
 
     def still_forking(self, index: int) -> bool:
-        return False
+        return self._starter is not None and self._starter.pending(index)
 
     def busy(self) -> bool:
-        return False
+        return self._starter is not None and self._starter.busy()
 
     def prepared(self, index: int) -> bool:
-        return False
+        """Is a worker started for slot *index*, to be taken?"""
+        return self._starter is not None and self._starter.ready(index)
 
     def start(self, index: int, pipes: WorkerPipes) -> Optional[WorkerProcess]:
-        """Start the worker of slot *index*; our copies of its ends of
-        *pipes* are closed, whatever happens.  If the fork server died
+        """Start the worker of slot *index* (under forkserver: ask the
+        starter, None: taken later); our copies of its ends of *pipes* are
+        closed, whatever happens."""
+        if self._starter is None:
+            return self._start_now(index, pipes)
+        self._starter.ask(index, pipes)
+        return None
+
+    def _start_now(self, index: int, pipes: WorkerPipes) -> WorkerProcess:
+        """Start the worker of slot *index*.  If the fork server died
         during the start (killed, or by the OOM killer), multiprocessing
         makes a new one at the next start: the start is made again once, on
         new pipes (a worker it may have forked holds the old ones, and sees
@@ -107,7 +133,7 @@ class ContextLauncher:
         try:
             return self._start(index, pipes)
         except _ForkServerGone:
-            pass
+            _wait_for_fork_server_exit()
         try:
             pipes.renew()
         except OSError as exc:
@@ -149,11 +175,32 @@ class ContextLauncher:
         return ContextProcess(process, self._method == "forkserver")
 
     def close(self) -> None:
-        pass   # each worker was reaped by the supervisor
+        if self._starter is not None:   # each worker was reaped by the supervisor
+            self._starter.close()
 
 
 class _ForkServerGone(Exception):
     """The fork server died while it started a worker."""
+
+
+FORK_SERVER_EXIT_WAIT = 1.0   # seconds for a fork server that closed on us to exit
+
+
+def _wait_for_fork_server_exit() -> None:
+    """Let the fork server that closed our connection finish exiting, so
+    that multiprocessing sees it dead and makes a new one at the next start
+    (else that start connects to the old one's closed socket)."""
+    from multiprocessing import forkserver
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    fd = _pidfd(pid) if pid is not None else None
+    if fd is None:
+        return
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.poll(FORK_SERVER_EXIT_WAIT * 1000)   # readable once it has exited
+    finally:
+        os.close(fd)
 
 
 _daemon_flag_lock = threading.Lock()
