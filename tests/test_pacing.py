@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 
 import pytest
 
@@ -142,7 +143,7 @@ def test_short_tasks_do_not_wait_behind_a_long_one(method, unordered):
 
 def test_pacer_rules():
     """The pacer's rules, on its own (numbers only, no processes)."""
-    pacer = Pacer(slots=None, maxtasks=None)   # type: ignore[arg-type]
+    pacer = Pacer(maxtasks=None)
     job = Job(tasks.square, EACH, "map")
     unit = Unit(job, 0, list(range(10_000)), b"f", elastic=True)
     assert pacer.elastic_size(unit) == 1            # never measured: one item
@@ -156,6 +157,7 @@ def test_pacer_rules():
 
         def __init__(self, inflight, backlog, blind):
             self.inflight, self.backlog, self.blind = inflight, backlog, blind
+            self.ends_at = time.monotonic() + backlog
 
     assert pacer.may_take(FakeWorker([], 0.0, 0), unit)
     assert not pacer.may_take(FakeWorker([unit], 0.0, 1), unit)            # unknown: one only

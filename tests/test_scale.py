@@ -100,3 +100,69 @@ def test_a_thousand_workers(tmp_path, method, front):
     assert out.rstrip().endswith("ok"), out
     raised = int(out.split("raised to ")[1].split()[0])
     assert raised >= 5 * WORKERS, out
+
+
+# ---- the supervisor's structures, on their own (numbers only, no processes) ----
+
+class _Worker:
+    """What the offers heap and the RSS rotation read of a worker."""
+
+    usable, gone, blind, sent = True, False, 0, 0
+
+    def __init__(self, index: int):
+        self.index, self.ends_at = index, 0.0
+        self.inflight: list = []
+        self.offer = None
+
+
+def test_offers_pick_idle_workers_lowest_slot_first_then_the_least_loaded():
+    from poolguard.engine.pacing import MAX_AHEAD, Offers, Pacer
+    offers = Offers(Pacer(maxtasks=None))
+    workers = [_Worker(i) for i in range(1000)]
+    for worker in reversed(workers):
+        offers.update(worker)
+    now = 2000.0
+    assert [offers.take(now, 0.002).index for _ in range(3)] == [0, 1, 2]
+    for worker in workers[:3]:   # each took a unit of 1 s
+        worker.inflight.append("unit")
+        worker.ends_at = now + 1.0
+        offers.update(worker)
+    assert offers.take(now, 0.002).index == 3        # idle ones first
+    assert offers.next_wake(now, 0.5) == 0.0         # idle ones are left
+    for worker in workers[3:]:
+        worker.usable = False
+        offers.update(worker)
+    assert offers.take(now, 0.002) is None           # nobody ends within 2 ms
+    assert offers.next_wake(now, 0.5) == 0.5         # the first ends in 1 s
+    workers[1].inflight = ["unit"] * MAX_AHEAD
+    offers.update(workers[1])
+    assert [offers.take(now, 2.0).index for _ in range(2)] == [0, 2]
+
+
+def test_deadlines_run_once_in_order_and_cancelled_ones_never():
+    from poolguard.engine.timers import Timers
+    timers, ran = Timers(), []
+    for when in (3.0, 1.0, 2.0, 1.0):
+        timers.at(when, lambda now, w=when: ran.append((w, now)))
+    timers.at(0.5, ran.append).cancel()
+    assert timers.next_at() == 1.0
+    timers.run_due(1.5)
+    timers.run_due(1.5)
+    assert ran == [(1.0, 1.5), (1.0, 1.5)] and timers.next_at() == 2.0
+    timers.run_due(10.0)
+    assert [w for w, _ in ran] == [1.0, 1.0, 2.0, 3.0] and timers.next_at() is None
+
+
+def test_rss_samples_stay_within_their_budget_and_reach_every_busy_worker():
+    from poolguard.engine.guards import Rotation
+    busy = {i: _Worker(i) for i in range(1024)}
+    for worker in busy.values():
+        worker.inflight.append("unit")
+    rotation, seen = Rotation(busy), []
+    for _ in range(11):
+        picked = rotation.next(100)
+        assert len(picked) == 100 and len(set(map(id, picked))) == 100
+        seen.extend(w.index for w in picked)
+    assert set(seen) == set(busy)   # all 1,024 within 11 ticks of 100
+    small = {i: busy[i] for i in range(5)}
+    assert sorted(w.index for w in Rotation(small).next(100)) == [0, 1, 2, 3, 4]

@@ -4,74 +4,121 @@ The supervisor calls :meth:`GuardKeeper.check` once per turn of its loop and
 sleeps at most :meth:`GuardKeeper.next_wake`.  The keeper also takes the RSS
 samples that the post-mortem weighs (diagnosis.py), and sends the signals a
 worker is due (a SIGKILL after a SIGTERM that was not enough).
+
+Nothing here scans every worker on a turn: deadlines (signals due, the next
+look at a busy worker's running item) are in the worker set's timer heap,
+and RSS is read from a rotation of the busy workers within a budget of
+reads a second.  With a thousand busy workers, one read each every 0.1 s
+would be 10,000 reads a second; within the budget each is read about once
+a second, and every one of them still every 0.1 s up to 100 busy workers.
 """
 from __future__ import annotations
 
 import signal
 import time
 import warnings
-from typing import Iterable, Optional
+from typing import Dict, List, Optional
 
 from ..diagnosis import process_state
 from ..errors import WorkerStoppedWarning
 from ..options import Guards
 from ..wire.slots import SharedSlots
-from .workers import GuardStop, Worker, signal_process
+from .workers import GuardStop, Worker, WorkerSet, signal_process
 
 RSS_SAMPLE_INTERVAL = 0.1       # seconds between memory samples of busy workers
+SAMPLES_PER_SECOND = 1000       # RSS samples (and stop checks) at most, all workers together
 MEMORY_CHECK_INTERVAL = 0.01    # seconds between RSS checks when max_worker_memory is set
+MEMORY_CHECKS_PER_SECOND = 4000  # RSS reads for max_worker_memory at most
 STACK_GRACE = 0.05              # seconds for a worker past its timeout to write its stacks
 TIMEOUT_GRACE = 0.2             # seconds between SIGTERM and SIGKILL past a timeout
 STOPPED_WARNING = 5.0           # seconds a busy worker may stay stopped before a warning
 
 
+class Rotation:
+    """The busy workers taken a few at a time, each in turn."""
+
+    def __init__(self, busy: Dict[int, Worker]):
+        self._busy = busy
+        self._round: List[Worker] = []
+
+    def next(self, count: int) -> List[Worker]:
+        """Up to *count* busy workers, none twice."""
+        out: Dict[int, Worker] = {}
+        refilled = False
+        while len(out) < count:
+            if not self._round:
+                if refilled or not self._busy:
+                    break
+                self._round = list(self._busy.values())
+                self._round.reverse()
+                refilled = True
+            worker = self._round.pop()
+            if worker.inflight and not worker.gone:
+                out[id(worker)] = worker
+        return list(out.values())
+
+
 class GuardKeeper:
-    def __init__(self, guards: Guards, slots: SharedSlots):
+    def __init__(self, guards: Guards, slots: SharedSlots, workers: WorkerSet):
         self.guards = guards
         self._slots = slots
+        self._workers = workers
         self.sample_interval: Optional[float] = RSS_SAMPLE_INTERVAL   # None: no sampling
         self._next_sample = 0.0
         self._next_memory_check = 0.0
+        self._samples = Rotation(workers.busy)
+        self._memory_checks = Rotation(workers.busy)
 
-    def next_wake(self, workers: Iterable[Worker]) -> Optional[float]:
+    def next_wake(self) -> Optional[float]:
         """Seconds the loop may sleep before a guard needs it (None: forever)."""
-        workers = list(workers)
-        now = time.monotonic()
-        times = [d for w in workers for d in (w.next_signal_at(), w.item_deadline)
-                 if d is not None]
-        if any(w.inflight for w in workers):
+        times = []
+        due = self._workers.timers.next_at()
+        if due is not None:
+            times.append(due)
+        if self._workers.busy:
             if self.sample_interval is not None:
                 times.append(self._next_sample)
             if self.guards.max_worker_memory is not None:
                 times.append(self._next_memory_check)
-        return max(0.0, min(times) - now) if times else None
+        return max(0.0, min(times) - time.monotonic()) if times else None
 
-    def check(self, workers: Iterable[Worker]) -> None:
+    def took_first(self, worker: Worker) -> None:
+        """*worker*, idle until now, was sent a unit: its item cannot pass
+        task_timeout before then + task_timeout."""
+        timeout = self.guards.task_timeout
+        if timeout is not None and worker.timeout_check is None:
+            worker.timeout_check = self._workers.timers.at(
+                time.monotonic() + timeout, lambda now: self._check_timeout(worker, now))
+
+    def check(self) -> None:
         now = time.monotonic()
-        workers = list(workers)
+        self._workers.timers.run_due(now)
+        if not self._workers.busy:
+            return
         if self.sample_interval is not None and now >= self._next_sample:
             self._next_sample = now + self.sample_interval
-            for worker in workers:
-                if worker.inflight:
-                    worker.watch.sample()
-                    self._check_stopped(worker, now)
+            budget = max(1, int(SAMPLES_PER_SECOND * self.sample_interval))
+            for worker in self._samples.next(budget):
+                worker.watch.sample()
+                self._check_stopped(worker, now)
         cap = self.guards.max_worker_memory
-        check_memory = cap is not None and now >= self._next_memory_check
-        if check_memory:
+        if cap is not None and now >= self._next_memory_check:
             self._next_memory_check = now + MEMORY_CHECK_INTERVAL
-        for worker in workers:
-            worker.send_due_signals(now)
-            if worker.guard is not None or not worker.inflight:
-                worker.item_deadline = None
-                continue
-            if self.guards.task_timeout is not None:
-                self._check_timeout(worker, now, self.guards.task_timeout)
-            if cap is not None and check_memory and worker.guard is None:
-                self._check_memory(worker, cap)
+            budget = max(1, int(MEMORY_CHECKS_PER_SECOND * MEMORY_CHECK_INTERVAL))
+            for worker in self._memory_checks.next(budget):
+                if worker.guard is None:
+                    self._check_memory(worker, cap)
 
-    def _check_timeout(self, worker: Worker, now: float, timeout: float) -> None:
+    def _check_timeout(self, worker: Worker, now: float) -> None:
         """The worker writes each item's start time (CLOCK_MONOTONIC, shared by
-        all processes) to its slot; queued time is not counted."""
+        all processes) to its slot; queued time is not counted.  Looked at
+        when the running item could first be past its time, and again at
+        its deadline or, between items, a task_timeout later."""
+        worker.timeout_check = None
+        timeout = self.guards.task_timeout
+        if worker.gone or worker.guard is not None or not worker.inflight or timeout is None:
+            worker.item_deadline = None
+            return
         seen = self._slots.read(worker.index)
         # The unit a worker runs is its oldest unanswered one; a slot that
         # still names an answered unit (its reply is in, IDLE not yet
@@ -79,6 +126,7 @@ class GuardKeeper:
         if seen.task_id < 0 or seen.task_id != worker.inflight[0].id:
             worker.item_deadline = None
             worker.seen_item = ()
+            self._look_again(worker, now + timeout)
             return
         if seen != worker.seen_item:
             worker.seen_item = seen
@@ -94,6 +142,12 @@ class GuardKeeper:
             signal_process(worker.process, signal.SIGUSR2)
             worker.escalate([(now + STACK_GRACE, signal.SIGTERM),
                              (now + STACK_GRACE + TIMEOUT_GRACE, signal.SIGKILL)])
+            return
+        self._look_again(worker, worker.item_deadline or now + timeout)
+
+    def _look_again(self, worker: Worker, when: float) -> None:
+        worker.timeout_check = self._workers.timers.at(
+            when, lambda now: self._check_timeout(worker, now))
 
     def _check_stopped(self, worker: Worker, now: float) -> None:
         """A stopped worker cannot print its stack nor end its task: say so
@@ -120,4 +174,3 @@ class GuardKeeper:
                 "memory", f"was killed by poolguard: its RSS reached {rss / 2**20:.0f} MiB, "
                           f"over max_worker_memory={cap / 2**20:.0f} MiB,", rss))
             signal_process(worker.process, signal.SIGKILL)
-

@@ -13,15 +13,24 @@ long it takes.
 
 Each reply carries the time its unit ran in the worker (``REPLY_HEADER``);
 the pacer keeps, per function, a moving average of the time per item.
+
+Which worker gets the next unit: :class:`Offers`, a heap of the workers
+that may take one: the idle ones first, lowest slot first, then the busy
+ones by when what they have should end, soonest first.  Work spreads as by
+a round robin, and a pick costs O(log n) with a thousand workers, where a
+scan of all of them for each unit cost more than the unit.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
-from typing import Dict, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-from ..wire.slots import SharedSlots
 from .jobs import Unit
-from .workers import Worker
+
+if TYPE_CHECKING:   # workers.py keeps its Offers
+    from .workers import Worker
 
 WINDOW = 0.002          # seconds of known work a worker may have queued
 MAX_AHEAD = 64          # units in flight per worker at most
@@ -31,9 +40,8 @@ _REMEMBERED = 256       # functions; past that the oldest are forgotten
 
 
 class Pacer:
-    def __init__(self, slots: SharedSlots, maxtasks: Optional[int]) -> None:
-        self._slots = slots
-        self._maxtasks = maxtasks
+    def __init__(self, maxtasks: Optional[int]) -> None:
+        self._maxtasks = self.maxtasks = maxtasks
         # function pickle -> (seconds per item, items measured)
         self._per_item: Dict[bytes, Tuple[float, int]] = {}
 
@@ -60,41 +68,32 @@ class Pacer:
 
     def may_take(self, worker: Worker, head: Unit) -> bool:
         """May *worker* be sent one more unit, *head* (the next pending), now?"""
-        if self._maxtasks is not None and worker.sent >= self._maxtasks:
-            return False
+        key = self.offer_key(worker)
+        return key is not None and key - time.monotonic() < self.patience(head)
+
+    def offer_key(self, worker: Worker) -> Optional[float]:
+        """When *worker* may be offered units: IDLE + its slot when idle, or
+        when the units it has (all with a known duration) should end; None
+        while it may take none (not ready, at MAX_AHEAD, maxtasksperchild
+        reached, or running a unit of unknown duration)."""
+        if not worker.usable or (self._maxtasks is not None and worker.sent >= self._maxtasks):
+            return None
         if not worker.inflight:
-            return True
-        return (not worker.blind and len(worker.inflight) < MAX_AHEAD
-                and self._time_left(worker) < self._patience(head))
+            return IDLE + worker.index
+        if worker.blind or len(worker.inflight) >= MAX_AHEAD:
+            return None
+        return worker.ends_at
 
-    def next_wake(self, workers: Iterable[Worker], head: Unit) -> Optional[float]:
-        """Seconds until some busy worker may take *head*, the next pending
-        unit (None: no such worker)."""
-        patience = self._patience(head)
-        times = [self._time_left(w) - patience for w in workers
-                 if w.usable and w.inflight and not w.blind and len(w.inflight) < MAX_AHEAD]
-        return max(0.0, min(times)) if times else None
-
-    def _patience(self, head: Unit) -> float:
+    def patience(self, head: Unit, expected: Optional[float] = None) -> float:
         """How long *head* may wait in a pipe: WINDOW, or half its own
         expected time (a long unit, say a map's chunk, then never leaves its
-        worker idle for a round trip, and waits at most half its length)."""
+        worker idle for a round trip, and waits at most half its length).
+        *expected*: its expected time, if the caller has it already."""
         if head.elastic:
             return WINDOW
-        expected = self.expected(head)
+        if expected is None:
+            expected = self.expected(head)
         return WINDOW if expected is None else max(WINDOW, expected / 2)
-
-    def _time_left(self, worker: Worker) -> float:
-        """The expected time of what *worker* has in flight, less what the
-        unit it runs has run already (read from its slot only when it
-        matters: a long backlog)."""
-        backlog = worker.backlog
-        if backlog < WINDOW:
-            return backlog
-        slot = self._slots.read(worker.index)
-        if slot.task_id != worker.inflight[0].id or not slot.started:
-            return backlog
-        return backlog - max(0.0, (time.monotonic_ns() - slot.started) / 1e9)
 
     def elastic_size(self, unit: Unit) -> int:
         """Items to cut from an elastic unit: about CHUNK_TIME of work, and
@@ -109,3 +108,76 @@ class Pacer:
         average, seen = known
         wanted = int(CHUNK_TIME / average) if average > 0 else len(unit.items)
         return max(1, min(wanted, seen // 2, len(unit.items)))
+
+
+class Offers:
+    """The workers that may be sent a unit now or later, in a heap by
+    ``Pacer.offer_key``.  A worker whose key changes gets a new entry; the
+    old one is dropped when it reaches the top."""
+
+    def __init__(self, pacer: Pacer) -> None:
+        self._maxtasks = pacer.maxtasks
+        self._heap: List[Tuple[float, int, Worker]] = []
+        self._order = itertools.count()
+        self._clean_above = _CLEAN_ABOVE
+        # Workers that answered a unit since the heap was last looked at:
+        # updated only when a unit is to be handed out, so that replies
+        # coming while nothing is pending cost no heap work.
+        self.moved: Dict[int, Worker] = {}   # by slot
+
+    def update(self, worker: Worker) -> None:
+        """*worker* changed (took or answered a unit, changed state, died).
+        Its key as Pacer.offer_key's, inline: this runs twice a unit."""
+        key: Optional[float] = None
+        if worker.usable and not worker.gone and (self._maxtasks is None
+                                                  or worker.sent < self._maxtasks):
+            if not worker.inflight:
+                key = IDLE + worker.index
+            elif not worker.blind and len(worker.inflight) < MAX_AHEAD:
+                key = worker.ends_at
+        entry = worker.offer
+        if entry is not None and entry[0] == key:
+            return
+        if key is None:
+            worker.offer = None
+            return
+        worker.offer = entry = (key, next(self._order), worker)
+        heapq.heappush(self._heap, entry)
+        if len(self._heap) > self._clean_above:   # mostly stale entries: start afresh
+            self._heap = [e for e in self._heap if e[2].offer is e]
+            heapq.heapify(self._heap)
+            self._clean_above = max(_CLEAN_ABOVE, 4 * len(self._heap))
+
+    def _top(self) -> Optional[Tuple[float, int, Worker]]:
+        if self.moved:
+            for worker in self.moved.values():
+                self.update(worker)
+            self.moved.clear()
+        heap = self._heap
+        while heap and heap[0][2].offer is not heap[0]:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    def take(self, now: float, patience: float) -> Optional[Worker]:
+        """The worker to send the next unit to, if one may take it now (a
+        unit that may wait *patience* s in its pipe), out of the heap until
+        ``update``."""
+        top = self._top()
+        if top is None or top[0] - now >= patience:
+            return None
+        heapq.heappop(self._heap)
+        worker = top[2]
+        worker.offer = None
+        return worker
+
+    def next_wake(self, now: float, patience: float) -> Optional[float]:
+        """Seconds until a worker may take a unit of that *patience*."""
+        top = self._top()
+        return None if top is None else max(0.0, top[0] - patience - now)
+
+
+_CLEAN_ABOVE = 4096      # heap entries, stale ones included
+# The key of an idle worker: before any busy one's (a time), the lowest slot
+# first.  A lone task goes to the same worker as before the heap (the first
+# idle one), which tests and users rely on; a burst still spreads over all.
+IDLE = -2.0 ** 50

@@ -15,7 +15,7 @@ Data flow::
     |                                  timeout: GuardKeeper.next_wake)
     |                                 |
     |                                 | WorkerSet.start: a worker per empty slot
-    |                                 | dispatch: as many units a worker as Pacer
+    |                                 | dispatch.py: as many units a worker as Pacer
     |                                 |   allows (pacing.py: none ahead of a long one)
     |                                 |   non-blocking write ---- task pipe ---> worker_main
     |                                 |   (Spiller thread: what a full pipe        | writes [unit, item,
@@ -36,8 +36,10 @@ Data flow::
     |                                 |   RSS over max_worker_memory -> SIGKILL
 
 Every state change happens in the supervisor loop, whose only blocking point
-is the poll in ``WatchSet.wait`` (``multiprocessing.connection.wait``'s, kept
-between turns).  Other threads talk to it only through the inbox (inbox.py):
+is the epoll wait in ``WatchSet.wait`` (wire/channels.py).  No turn scans
+every worker: the worker set keeps who is idle, busy or may take a unit
+(workers.py, pacing.py's Offers), deadlines are in a heap (timers.py), RSS
+is sampled within a budget (guards.py).  Other threads talk to it only through the inbox (inbox.py):
 they queue units or change the pool's state under its lock, and wake it.
 No lock is shared with a worker: each has its own pipes and its own slot, so
 a worker killed at any instant cannot block anyone else.
@@ -47,7 +49,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 from .. import diagnosis
 from ..diagnosis import KernelLog
@@ -61,6 +63,7 @@ from ..wire.slots import SharedSlots
 from . import at_exit, limits
 from .guards import GuardKeeper
 from .callbacks import report_callback_error
+from .dispatch import Dispatcher
 from .inbox import CLOSING, RUNNING, TERMINATING, Inbox
 from .jobs import Job, Unit, cut_units, deliver, make_unit
 from .pacing import Pacer
@@ -107,7 +110,9 @@ class Engine(EngineBase):
         self._launcher_fds: List[int] = []   # its helpers' sockets and pidfds
         self._sync_launcher_fds()
         self._spiller = Spiller()
-        self._workers = WorkerSet(processes, self._slots, launcher, self._watch, self._spiller)
+        self._pacer = Pacer(maxtasks)
+        self._workers = WorkerSet(processes, self._slots, launcher, self._watch, self._spiller,
+                                  self._pacer)
         # Workers cannot start (initializer failed, throttle, zygote gone):
         self._init_error: Optional[WorkerInitError] = None
         # May workers read large bytes from our memory?  Not until the first
@@ -115,14 +120,17 @@ class Engine(EngineBase):
         self.remote_reads = False
         self._remote_refused = False
         self._kernel_log = KernelLog(diagnosis.SOURCES)
-        self.guard_keeper = GuardKeeper(guards, self._slots)
-        self._pacer = Pacer(self._slots, maxtasks)
+        self.guard_keeper = GuardKeeper(guards, self._slots, self._workers)
         self._postmortem = Postmortem(guards, self._kernel_log, processes, initializer)
         # Units may go to a worker still starting, after the ready ones had
         # their turn, when that cannot take long: forked, no initializer.  The
         # pool's first result then does not wait for a READY round trip.
-        self._early = initializer is None and isinstance(launcher, ZygoteLauncher)
+        early = initializer is None and isinstance(launcher, ZygoteLauncher)
+        self._dispatcher = Dispatcher(inbox, self._workers, self._pacer, self.guard_keeper,
+                                      early, self._deliver_failure)
         self._more_to_start = False   # the start budget ran out: the next turn goes on
+        self._vacancies_changed = True   # a slot may be started that could not be before
+        self._terminating: Optional[bool] = None   # terminate() applied, with kill or not
         self._start(self._run, "poolguard-supervisor")
 
     # ---- called from other threads -------------------------------------------------
@@ -191,13 +199,14 @@ class Engine(EngineBase):
         inbox = self.inbox
         if inbox.new_call and inbox.take_new_call():   # the lock only when one came
             self._init_error = None   # a new call gets a new chance to start workers
+            self._vacancies_changed = True
         state = inbox.state
         if state == TERMINATING:
             self._terminate_workers()
         else:
             self._maintain_workers()
             self._fail_pending_if_no_worker_can_start()
-            self._dispatch()
+            self._dispatcher.dispatch()
             if state == CLOSING:
                 self._stop_idle_workers()
         if state == TERMINATING and not self._workers:
@@ -223,18 +232,18 @@ class Engine(EngineBase):
                 deaths.append(worker)
         for worker in deaths:   # after the replies, which may finish its task
             self._on_death(worker)
-        self.guard_keeper.check(self._workers)
+        self.guard_keeper.check()
         return True
 
     def _next_wake(self) -> Optional[float]:
         if self._more_to_start:
             return 0.0
-        wake = self.guard_keeper.next_wake(self._workers)
+        wake = self.guard_keeper.next_wake()
         try:
             head = self.inbox.pending[0]
         except IndexError:   # none (a caller's shutdown may also have just taken them)
             return wake
-        paced = self._pacer.next_wake(self._workers, head)
+        paced = self._workers.offers.next_wake(time.monotonic(), self._pacer.patience(head))
         return paced if paced is not None and (wake is None or paced < wake) else wake
 
     # ---- workers -------------------------------------------------------------------
@@ -244,14 +253,17 @@ class Engine(EngineBase):
         with inbox.lock:
             needed = inbox.state == RUNNING or bool(inbox.pending) or inbox.open_calls > 0
         self._more_to_start = False
-        if not needed:
+        # Only when something changed: a death, a launcher's answer, a new call.
+        if not needed or not self._vacancies_changed:
             return
+        self._vacancies_changed = False
+        forking = self._launcher.forking_slots()
         until = time.monotonic() + START_BUDGET
         for index in self._workers.empty_slots():
             if time.monotonic() > until:
-                self._more_to_start = True
+                self._more_to_start = self._vacancies_changed = True
                 return
-            if self._launcher.still_forking(index):
+            if forking is None or index in forking:
                 continue   # the loop wakes when the zygote answers
             if self._init_error is not None and not self._launcher.prepared(index):
                 continue   # no new start; one the zygote forked at its birth is taken
@@ -268,70 +280,6 @@ class Engine(EngineBase):
             for unit in self.inbox.take_pending():
                 self._deliver_failure(unit, self._init_error)
 
-    def _dispatch(self) -> None:
-        """Hand pending units to workers, one per worker per pass, as long as
-        the pacer lets each take more; each worker's frames go in one write."""
-        pending = self.inbox.pending
-        if not pending:
-            return
-        frames: Dict[Worker, List[bytes]] = {}
-        failed: List[Tuple[Unit, BaseException]] = []
-        with self.inbox.lock:
-            self._hand_out([w for w in self._workers if w.usable], frames, failed)
-            if pending and self._early:
-                self._hand_out(self._workers.starting_idle(), frames, failed)
-        for worker, parts in frames.items():
-            self._workers.send(worker, parts)
-        for unit, exc in failed:
-            self._deliver_failure(unit, exc)
-
-    def _hand_out(self, workers: List[Worker], frames: Dict[Worker, List[bytes]],
-                  failed: List[Tuple[Unit, BaseException]]) -> None:
-        """Round-robin over *workers* while the pacer lets any take more."""
-        pending = self.inbox.pending
-        progress = True
-        while pending and progress:
-            progress = False
-            for worker in workers:
-                if not (pending and self._pacer.may_take(worker, pending[0])):
-                    continue
-                progress = True
-                unit = self._next_unit(pending, failed)
-                if unit is not None:
-                    if not worker.inflight and worker.state is State.STARTING:
-                        worker.watch.sample()   # its cgroup and OOM counter, before any task
-                    worker.take(unit, self._pacer.expected(unit))
-                    frames.setdefault(worker, []).extend(unit.frame)
-
-    def _next_unit(self, pending: Deque[Unit],
-                   failed: List[Tuple[Unit, BaseException]]) -> Optional[Unit]:
-        """The unit to send next, or None if the one at the head was dropped
-        (cancelled) or could not be encoded (into *failed*)."""
-        unit = pending[0]
-        if not unit.elastic:
-            pending.popleft()
-            if not unit.job.wanted(unit):
-                unit.release()
-                return None
-            if not unit.frame:   # lazy (see cut_units)
-                try:
-                    unit.encode()
-                except (Exception, SystemExit) as exc:   # a __reduce__ may even call exit()
-                    failed.append((unit, exc))
-                    return None
-            return unit
-        if not unit.job.wanted(unit):
-            pending.popleft()
-            return None
-        head, error = unit.job.cut(unit, self._pacer.elastic_size(unit))
-        if not unit.items:
-            pending.popleft()
-        if error is not None:
-            assert head is not None
-            failed.append((head, error))
-            return None
-        return head
-
     def _stop_idle_workers(self) -> None:
         if not (self.inbox.pending or self.inbox.open_calls):
             self._workers.stop_idle()
@@ -341,7 +289,9 @@ class Engine(EngineBase):
         error = PoolTerminatedError("the pool was terminated before this task finished")
         for unit in units:
             self._deliver_failure(unit, error)
-        self._workers.terminate(0.0 if self.inbox.kill else TERMINATE_GRACE)
+        if self._terminating != self.inbox.kill:   # once, and again for a kill
+            self._terminating = self.inbox.kill
+            self._workers.terminate(0.0 if self.inbox.kill else TERMINATE_GRACE)
 
     # ---- replies -------------------------------------------------------------------
 
@@ -423,6 +373,7 @@ class Engine(EngineBase):
                                          worker.crash_stack())
         worker.inflight.clear()
         self._workers.forget(worker)
+        self._vacancies_changed = True
         if death.spent is not None:
             death.spent.release()
         if death.rerun:
@@ -441,19 +392,19 @@ class Engine(EngineBase):
         (launch/zygote.py); only when it cannot do waiting and later tasks
         that need a new worker fail."""
         broken = self._launcher.on_ready(fd)
+        self._vacancies_changed = True
         if broken is not None:
             self._set_init_error(WorkerInitError(broken), None)
         self._sync_launcher_fds()
 
     def _sync_launcher_fds(self) -> None:
-        fds = self._launcher.fds()
+        # All again: a number kept may be a new file (a new helper's), which
+        # an epoll set does not watch under the old one's registration.
         for fd in self._launcher_fds:
-            if fd not in fds:
-                self._watch.discard(fd)
-        for fd in fds:
-            if fd not in self._launcher_fds:
-                self._watch.add(fd, self._launcher, "launcher")
-        self._launcher_fds = fds
+            self._watch.discard(fd)
+        self._launcher_fds = self._launcher.fds()
+        for fd in self._launcher_fds:
+            self._watch.add(fd, self._launcher, "launcher")
 
     # ---- the end -------------------------------------------------------------------
 
@@ -470,6 +421,7 @@ class Engine(EngineBase):
             for unit in units:
                 self._deliver_failure(unit, failure)
         self._spiller.stop()
+        self._watch.close()
         self._alive.close()
         self.inbox.wakeup.close()
         self._slots.close()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import os
 import re
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .. import diagnosis
 from ..diagnosis import WorkerWatch
@@ -21,7 +22,9 @@ from ..wire.messages import STOP, TASK_HEADER
 from ..wire.slots import INITIALIZING, SharedSlots, Slot
 from ..worker import worker_main
 from .jobs import Unit
+from .pacing import Offers, Pacer
 from .launch import StartError, WorkerPipes, WorkerProcess, describe_start_error
+from .timers import Timer, Timers
 
 _WORKER_FILE = f'"{worker_main.__code__.co_filename}"'   # as faulthandler quotes it
 
@@ -53,7 +56,8 @@ class Worker:
     """The supervisor's record of one worker process."""
 
     def __init__(self, index: int, process: WorkerProcess, task_fd: int, result_fd: int,
-                 crash_fd: int):
+                 crash_fd: int, timers: Timers, offers: Offers,
+                 changed: Callable[["Worker"], None]):
         self.index = index                  # its slot in the shared array
         self.process = process
         self.pid: int = process.pid
@@ -69,7 +73,16 @@ class Worker:
         self.blind = 0                      # units of those it had no estimate for
         self.state = State.STARTING
         self.guard: Optional[GuardStop] = None
-        self._escalation: List[Tuple[float, int]] = []   # (when, signal) still to send
+        self.gone = False                   # reaped and forgotten: its pid is not ours
+        # Kept up to date for the WorkerSet's indexes (which worker is idle,
+        # busy, may be offered a unit): told of every change by *changed*.
+        self.ends_at = time.monotonic()     # when the units it has should be done
+        self.offer: Optional[tuple[Any, ...]] = None   # its live entry in Offers
+        self.place: tuple[Any, ...] = ()    # what the WorkerSet's tables last saw
+        self._changed = changed
+        self._offers = offers
+        self._timers = timers
+        self.timeout_check: Optional[Timer] = None     # the guard's next look at it
         self.item_deadline: Optional[float] = None   # task_timeout expiry of the running item
         self.seen_item: tuple[Any, ...] = ()   # the slot as the timeout guard last read it
         self.stopped_since: Optional[float] = None   # seen stopped (SIGSTOP) since then
@@ -79,6 +92,7 @@ class Worker:
         """Move to *state* if it is further on; True if it moved."""
         if state > self.state:
             self.state = state
+            self._changed(self)
             return True
         return False
 
@@ -111,14 +125,12 @@ class Worker:
 
     def escalate(self, steps: List[Tuple[float, int]]) -> None:
         """Signals to send at the given monotonic times, unless it dies first."""
-        self._escalation = sorted(steps)
+        for when, signum in steps:
+            self._timers.at(when, functools.partial(self._signal_unless_gone, signum))
 
-    def next_signal_at(self) -> Optional[float]:
-        return self._escalation[0][0] if self._escalation else None
-
-    def send_due_signals(self, now: float) -> None:
-        while self._escalation and now >= self._escalation[0][0]:
-            signal_process(self.process, self._escalation.pop(0)[1])
+    def _signal_unless_gone(self, signum: int, _now: float) -> None:
+        if not self.gone:
+            signal_process(self.process, signum)
 
     def running(self, slot: Slot) -> Tuple[Optional[Unit], Optional[int]]:
         """The unit its slot says it runs, and the item's offset in it (None
@@ -134,12 +146,19 @@ class Worker:
     def take(self, unit: Unit, expected: Optional[float]) -> None:
         """*unit* is sent to it; the pacer expects it to take *expected* s."""
         unit.expected = expected
+        if not self.inflight:
+            self.ends_at = time.monotonic()
         if expected is None:
             self.blind += 1
         else:
             self.backlog += expected
+            self.ends_at += expected
         self.inflight.append(unit)
         self.sent += 1
+        if len(self.inflight) == 1:
+            self._changed(self)
+        else:   # still busy: only its place among the offers moves
+            self._offers.update(self)
 
     def find_unit(self, unit_id: int) -> Optional[Unit]:
         for unit in self.inflight:
@@ -158,6 +177,12 @@ class Worker:
             self.blind -= 1
         else:
             self.backlog -= unit.expected
+        # The next unit starts about now: what is left ends after its backlog.
+        self.ends_at = time.monotonic() + self.backlog
+        if self.inflight:   # the offers heap updates it before the next pick
+            self._offers.moved[self.index] = self
+        else:
+            self._changed(self)
         return unit
 
 
@@ -238,13 +263,21 @@ class WorkerSet:
     what they read and may be called from any thread."""
 
     def __init__(self, count: int, slots: SharedSlots, launcher: Any, watch: WatchSet,
-                 spiller: Spiller):
+                 spiller: Spiller, pacer: Pacer):
         self.count = count
         self.by_slot: Dict[int, Worker] = {}
         self._slots = slots
         self._launcher = launcher
         self._watch = watch
         self._spiller = spiller
+        # Kept as workers change (Worker calls _changed), so that no event
+        # of the supervisor's needs a scan of every worker:
+        self.vacant: Set[int] = set(range(count))    # slots without a worker
+        self.busy: Dict[int, Worker] = {}            # with units in flight
+        self.empty_handed: Dict[int, Worker] = {}    # without, starting or ready
+        self.starting_idle: Dict[int, Worker] = {}   # without, not ready yet
+        self.offers = Offers(pacer)                  # which may take a unit, and when
+        self.timers = Timers()                       # signals due, timeout checks
 
     def __iter__(self) -> Iterator[Worker]:
         return iter(list(self.by_slot.values()))
@@ -253,7 +286,26 @@ class WorkerSet:
         return len(self.by_slot)
 
     def empty_slots(self) -> List[int]:
-        return [i for i in range(self.count) if i not in self.by_slot]
+        return sorted(self.vacant)
+
+    def _changed(self, worker: Worker) -> None:
+        place = (bool(worker.inflight), worker.state, worker.gone)
+        if place != worker.place:   # twice a unit: mostly the same
+            worker.place = place
+            self._file(worker)
+        self.offers.update(worker)
+
+    def _file(self, worker: Worker) -> None:
+        index, busy = worker.index, bool(worker.inflight) and not worker.gone
+        for table, member in ((self.busy, busy),
+                              (self.empty_handed, not busy and not worker.gone
+                               and worker.state <= State.READY),
+                              (self.starting_idle, not busy and not worker.gone
+                               and worker.state is State.STARTING)):
+            if member:
+                table[index] = worker
+            else:
+                table.pop(index, None)
 
     def start(self, index: int) -> Optional[Worker]:
         """Start the worker of slot *index*, or ask for it (None: the launcher
@@ -278,7 +330,8 @@ class WorkerSet:
             process = started
         try:
             os.set_blocking(pipes.task_w, False)
-            worker = Worker(index, process, pipes.task_w, pipes.result_r, pipes.crash_r)
+            worker = Worker(index, process, pipes.task_w, pipes.result_r, pipes.crash_r,
+                            self.timers, self.offers, self._changed)
         except OSError as exc:   # out of descriptors for its /proc files
             signal_process(process, signal.SIGKILL)
             process.reap()
@@ -286,6 +339,8 @@ class WorkerSet:
             pipes.close_parent_ends()
             raise StartError(f"cannot watch a new worker: {describe_start_error(exc)}") from exc
         self.by_slot[index] = worker
+        self.vacant.discard(index)
+        self._changed(worker)
         self._watch.add(worker.reader.fd, worker, "result")
         self._watch.add(worker.death_fd, worker, "death")
         return worker
@@ -298,6 +353,9 @@ class WorkerSet:
         self._watch.discard(worker.reader.fd)
         self._watch.discard(worker.death_fd)
         del self.by_slot[worker.index]
+        self.vacant.add(worker.index)
+        worker.gone = True
+        self._changed(worker)
         private_fds.close(worker.reader.fd)
         private_fds.close(worker.crash_fd)
         private_fds.release(worker.task_fd)
@@ -305,25 +363,22 @@ class WorkerSet:
         worker.watch.close()
         worker.process.close()
 
-    def starting_idle(self) -> List[Worker]:
-        """Workers still starting (no READY yet) with nothing sent to them."""
-        return [w for w in self if w.state is State.STARTING and not w.inflight]
-
     def may_serve(self) -> bool:
         """Is any worker ready or still starting (not failed nor terminated)?"""
         return any(w.state not in (State.INIT_FAILED, State.TERMINATING) for w in self)
 
     def take_inflight(self) -> List[Unit]:
         units: List[Unit] = []
-        for worker in self:
+        for worker in list(self.busy.values()):
             units.extend(worker.inflight)
             worker.inflight.clear()
+            self._changed(worker)
         return units
 
     def stop_idle(self) -> None:
         """Ask each worker with nothing in flight to exit (close())."""
-        for worker in self:
-            if not worker.inflight and worker.advance(State.STOPPING):
+        for worker in list(self.empty_handed.values()):
+            if worker.advance(State.STOPPING):
                 self.send(worker, frame(TASK_HEADER.pack(STOP, 0)))
 
     def terminate(self, grace: float) -> None:

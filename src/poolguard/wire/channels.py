@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import math
 import os
 import select
 import threading
-from multiprocessing import connection as mp_connection
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
+from . import private_fds
 from .framing import split_frames
 
 PIPE_SIZE = 1 << 20         # asked for; Linux caps it at /proc/sys/fs/pipe-max-size
@@ -216,33 +217,65 @@ _JOIN_BELOW = 1 << 16   # bytes: small frames are joined before writing
 class WatchSet:
     """What the supervisor waits on: fd -> (worker, "result" | "death").
 
-    ``wait`` is ``multiprocessing.connection.wait``'s poll, kept between turns
-    instead of rebuilt on each call: with one wake-up per few tasks, rebuilding
-    the selector cost more than the rest of the turn (measured 54 us a turn
-    with connection.wait, 20,000 one-item tasks).
+    An epoll set kept between turns: a turn costs what is ready, not what is
+    watched (poll() hands the kernel every descriptor on every call: 3,000
+    for a pool of 1,024), and no descriptor number is too high (select()
+    fails past 1023).  poll() where there is no epoll.
     """
 
     def __init__(self, wake_fd: int):
         self.owner: Dict[int, tuple[Any, ...]] = {}
         self._wake_fd = wake_fd
-        self._poll = select.poll() if hasattr(select, "poll") else None
-        if self._poll is not None:
-            self._poll.register(wake_fd, select.POLLIN)
+        self._epoll = hasattr(select, "epoll")
+        self._poller: Any = None
+        self._renew()
+
+    def _renew(self) -> None:
+        """A new set, from what we own.  epoll watches open files, not
+        numbers: a descriptor closed before it was taken out (a launcher
+        closes its helpers' own) stays in the set while a copy of it lives
+        in another process, reported ready under a number we do not know,
+        and a new file given that number could not be added."""
+        self.close()
+        if self._epoll:
+            with private_fds.making():   # no child of ours needs it
+                self._poller = select.epoll()
+                private_fds.keep(self._poller.fileno())
+        else:
+            self._poller = select.poll()
+        for fd in (self._wake_fd, *self.owner):
+            self._poller.register(fd, select.EPOLLIN if self._epoll else select.POLLIN)
 
     def add(self, fd: int, worker: Any, what: str) -> None:
         self.owner[fd] = (worker, what)
-        if self._poll is not None:
-            self._poll.register(fd, select.POLLIN)
+        try:
+            self._poller.register(fd, select.EPOLLIN if self._epoll else select.POLLIN)
+        except FileExistsError:   # the number of a file closed while still in the set
+            self._renew()
 
     def discard(self, fd: int) -> None:
-        if self.owner.pop(fd, None) is not None and self._poll is not None:
-            self._poll.unregister(fd)
+        if self.owner.pop(fd, None) is not None:
+            try:
+                self._poller.unregister(fd)
+            except (OSError, KeyError):   # closed already (epoll forgot it then)
+                pass
 
     def wait(self, timeout: Optional[float]) -> List[int]:
-        if self._poll is None:
-            return mp_connection.wait([self._wake_fd, *self.owner], timeout)  # type: ignore[return-value]
-        ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
-        return [fd for fd, _event in self._poll.poll(ms)]
+        if timeout is None:
+            wait: Optional[float] = -1 if self._epoll else None
+        else:   # rounded up: a wake-up a hair early would only turn the loop again
+            wait = math.ceil(timeout * 1000) / (1000 if self._epoll else 1)
+        ready = [fd for fd, _event in self._poller.poll(wait)]
+        if any(fd not in self.owner and fd != self._wake_fd for fd in ready):
+            self._renew()   # one closed while in the set: see _renew
+            ready = [fd for fd in ready if fd in self.owner or fd == self._wake_fd]
+        return ready
+
+    def close(self) -> None:
+        if self._epoll and self._poller is not None:
+            private_fds.release(self._poller.fileno())
+            self._poller.close()
+        self._poller = None
 
 
 def grow_pipe(fd: int) -> None:

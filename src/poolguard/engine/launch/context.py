@@ -8,7 +8,7 @@ import select
 import threading
 from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
-from typing import Any, Callable, FrozenSet, Iterator, List, Optional, Tuple
+from typing import Any, Callable, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 from ... import diagnosis
 from ...diagnosis import zombie_exit_status
@@ -107,6 +107,9 @@ class ContextLauncher:
 
     def still_forking(self, index: int) -> bool:
         return self._starter is not None and self._starter.pending(index)
+
+    def forking_slots(self) -> Optional[Set[int]]:
+        return self._starter.pending_slots() if self._starter is not None else set()
 
     def busy(self) -> bool:
         return self._starter is not None and self._starter.busy()

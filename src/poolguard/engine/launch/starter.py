@@ -74,6 +74,11 @@ class Starter:
         with self._cond:
             return index in self._pending
 
+    def pending_slots(self) -> Set[int]:
+        """Every slot pending() is true of, at once (a scan of all slots)."""
+        with self._cond:
+            return set(self._pending)
+
     def ready(self, index: int) -> bool:
         with self._cond:
             return index in self._done

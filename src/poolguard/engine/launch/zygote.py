@@ -396,6 +396,14 @@ class ZygoteLauncher:
             return self._standby is not None
         return any(slot == index for slot, _ in self._asked.values())
 
+    def forking_slots(self) -> Optional[Set[int]]:
+        """The slots asked for and not answered, for a scan of all slots
+        (still_forking is one slot's); None while a standby is about to
+        take over, when no slot may be asked for."""
+        if self._zygote is None:
+            return None if self._standby is not None else set()
+        return {slot for slot, _ in self._asked.values()}
+
     def busy(self) -> bool:
         """Is any worker still to be answered for (or a zygote to come)?"""
         return bool(self._asked) or (self._zygote is None and self._standby is not None)
