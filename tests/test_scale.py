@@ -4,6 +4,8 @@ thousand named, nothing left after terminate().  Each case runs in a fresh
 interpreter whose soft descriptor limit starts at a shell's usual 1,024."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from scripts import run_script
@@ -166,3 +168,30 @@ def test_rss_samples_stay_within_their_budget_and_reach_every_busy_worker():
     assert set(seen) == set(busy)   # all 1,024 within 11 ticks of 100
     small = {i: busy[i] for i in range(5)}
     assert sorted(w.index for w in Rotation(small).next(100)) == [0, 1, 2, 3, 4]
+
+
+def test_a_descriptor_closed_while_watched_is_dropped_not_reported_forever():
+    """epoll watches files, not numbers: a pipe closed here while a copy of
+    it lives on (as in a forked child) stays in the set, ready under a
+    number we no longer own.  The wait drops it rather than wake at once
+    for it on every turn."""
+    import os
+    from poolguard.wire.channels import WatchSet
+    wake_r, wake_w = os.pipe()
+    r, w = os.pipe()
+    copy = os.dup(r)                  # the copy a child would hold
+    watch = WatchSet(wake_r)
+    try:
+        watch.add(r, None, "result")
+        os.write(w, b"x")
+        assert watch.wait(1.0) == [r]
+        os.close(r)                   # closed without discard, still ready
+        watch.owner.pop(r)
+        assert watch.wait(0.05) == []
+        started = time.monotonic()
+        assert watch.wait(0.2) == []  # waited: the stale entry is gone
+        assert time.monotonic() - started >= 0.15
+    finally:
+        watch.close()
+        for fd in (copy, w, wake_r, wake_w):
+            os.close(fd)

@@ -391,6 +391,12 @@ class Engine(EngineBase):
         it; their deaths come as usual).  The launcher replaces what it can
         (launch/zygote.py); only when it cannot do waiting and later tasks
         that need a new worker fail."""
+        # Out of the wait set while still open: the launcher may close them
+        # (a dead helper's), and epoll keeps a closed file whose copy lives
+        # on (wire/channels.py's WatchSet).
+        for watched in self._launcher_fds:
+            self._watch.discard(watched)
+        self._launcher_fds = []
         broken = self._launcher.on_ready(fd)
         self._vacancies_changed = True
         if broken is not None:
