@@ -64,6 +64,8 @@ class ContextLauncher:
         # Under forkserver each start waits for the fork server: made on a
         # thread of ours, not the supervisor's (starter.py).
         self._starter = Starter(self._start_now) if self._method == "forkserver" else None
+        if self._method == "forkserver":
+            _preload_in_fork_server()
 
     def main_by_value(self, func: Callable[..., Any]) -> bool:
         """Must a function of __main__ go by value?  Under fork (no zygote)
@@ -184,6 +186,21 @@ class ContextLauncher:
 
 class _ForkServerGone(Exception):
     """The fork server died while it started a worker."""
+
+
+def _preload_in_fork_server() -> None:
+    """Have the fork server import poolguard when it starts, beside what it
+    preloads already (the script, and what the user asked for), so that each
+    worker forked from it has poolguard imported: about 0.1 s of CPU a worker
+    otherwise, 64 workers up in 4.0-4.4 s instead of 0.7 s.  A fork server
+    already running is left as it is; so are preload lists we cannot read."""
+    from multiprocessing import forkserver
+    server = getattr(forkserver, "_forkserver", None)
+    modules = getattr(server, "_preload_modules", None)
+    if (server is None or not isinstance(modules, list) or "poolguard" in modules
+            or getattr(server, "_forkserver_pid", None) is not None):
+        return
+    server.set_forkserver_preload([*modules, "poolguard"])
 
 
 FORK_SERVER_EXIT_WAIT = 1.0   # seconds for a fork server that closed on us to exit
