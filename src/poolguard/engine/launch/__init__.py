@@ -3,9 +3,10 @@
 Two launchers, one interface (``start``, then ``reap`` through the handle):
 
 * :class:`ZygoteLauncher` -- ``fork``.  Workers are forked by the pool's
-  zygote (zygote.py: the pool's side; zygote_main.py: its loop), a process
-  forked from the caller's thread inside ``Pool()`` before any thread of the
-  pool exists.  It stays single-threaded,
+  zygote (zygote.py: the pool's side; zygote_standby.py: the zygote and its
+  standby; zygote_helper.py: each as the pool sees it; zygote_main.py: its
+  loop), a process forked from the caller's thread inside ``Pool()`` before
+  any thread of the pool exists.  It stays single-threaded,
   so no worker, first or replacement, can inherit a lock that another thread
   held at the instant of the fork.  Workers see the program as it was at
   ``Pool()``, as with ``multiprocessing.Pool``.
