@@ -1,33 +1,31 @@
-"""``poolguard.Pool``: the ``multiprocessing.Pool`` front on the engine."""
+"""``poolguard.Pool``: the ``multiprocessing.Pool`` front on the engine.
+
+Here the pool is made, runs single calls (``apply``) and ends; its calls
+over many items (``map``, ``imap`` and the rest) are pool_maps.py's, and
+what they all return is results.py's."""
 from __future__ import annotations
 
-import itertools
-import threading
 import warnings
-from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Mapping, Optional,
-                    TypeVar, Union)
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, TypeVar, Union
 
 from .front import WorkerReports, start_engine
-from .engine import EngineSurface, Unit
-from .options import (checkpointed, check_initializer, check_max_tasks, make_guards)
-from .errors import PoolTerminatedError
-from .progress import ProgressArg, check_progress, make_progress
+from .engine import EngineSurface
+from .options import check_initializer, check_max_tasks, make_guards
+from .pool_maps import PoolMaps
 from .results import ApplyResult, AsyncResult, Callback, IMapIterator, MapResult
-from .wire.messages import APPLY, MAP, STARMAP
+from .wire.messages import APPLY
 
 __all__ = ["Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator"]
 
 if TYPE_CHECKING:
     from multiprocessing.pool import Pool as _StdlibPool
-
-    from .checkpoint import CheckpointArg
 else:
     _StdlibPool = object
 
 T = TypeVar("T")
 
 
-class Pool(WorkerReports, _StdlibPool):
+class Pool(WorkerReports, PoolMaps, _StdlibPool):
     """A ``multiprocessing.Pool`` that survives the death of its workers.
 
     When a worker dies (SIGKILL, the OOM killer, ``os._exit``, a segfault) the
@@ -145,227 +143,6 @@ class Pool(WorkerReports, _StdlibPool):
         engine.submit_items(result, ((tuple(args), dict(kwds)),), 1)
         return result
 
-    # ---- map family ----
-
-    def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
-            chunksize: Optional[int] = None, *, checkpoint: CheckpointArg = None,
-            progress: ProgressArg = None) -> List[T]:
-        """Apply *func* to each item of *iterable* in the workers; return the list of values.
-
-        As ``multiprocessing.Pool.map``: the items go in chunks, the values
-        come back in input order, and the call fails at the first failed
-        chunk.  A worker that dies fails the call with
-        :class:`~poolguard.WorkerCrashedError` naming the item it ran
-        (``exc.task.item``), instead of hanging.
-
-        Args:
-            func: A function of one argument (see :meth:`apply`).
-            iterable: The items; read whole before the first is sent.
-            chunksize: Items sent to a worker at once; by default about four
-                chunks per worker.
-            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
-                where each item's result is kept: a call made again after a
-                crash or an interruption runs only the items not yet done.
-            progress: ``True`` for a progress bar (tqdm when installed, else
-                a line of text), a tqdm bar to update, or a callable given a
-                :class:`poolguard.progress.ProgressInfo` about 10 times a
-                second and once at the end.  Counts the deaths too.
-
-        Returns:
-            The values, in the order of *iterable*.
-
-        Raises:
-            WorkerCrashedError: A worker died running an item.
-            ValueError: The pool is closed, or *chunksize* is below 1.
-            Exception: The first exception an item raised.
-        """
-        return self._map_async(func, iterable, chunksize, MAP, "map",
-                               checkpoint=checkpoint, progress=progress).get()
-
-    def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any],
-                  chunksize: Optional[int] = None, callback: Callback = None,
-                  error_callback: Callback = None, *, checkpoint: CheckpointArg = None,
-                  progress: ProgressArg = None) -> MapResult[T]:
-        """As :meth:`map`, returning at once.
-
-        Args:
-            func: A function of one argument.
-            iterable: The items.
-            chunksize: Items sent to a worker at once (see :meth:`map`).
-            callback: Called with the list of values once all succeeded.
-            error_callback: Called with the first error.
-            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
-                where each item's result is kept: a call made again after a
-                crash or an interruption runs only the items not yet done.
-            progress: ``True`` for a progress bar (tqdm when installed, else
-                a line of text), a tqdm bar to update, or a callable given a
-                :class:`poolguard.progress.ProgressInfo` about 10 times a
-                second and once at the end.  Counts the deaths too.
-
-        Returns:
-            A :class:`~poolguard.MapResult` whose ``get()`` is the list.
-
-        Raises:
-            ValueError: The pool is closed, or *chunksize* is below 1.
-        """
-        return self._map_async(func, iterable, chunksize, MAP, "map", callback,
-                               error_callback, checkpoint, progress)
-
-    def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
-                chunksize: Optional[int] = None, *, checkpoint: CheckpointArg = None,
-                progress: ProgressArg = None) -> List[T]:
-        """As :meth:`map`, each item being the arguments: ``func(*item)``.
-
-        Args:
-            func: The function.
-            iterable: Tuples (or other iterables) of arguments.
-            chunksize: Items sent to a worker at once (see :meth:`map`).
-            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
-                where each item's result is kept: a call made again after a
-                crash or an interruption runs only the items not yet done.
-            progress: ``True`` for a progress bar (tqdm when installed, else
-                a line of text), a tqdm bar to update, or a callable given a
-                :class:`poolguard.progress.ProgressInfo` about 10 times a
-                second and once at the end.  Counts the deaths too.
-
-        Returns:
-            The values, in input order.
-
-        Raises:
-            WorkerCrashedError: A worker died running an item.
-            ValueError: The pool is closed, or *chunksize* is below 1.
-            Exception: The first exception an item raised.
-        """
-        return self._map_async(func, iterable, chunksize, STARMAP, "starmap",
-                               checkpoint=checkpoint, progress=progress).get()
-
-    def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
-                      chunksize: Optional[int] = None, callback: Callback = None,
-                      error_callback: Callback = None, *, checkpoint: CheckpointArg = None,
-                      progress: ProgressArg = None) -> MapResult[T]:
-        """As :meth:`starmap`, returning at once.
-
-        Args:
-            func: The function.
-            iterable: Tuples of arguments.
-            chunksize: Items sent to a worker at once (see :meth:`map`).
-            callback: Called with the list of values once all succeeded.
-            error_callback: Called with the first error.
-            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
-                where each item's result is kept: a call made again after a
-                crash or an interruption runs only the items not yet done.
-            progress: ``True`` for a progress bar (tqdm when installed, else
-                a line of text), a tqdm bar to update, or a callable given a
-                :class:`poolguard.progress.ProgressInfo` about 10 times a
-                second and once at the end.  Counts the deaths too.
-
-        Returns:
-            A :class:`~poolguard.MapResult` whose ``get()`` is the list.
-
-        Raises:
-            ValueError: The pool is closed, or *chunksize* is below 1.
-        """
-        return self._map_async(func, iterable, chunksize, STARMAP, "starmap", callback,
-                               error_callback, checkpoint, progress)
-
-    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
-                   chunksize: Optional[int], kind: int, call: str, callback: Callback = None,
-                   error_callback: Callback = None, checkpoint: CheckpointArg = None,
-                   progress: ProgressArg = None) -> MapResult[Any]:
-        engine = self._running()
-        check_progress(progress)
-        func = checkpointed(func, checkpoint)
-        items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
-        if chunksize is None:
-            chunksize, extra = divmod(len(items), self._processes * 4)
-            chunksize += bool(extra)
-        _check_chunksize(chunksize if items else 1)
-        result: MapResult[Any] = MapResult(self, func, kind, call, len(items), callback,
-                                      error_callback,
-                                      make_progress(progress, engine, call, func, len(items)))
-        if items:
-            engine.submit_items(result, items, chunksize)
-        return result
-
-    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
-             chunksize: Optional[int] = 1, *, checkpoint: CheckpointArg = None,
-             progress: ProgressArg = None) -> IMapIterator[T]:
-        """Apply *func* to each item lazily; iterate over the values in input order.
-
-        A lazy *iterable* is read on a thread of its own as results are
-        consumed, so an endless one works.  A failed chunk raises its error
-        once, at its place, and iteration goes on after it.
-
-        Args:
-            func: A function of one argument.
-            iterable: The items (a list, or any iterable, even endless).
-            chunksize: Items sent to a worker at once (1 by default).
-            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
-                where each item's result is kept: a call made again after a
-                crash or an interruption runs only the items not yet done.
-            progress: ``True`` for a progress bar (tqdm when installed, else
-                a line of text), a tqdm bar to update, or a callable given a
-                :class:`poolguard.progress.ProgressInfo` about 10 times a
-                second and once at the end.  Counts the deaths too.
-
-        Returns:
-            An :class:`~poolguard.IMapIterator`: iterate it (or ``async for``),
-            or call ``next(timeout)``.
-
-        Raises:
-            ValueError: The pool is closed, or *chunksize* is below 1.
-        """
-        return self._imap(func, iterable, chunksize, True, checkpoint, progress)
-
-    def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any],
-                       chunksize: Optional[int] = 1, *, checkpoint: CheckpointArg = None,
-                       progress: ProgressArg = None) -> IMapIterator[T]:
-        """As :meth:`imap`, the values coming as they are done, in any order.
-
-        Args:
-            func: A function of one argument.
-            iterable: The items.
-            chunksize: Items sent to a worker at once (1 by default).
-            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
-                where each item's result is kept: a call made again after a
-                crash or an interruption runs only the items not yet done.
-            progress: ``True`` for a progress bar (tqdm when installed, else
-                a line of text), a tqdm bar to update, or a callable given a
-                :class:`poolguard.progress.ProgressInfo` about 10 times a
-                second and once at the end.  Counts the deaths too.
-
-        Returns:
-            An :class:`~poolguard.IMapIterator`.
-
-        Raises:
-            ValueError: The pool is closed, or *chunksize* is below 1.
-        """
-        return self._imap(func, iterable, chunksize, False, checkpoint, progress)
-
-    def _imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: Any,
-              ordered: bool, checkpoint: CheckpointArg,
-              progress: ProgressArg) -> IMapIterator[Any]:
-        engine = self._running()
-        check_progress(progress)
-        func = checkpointed(func, checkpoint)
-        _check_chunksize(chunksize)
-        call = "imap" if ordered else "imap_unordered"
-        known = len(iterable) if isinstance(iterable, (list, tuple, range)) else None
-        result: IMapIterator[Any] = IMapIterator(self, func, MAP, call, ordered,
-                                            make_progress(progress, engine, call, func, known))
-        if isinstance(iterable, (list, tuple, range)):
-            engine.submit_items(result, iterable, chunksize)
-            result._set_length(len(iterable))
-        else:
-            # Like the standard library, read a lazy iterable on a thread of its
-            # own so that imap returns at once (and an endless one works).
-            func_bytes = engine.encode_function(func)   # an unpicklable func raises here
-            engine.inbox.open_call()
-            threading.Thread(target=_produce,
-                             args=(engine, result, iter(iterable), chunksize, func_bytes),
-                             name="poolguard-imap-producer", daemon=True).start()
-        return result
-
     # ---- life cycle ----
 
     def close(self) -> None:
@@ -408,44 +185,3 @@ class Pool(WorkerReports, _StdlibPool):
         state = self._engine.state if self._engine is not None else "unstarted"
         return f"<{type(self).__module__}.{type(self).__qualname__} state={state} " \
                f"pool_size={getattr(self, '_processes', '?')}>"
-
-
-    def _running(self) -> EngineSurface:
-        engine = self._engine
-        if engine is None or engine.state != "running":
-            raise ValueError("Pool not running")
-        return engine
-
-
-def _check_chunksize(chunksize: Any) -> None:
-    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-        raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
-
-
-def _produce(engine: EngineSurface, job: IMapIterator[Any], items: Iterator[Any], chunksize: int,
-             func_bytes: bytes) -> None:
-    """Cut a lazy iterable into units as it yields; runs on its own thread."""
-    count = 0
-    ahead = max(1024, 8 * engine.processes * chunksize)
-    try:
-        while job.wait_for_room(count, ahead, engine):
-            try:
-                chunk = list(itertools.islice(items, chunksize))
-            except Exception as exc:   # the iterable itself raised
-                job.unit_failed(Unit.placeholder(job, count, [None]), exc)
-                count += 1
-                break
-            if not chunk:
-                break
-            try:
-                engine.submit_items(job, chunk, chunksize, count, func_bytes, open_call=True)
-            except ValueError as exc:  # terminated while we were reading
-                job.unit_failed(Unit.placeholder(job, count, [None]),
-                                PoolTerminatedError(f"the pool stopped: {exc}"))
-                count += 1
-                break
-            count += len(chunk)
-    finally:
-        job._set_length(count)
-        engine.inbox.close_call()
-

@@ -9,7 +9,7 @@ import collections
 import threading
 from multiprocessing import TimeoutError
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Dict, Generator,
-                    Generic, Iterator, List, Optional, Tuple, TypeVar, cast)
+                    Generic, Iterator, List, Optional, Protocol, Tuple, TypeVar, cast)
 
 from .engine import EngineSurface, Job, Unit, report_callback_error
 from .progress import Progress, finish_progress
@@ -23,12 +23,17 @@ if TYPE_CHECKING:
     from multiprocessing.pool import ApplyResult as _StdlibApplyResult
     from multiprocessing.pool import IMapIterator as _StdlibIMapIterator
     from multiprocessing.pool import MapResult as _StdlibMapResult
-
-    from .pool import Pool
 else:
     _StdlibApplyResult = _StdlibMapResult = Generic
     _StdlibIMapIterator = Iterator
 Callback = Optional[Callable[[Any], object]]
+
+
+class Owner(Protocol):
+    """The pool that made a result (pool.py's ``Pool``), kept alive while the
+    result is waited for: its engine runs the result's callbacks."""
+
+    _engine: Optional[EngineSurface]
 
 
 class LoopWaiters:
@@ -73,10 +78,10 @@ class ApplyResult(Job, _StdlibApplyResult[T]):
     is the same class.
     """
 
-    def __init__(self, pool: "Pool", func: Callable[..., Any], kind: int, call: str,
+    def __init__(self, pool: "Owner", func: Callable[..., Any], kind: int, call: str,
                  callback: Callback, error_callback: Callback):
         super().__init__(func, kind, call)
-        self._pool: Optional[Pool] = pool   # keeps the pool alive while we wait
+        self._pool: Optional[Owner] = pool   # keeps the pool alive while we wait
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._callback = callback
@@ -191,7 +196,7 @@ class MapResult(ApplyResult[List[T]], _StdlibMapResult[T]):
     input order.
     """
 
-    def __init__(self, pool: "Pool", func: Callable[..., Any], kind: int, call: str, length: int,
+    def __init__(self, pool: "Owner", func: Callable[..., Any], kind: int, call: str, length: int,
                  callback: Callback, error_callback: Callback,
                  progress: Optional[Progress] = None):
         super().__init__(pool, func, kind, call, callback, error_callback)
@@ -218,11 +223,11 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
     :meth:`next` with a timeout.
     """
 
-    def __init__(self, pool: "Pool", func: Callable[..., Any], kind: int, call: str, ordered: bool,
+    def __init__(self, pool: "Owner", func: Callable[..., Any], kind: int, call: str, ordered: bool,
                  progress: Optional[Progress] = None):
         super().__init__(func, kind, call)
         self.progress = progress
-        self._pool: Optional[Pool] = pool
+        self._pool: Optional[Owner] = pool
         self._ordered = ordered
         self._cond = threading.Condition(threading.Lock())
         self._by_start: Dict[int, tuple[Any, ...]] = {}     # ordered: start -> (ok, payload, n)
