@@ -144,6 +144,8 @@ class BoundedResult(unittest.TextTestResult):
 
 def main() -> int:
     directory, method = sys.argv[1], sys.argv[2]
+    # Bounded from here to the interpreter's exit (the tests re-arm it).
+    faulthandler.dump_traceback_later(PER_TEST_LIMIT, exit=True)
     os.environ[ENV] = directory
     exec(SHIM)                      # this interpreter started before the .pth existed
     shim = install_shim()
@@ -155,7 +157,6 @@ def main() -> int:
         tests = suite(top, method)
         result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout,
                                          resultclass=BoundedResult).run(tests)
-        faulthandler.cancel_dump_traceback_later()
     finally:
         os.unlink(shim)
     failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
