@@ -1,4 +1,4 @@
-"""Large arguments skip the pipe (poolguard/buffers.py): read from the
+"""Large arguments skip the pipe (wire/buffers.py): read from the
 parent's memory (bytes) or through shared memory; right values and types on
 every front, one writable array, and nothing held open after the task, even
 when its worker dies."""

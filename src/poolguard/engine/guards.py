@@ -2,7 +2,7 @@
 
 The supervisor calls :meth:`GuardKeeper.check` once per turn of its loop and
 sleeps at most :meth:`GuardKeeper.next_wake`.  The keeper also takes the RSS
-samples that the post-mortem weighs (diagnosis.py), and sends the signals a
+samples that the post-mortem weighs (diagnosis/), and sends the signals a
 worker is due (a SIGKILL after a SIGTERM that was not enough).
 
 Nothing here scans every worker on a turn: deadlines (signals due, the next

@@ -1,0 +1,44 @@
+"""The paths of the project's files that its docstrings, comments, README
+and guide name exist: a module moved or split must not leave its old name
+behind to mislead a reader."""
+from __future__ import annotations
+
+import ast
+import re
+
+import pytest
+
+from scripts import CHECKOUT
+
+# A name of a Python file, with the folders before it if any.
+PATH = re.compile(r"(?<![\w./-])((?:[\w-]+/)*[\w-]+\.py)\b")
+# Not files of the checkout: other people's in a traceback or a suite we
+# fetch, a user's in an example, the script the demo writes.
+OTHERS = {"ctypes/__init__.py", "home/me/step.py", "test_parallel.py", "murder_bot.py"}
+
+
+def _ours() -> set[str]:
+    return {str(p.relative_to(CHECKOUT)) for p in CHECKOUT.rglob("*.py")
+            if not any(part.startswith(".") or part.endswith(".egg-info") for part in p.parts)}
+
+
+def _texts() -> dict[str, str]:
+    """What speaks of our files: the package's sources, README and guide,
+    and each test module's docstring (tests name the scripts they write)."""
+    texts = {str(p.relative_to(CHECKOUT)): p.read_text()
+             for p in [*CHECKOUT.glob("src/poolguard/**/*.py"), CHECKOUT / "README.md",
+                       *CHECKOUT.glob("docs/*.md")]}
+    for p in CHECKOUT.glob("tests/test_*.py"):
+        texts[str(p.relative_to(CHECKOUT))] = ast.get_docstring(ast.parse(p.read_text())) or ""
+    return texts
+
+
+def test_every_file_named_exists():
+    if not (CHECKOUT / "src" / "poolguard").is_dir():
+        pytest.skip("no checkout beside the tests")
+    ours = _ours()
+    missing = sorted(f"{where}: {name}" for where, text in _texts().items()
+                     for name in set(PATH.findall(text))
+                     if name not in OTHERS
+                     and not any(path == name or path.endswith("/" + name) for path in ours))
+    assert not missing, "\n".join(missing)
