@@ -28,7 +28,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optiona
 from .engine import EngineSurface, Job, Unit
 from .engine.jobs import arguments_text, function_name
 from .errors import TaskInfo
-from .progress import finish_progress
+from .progress import Progress, finish_progress
 from .wire.messages import APPLY, EACH_APPLY
 
 
@@ -97,6 +97,8 @@ class MapJob(Job):
     """``map`` without a chunksize: all items in one elastic unit, which the
     supervisor cuts as the pacer says (few items at a time for long tasks,
     many for tiny ones); each item keeps its own result or exception."""
+
+    progress: Optional[Progress]
 
     def __init__(self, func: Callable[..., Any], kind: int, length: int):
         super().__init__(func, kind, "map")

@@ -78,6 +78,8 @@ class ApplyResult(Job, _StdlibApplyResult[T]):
     is the same class.
     """
 
+    progress: Optional[Progress]   # the feature's, not only what the engine counts
+
     def __init__(self, pool: "Owner", func: Callable[..., Any], kind: int, call: str,
                  callback: Callback, error_callback: Callback):
         super().__init__(func, kind, call)
@@ -222,6 +224,8 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
     ``async for`` (which does not block the event loop), or call
     :meth:`next` with a timeout.
     """
+
+    progress: Optional[Progress]
 
     def __init__(self, pool: "Owner", func: Callable[..., Any], kind: int, call: str, ordered: bool,
                  progress: Optional[Progress] = None):

@@ -10,7 +10,7 @@ import functools
 import itertools
 import reprlib
 from collections import abc
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Protocol, Sequence, Tuple
 
 from ..errors import TaskInfo
 from .callbacks import report_callback_error
@@ -18,9 +18,18 @@ from ..wire.messages import APPLY, EACH_APPLY, EACH_STAR, PER_ITEM, STARMAP, enc
 
 if TYPE_CHECKING:
     from ..wire.buffers import SharedBuffers
-    from ..progress import Progress
 
 _unit_ids = itertools.count()
+
+
+class Progress(Protocol):
+    """What a job tells ``progress=`` (poolguard.progress.Progress, a feature
+    above the engine, which the engine does not import)."""
+
+    def count(self, done: int, error: Optional[BaseException] = None,
+              failed: int = 0) -> None: ...
+
+    def count_retry(self) -> None: ...
 
 
 class Job:
@@ -28,7 +37,7 @@ class Job:
     its units report to.  Fronts subclass it; the supervisor calls
     ``unit_done``/``unit_failed`` exactly once per unit."""
 
-    progress: Optional["Progress"] = None   # progress=: counted as units finish
+    progress: Optional[Progress] = None   # progress=: counted as units finish
 
     def __init__(self, func: Callable[..., Any], kind: int, call: str):
         self.func = func

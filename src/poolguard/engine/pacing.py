@@ -25,12 +25,29 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Any, Dict, Generic, List, Optional, Protocol, Tuple, TypeVar
 
 from .jobs import Unit
 
-if TYPE_CHECKING:   # workers.py keeps its Offers
-    from .workers import Worker
+
+
+class Worker(Protocol):
+    """What pacing reads of a worker (workers.Worker), named here so that
+    pacing, below the worker set that keeps its Offers, imports nothing of it."""
+
+    index: int
+    gone: bool
+    sent: int
+    blind: int           # units it has whose duration is unknown
+    ends_at: float
+    inflight: Any        # a sized collection of units
+    offer: Optional[Tuple[Any, ...]]
+
+    @property
+    def usable(self) -> bool: ...
+
+
+W = TypeVar("W", bound=Worker)
 
 WINDOW = 0.002          # seconds of known work a worker may have queued
 MAX_AHEAD = 64          # units in flight per worker at most
@@ -110,22 +127,22 @@ class Pacer:
         return max(1, min(wanted, seen // 2, len(unit.items)))
 
 
-class Offers:
+class Offers(Generic[W]):
     """The workers that may be sent a unit now or later, in a heap by
     ``Pacer.offer_key``.  A worker whose key changes gets a new entry; the
     old one is dropped when it reaches the top."""
 
     def __init__(self, pacer: Pacer) -> None:
         self._maxtasks = pacer.maxtasks
-        self._heap: List[Tuple[float, int, Worker]] = []
+        self._heap: List[Tuple[float, int, W]] = []
         self._order = itertools.count()
         self._clean_above = _CLEAN_ABOVE
         # Workers that answered a unit since the heap was last looked at:
         # updated only when a unit is to be handed out, so that replies
         # coming while nothing is pending cost no heap work.
-        self.moved: Dict[int, Worker] = {}   # by slot
+        self.moved: Dict[int, W] = {}   # by slot
 
-    def update(self, worker: Worker) -> None:
+    def update(self, worker: W) -> None:
         """*worker* changed (took or answered a unit, changed state, died).
         Its key as Pacer.offer_key's, inline: this runs twice a unit."""
         key: Optional[float] = None
@@ -148,7 +165,7 @@ class Offers:
             heapq.heapify(self._heap)
             self._clean_above = max(_CLEAN_ABOVE, 4 * len(self._heap))
 
-    def _top(self) -> Optional[Tuple[float, int, Worker]]:
+    def _top(self) -> Optional[Tuple[float, int, W]]:
         if self.moved:
             for worker in self.moved.values():
                 self.update(worker)
@@ -158,7 +175,7 @@ class Offers:
             heapq.heappop(heap)
         return heap[0] if heap else None
 
-    def take(self, now: float, patience: float) -> Optional[Worker]:
+    def take(self, now: float, patience: float) -> Optional[W]:
         """The worker to send the next unit to, if one may take it now (a
         unit that may wait *patience* s in its pipe), out of the heap until
         ``update``."""

@@ -56,7 +56,7 @@ class Worker:
     """The supervisor's record of one worker process."""
 
     def __init__(self, index: int, process: WorkerProcess, task_fd: int, result_fd: int,
-                 crash_fd: int, timers: Timers, offers: Offers,
+                 crash_fd: int, timers: Timers, offers: "Offers[Worker]",
                  changed: Callable[["Worker"], None]):
         self.index = index                  # its slot in the shared array
         self.process = process
@@ -276,7 +276,7 @@ class WorkerSet:
         self.busy: Dict[int, Worker] = {}            # with units in flight
         self.empty_handed: Dict[int, Worker] = {}    # without, starting or ready
         self.starting_idle: Dict[int, Worker] = {}   # without, not ready yet
-        self.offers = Offers(pacer)                  # which may take a unit, and when
+        self.offers: Offers[Worker] = Offers(pacer)  # which may take a unit, and when
         self.timers = Timers()                       # signals due, timeout checks
 
     def __iter__(self) -> Iterator[Worker]:
