@@ -1,7 +1,8 @@
 """The pool's helper processes under every start method: multiprocessing's
 fork server killed while it starts a worker, a chaos killer picking among
 every descendant of the pool's process, descriptors running out at each
-step of a worker's start.  Fresh interpreters, real signals (see
+step of a worker's start, the fork server left alive by a pool closed
+while it starts a worker.  Fresh interpreters, real signals (see
 test_helpers.py for the zygote's own cases)."""
 from __future__ import annotations
 
@@ -188,3 +189,55 @@ def test_out_of_descriptors_fails_only_what_cannot_be_served_and_heals(tmp_path,
     lines = out.splitlines()
     assert lines[0] == "[0, 1, 4, 9]" and lines[2] == "[0, 1, 4, 9, 16, 25]", out
     assert lines[1] in ("['named']", "['named', 'results']"), out
+
+
+HELD_PICKLE = """
+import threading
+pickling, release = threading.Event(), threading.Event()
+
+class HeldWhilePickled:
+    # Pickled with the worker's process, after the pool's descriptors it
+    # carries: holds the start there until told.
+    def __reduce__(self):
+        if threading.current_thread().name == "poolguard-starter" and not pickling.is_set():
+            pickling.set()
+            release.wait(20)
+        return (int, (0,))
+
+def init(arg):
+    pass
+"""
+
+
+@pytest.mark.parametrize("method", ["forkserver"])
+def test_a_pool_closed_while_a_start_is_under_way_leaves_the_fork_server_alive(tmp_path,
+                                                                               method):
+    """The pool terminated while its starter thread is between pickling a
+    worker's process (which names the parent-alive pipe and the slots by
+    descriptor number) and sending those descriptors to the fork server.
+    Before, the pool closed them meanwhile: sendmsg failed with EBADF after
+    the connection was made, and the empty connection killed CPython 3.11's
+    fork server (EOFError in recvfds); the next pool made a new one.  Lower
+    descriptors are freed meanwhile so that multiprocessing's own socket and
+    pipes do not take the closed numbers."""
+    out = run(tmp_path, """
+        from multiprocessing import forkserver
+        import held
+        forkserver.ensure_running()
+        server = forkserver._forkserver._forkserver_pid
+        below = [os.open(os.devnull, os.O_RDONLY) for _ in range(8)]
+        p = poolguard.Pool(1, initializer=held.init, initargs=(held.HeldWhilePickled(),),
+                           context=METHOD)
+        print("held", held.pickling.wait(20))
+        p.terminate()
+        for fd in below:
+            os.close(fd)
+        held.release.set()
+        for thread in threading.enumerate():
+            if thread.name == "poolguard-starter":
+                thread.join(20)
+        with poolguard.Pool(1, context=METHOD) as q:
+            print(q.map(abs, [-1, -2]))
+        print("same fork server", forkserver._forkserver._forkserver_pid == server)
+    """, method, modules={"held": HELD_PICKLE})
+    assert out.splitlines() == ["held True", "[1, 2]", "same fork server True"], out

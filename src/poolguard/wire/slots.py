@@ -76,6 +76,10 @@ class SharedSlots:
         start = _STRIDE * index
         return memoryview(self.map)[start:start + _SLOT.size].cast("q")
 
+    def duplicate(self) -> "SharedSlots":
+        """The same slots through a descriptor of its own, closed apart."""
+        return SharedSlots(self.size // _STRIDE, os.dup(self.fd))
+
     def close(self) -> None:
         self.map.close()
         os.close(self.fd)

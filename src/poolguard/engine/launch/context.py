@@ -3,6 +3,7 @@ fork where the zygote cannot watch its workers: no pidfd)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import threading
@@ -13,6 +14,7 @@ from typing import Any, Callable, FrozenSet, Iterator, List, Optional, Set, Tupl
 from ... import diagnosis
 from ...diagnosis import zombie_exit_status
 from ...wire.messages import top_level_names_of_main
+from ...wire.slots import SharedSlots
 from ...worker import worker_main
 from .base import (StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd,
                    describe_start_error, started_pid)
@@ -61,11 +63,38 @@ class ContextLauncher:
         self.spec = spec
         self._method = context.get_start_method()
         self._main_names: Optional[FrozenSet[str]] = None
-        # Under forkserver each start waits for the fork server: made on a
-        # thread of ours, not the supervisor's (starter.py).
-        self._starter = Starter(self._start_now) if self._method == "forkserver" else None
+        self._starter: Optional[Starter] = None
+        self._sent: Optional[Tuple[Connection, SharedSlots]] = None
         if self._method == "forkserver":
+            self._start_on_thread()
             _preload_in_fork_server()
+
+    def _start_on_thread(self) -> None:
+        """Under forkserver each start waits for the fork server: made on a
+        thread of ours, not the supervisor's (starter.py).  That thread may
+        still be sending a start's descriptors to the fork server when the
+        pool closes its own: it sends copies, closed only once no start uses
+        them.  (Closed under a start, they failed its sendmsg with EBADF
+        after it had connected, and CPython 3.11's fork server died of the
+        empty connection.)"""
+        alive = os.dup(self.spec.alive_conn.fileno())
+        try:
+            slots = self.spec.slots.duplicate()
+        except BaseException:
+            os.close(alive)
+            raise
+        self._sent = (Connection(alive, writable=False), slots)
+        try:
+            self._starter = Starter(self._start_now, self._release_sent)
+        except BaseException:
+            self._release_sent()
+            raise
+
+    def _release_sent(self) -> None:
+        if self._sent is not None:
+            for copy in self._sent:
+                copy.close()
+            self._sent = None
 
     def main_by_value(self, func: Callable[..., Any]) -> bool:
         """Must a function of __main__ go by value?  Under fork (no zygote)
@@ -151,13 +180,15 @@ class ContextLauncher:
                              f"{describe_start_error(cause)}") from cause
 
     def _start(self, index: int, pipes: WorkerPipes) -> WorkerProcess:
+        spec = self.spec if self._sent is None else dataclasses.replace(
+            self.spec, alive_conn=self._sent[0], slots=self._sent[1])
         conns = (Connection(pipes.task_r, writable=False),
                  Connection(pipes.result_w, readable=False),
                  Connection(pipes.crash_w, readable=False))
         # (Under fork, what only we may hold is closed by the at-fork hook.)
         process = self.context.Process(
             target=worker_main, name=f"poolguard-worker-{index}",
-            args=(self.spec, index, *conns,
+            args=(spec, index, *conns,
                   os.getpid() if self._method != "forkserver" else None, []),
             daemon=False)   # not inherited from a daemonic pool's process: tasks may fork too
         try:

@@ -25,10 +25,15 @@ Outcome = Tuple[WorkerPipes, Union[WorkerProcess, StartError]]
 
 class Starter:
     """A thread that runs *start* (slot index, pipes -> process, or
-    StartError) for each start asked of it."""
+    StartError) for each start asked of it; *release* is called once, when
+    no start can run any more: at close(), or after the start then under way
+    (which may still be sending descriptors that *release* closes)."""
 
-    def __init__(self, start: Callable[[int, WorkerPipes], WorkerProcess]):
+    def __init__(self, start: Callable[[int, WorkerPipes], WorkerProcess],
+                 release: Callable[[], None] = lambda: None):
         self._start = start
+        self._release = release
+        self._starting = False   # a start is under way on the thread
         self._cond = threading.Condition()
         self._asked: Deque[Tuple[int, WorkerPipes]] = collections.deque()
         self._pending: Set[int] = set()   # slots asked for or being started
@@ -95,6 +100,7 @@ class Starter:
                 if self._closed:
                     return
                 index, pipes = self._asked.popleft()
+                self._starting = True
             outcome: Outcome
             try:
                 outcome = (pipes, self._start(index, pipes))
@@ -105,22 +111,28 @@ class Starter:
                 error.__cause__ = exc
                 outcome = (pipes, error)
             with self._cond:   # close() closes the pipe under it too
+                self._starting = False
                 self._pending.discard(index)
-                if self._closed:   # the pool ended meanwhile
-                    _discard(outcome)
-                    return
-                self._done[index] = outcome
-                try:
-                    os.write(self._wake_w, b"s")
-                except BlockingIOError:
-                    pass   # full: the supervisor has yet to read the wake-ups before
+                closed = self._closed
+                if not closed:
+                    self._done[index] = outcome
+                    try:
+                        os.write(self._wake_w, b"s")
+                    except BlockingIOError:
+                        pass   # full: the supervisor has yet to read the wake-ups before
+            if closed:   # the pool ended meanwhile
+                _discard(outcome)
+                self._release()
+                return
 
     def close(self) -> None:
         """No more starts; what was asked and not made is dropped, what was
         made and not taken is killed.  A start under way (a stopped fork
-        server) is not waited for: its process is killed when it ends."""
+        server) is not waited for: its process is killed when it ends, and
+        only then are the starts' own descriptors released."""
         with self._cond:
             self._closed = True
+            idle = not self._starting
             self._cond.notify()
             asked, done = list(self._asked), list(self._done.values())
             self._asked.clear()
@@ -132,6 +144,8 @@ class Starter:
             pipes.close_parent_ends()
         for outcome in done:
             _discard(outcome)
+        if idle:
+            self._release()
 
 
 def _discard(outcome: Outcome) -> None:
