@@ -156,46 +156,6 @@ def test_the_zygote_killed_mid_map_with_retries_gives_every_result(tmp_path, met
 
 
 @pytest.mark.parametrize("method", ["fork"])
-def test_a_stopped_zygote_delays_only_the_workers_it_must_start(tmp_path, method):
-    """The zygote SIGSTOPped (nothing waits on it any more, so no internal
-    timeout runs out; before, each request waited 30 s for it): meanwhile a worker is SIGKILLed (its death
-    reported within 5 s) and a healthy short task runs on the other worker
-    within 5 s; after SIGCONT the replacement comes and the pool is exactly
-    right (results, the death's signal, status())."""
-    out = run(tmp_path, """
-        import signal
-        import tasks_mod
-        p = poolguard.Pool(2, context=METHOD)
-        pids = p.map(tasks_mod.pid_after, [0.2, 0.2], chunksize=1)
-        zygote = p._engine._launcher._zygote.pid
-        os.kill(zygote, signal.SIGSTOP)
-        try:
-            victim = p.pids[0]
-            doomed = p.apply_async(tasks_mod.pid_after, (30,))
-            time.sleep(0.3)
-            started = time.monotonic()
-            os.kill(victim, signal.SIGKILL)
-            try:
-                doomed.get(10)
-            except poolguard.WorkerCrashedError as exc:
-                print("death", round(time.monotonic() - started) < 5, exc.signal)
-            started = time.monotonic()
-            print("healthy", p.apply(tasks_mod.square, (7,)), time.monotonic() - started < 5)
-            time.sleep(1.0)
-        finally:
-            os.kill(zygote, signal.SIGCONT)
-        print(p.map(tasks_mod.square, range(6), chunksize=1))
-        deadline = time.monotonic() + 10
-        while len([s for s in p.status() if s.state != "starting"]) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        print(len(p.status()), sorted({s.state for s in p.status()}))
-        p.terminate()
-    """, method)
-    assert out.splitlines() == ["death True SIGKILL", "healthy 49 True",
-                                "[0, 1, 4, 9, 16, 25]", "2 ['idle']"], out
-
-
-@pytest.mark.parametrize("method", ["fork"])
 def test_a_worker_dead_before_the_pool_watches_it_is_a_death_not_a_start_failure(
         tmp_path, method):
     """The zygote answers for a replacement and dies at once (SIGALRM), with

@@ -53,20 +53,23 @@ def test_the_fork_server_killed_while_it_starts_a_worker_changes_no_result(tmp_p
     assert out.splitlines() == ["[25]", "[0, 1, 4]", "[0, 1, 4, 9]"], out
 
 
-@pytest.mark.parametrize("method", ["forkserver"])
-def test_a_stopped_fork_server_delays_only_the_workers_it_must_start(tmp_path, method):
-    """The fork server SIGSTOPped (before, a start waited for it on the
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_a_stopped_helper_delays_only_the_workers_it_must_start(tmp_path, method):
+    """The process that forks the workers SIGSTOPped: the zygote (fork) or
+    the fork server (before, a request waited for either on the
     supervisor's thread, and nothing else was handled until SIGCONT): a
     worker is SIGKILLed meanwhile (its death reported within 5 s) and a
     healthy short task runs on the other within 5 s; after SIGCONT the
-    replacement comes and the pool is exactly right."""
+    replacement comes and the pool is exactly right (results, the death's
+    signal, status())."""
     out = run(tmp_path, """
         import signal
         from multiprocessing import forkserver
         import tasks_mod
         p = poolguard.Pool(2, context=METHOD)
         p.map(tasks_mod.pid_after, [0.2, 0.2], chunksize=1)
-        server = forkserver._forkserver._forkserver_pid
+        server = (p._engine._launcher._zygote.pid if METHOD == "fork"
+                  else forkserver._forkserver._forkserver_pid)
         os.kill(server, signal.SIGSTOP)
         try:
             victim = p.pids[0]
