@@ -19,12 +19,13 @@ from .engine.workers import WorkerStatus
 from .executor import ProcessPoolExecutor
 from .pool import Pool
 from .results import ApplyResult, AsyncResult, IMapIterator, MapResult
+from .reusable import get_executor
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, CheckpointKeyError, CheckpointWarning
 
 __all__ = [
-    "Pool", "ProcessPoolExecutor", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
+    "Pool", "ProcessPoolExecutor", "get_executor", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "PoolguardError", "WorkerCrashedError", "WorkerInitError", "UnpicklableTaskError",
     "PoolTerminatedError", "PoolThrottledError", "TaskTimeoutError", "WorkerMemoryError",
     "ResultEncodingError", "ResultDecodingError", "TaskDecodeError",
