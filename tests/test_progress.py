@@ -54,7 +54,8 @@ def test_plain_text_when_not_a_terminal_and_nothing_when_off(capfd):
         assert pool.map(tasks.square, range(50), progress=True)[-1] == 49 * 49
         line = capfd.readouterr().err
         assert line.startswith("map(square): 50/50 items (100%) · ") and line.endswith("\n")
-        assert line.count("\n") == 1
+        assert line.count("\n") == 2   # the count, then the workers' summary
+        assert line.splitlines()[1].startswith("map(square): 2 workers · 50 tasks")
 
 
 def test_a_tqdm_bar_of_the_caller_is_updated_and_left_open():

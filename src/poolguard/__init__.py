@@ -15,7 +15,7 @@ from .errors import (PoolguardError, PoolTerminatedError, PoolThrottledError,
                      TaskTimeoutError, UnpicklableTaskError, WorkerCrashedError,
                      WorkerInitError, WorkerMemoryError, WorkerStoppedWarning,
                      HelperDiedWarning)
-from .engine.workers import WorkerStatus
+from .engine.reports import PoolStats, WorkerStats, WorkerStatus
 from .executor import ProcessPoolExecutor
 from .pool import Pool
 from .results import ApplyResult, AsyncResult, IMapIterator, MapResult
@@ -29,7 +29,7 @@ __all__ = [
     "PoolguardError", "WorkerCrashedError", "WorkerInitError", "UnpicklableTaskError",
     "PoolTerminatedError", "PoolThrottledError", "TaskTimeoutError", "WorkerMemoryError",
     "ResultEncodingError", "ResultDecodingError", "TaskDecodeError",
-    "WorkerStoppedWarning", "HelperDiedWarning", "TaskInfo", "WorkerStatus", "Checkpoint", "CheckpointWarning",
+    "WorkerStoppedWarning", "HelperDiedWarning", "TaskInfo", "WorkerStatus", "PoolStats", "WorkerStats", "Checkpoint", "CheckpointWarning",
     "CheckpointKeyError",
 ]
 __version__ = "0.1.0"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, List, Optional
 
 from .engine import Engine, EngineSurface
-from .engine.workers import WorkerStatus
+from .engine.reports import PoolStats, WorkerStatus
 from .options import Guards, resolve_context, resolve_workers
 
 
@@ -26,7 +26,8 @@ def start_engine(processes: Optional[int], what: str,
 
 
 class WorkerReports:
-    """``pids``, ``status()`` and ``dump_stacks()`` of a front over ``_engine``."""
+    """``pids``, ``status()``, ``stats()`` and ``dump_stacks()`` of a front
+    over ``_engine``."""
 
     _engine: Optional[EngineSurface]
 
@@ -40,6 +41,13 @@ class WorkerReports:
         "busy", "stopped"), task, seconds on it, RSS.  For a stuck pool with
         no task_timeout: ``print(*pool.status(), sep="\\n")``."""
         return self._engine.status() if self._engine is not None else []
+
+    def stats(self) -> PoolStats:
+        """What each worker slot did since the pool began: seconds busy,
+        idle and starting, tasks, crashes, replacements, peak RSS
+        (``print(pool.stats())`` for one line of totals).  On a cluster
+        (``cluster=``) there are no figures: ``workers`` is empty."""
+        return self._engine.stats() if self._engine is not None else PoolStats((), 0.0)
 
     def dump_stacks(self) -> None:
         """Make each worker print every thread's Python stack to its stderr

@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 from .engine.jobs import function_name
+from .engine.reports import PoolStats
 from .errors import TaskTimeoutError, WorkerCrashedError
 
 INTERVAL = 0.1      # seconds between two updates of what is shown
@@ -43,6 +44,8 @@ class ProgressInfo(NamedTuple):
         retried: Runs given another worker after a death.
         elapsed: Seconds since the call.
         final: Whether this is the call's last report.
+        workers: In the last report, what the pool's workers did during
+            the call (a :class:`poolguard.PoolStats`); else None.
     """
 
     label: str                # the call, e.g. "map(square)"
@@ -54,6 +57,7 @@ class ProgressInfo(NamedTuple):
     retried: int              # runs that were given another worker after a death
     elapsed: float            # seconds since the call
     final: bool               # the last report of this call
+    workers: Optional[PoolStats] = None   # the last report: the workers during the call
 
     def describe(self) -> str:
         """One line, as the text display prints it:
@@ -68,6 +72,14 @@ class ProgressInfo(NamedTuple):
             parts.append(f"ETA {(self.total - self.done) / rate:.1f} s")
         parts.extend(self.deaths())
         return " · ".join(parts)
+
+    def summary(self) -> Optional[str]:
+        """The line shown under the last report: what the pool's workers did
+        during the call, ``map(square): 2 workers · 500 tasks · busy 95% ·
+        idle 4% · starting 1%``; None when there are no figures."""
+        if self.workers is None or not self.workers.workers:
+            return None
+        return f"{self.label}: {self.workers}"
 
     def deaths(self) -> list[Any]:
         """The non-zero death counts as words: ``["2 crashed", "1 retried"]``."""
@@ -91,7 +103,8 @@ def make_progress(progress: ProgressArg, engine: Any, call: str, func: Callable[
     """The Progress of a call, or None when ``progress=`` is not set."""
     if progress is None or progress is False:
         return None
-    return Progress(progress, f"{call}({function_name(func)})", total, engine.call_soon)
+    return Progress(progress, f"{call}({function_name(func)})", total, engine.call_soon,
+                    getattr(engine, "stats", None))
 
 
 def finish_progress(progress: Optional["Progress"]) -> None:
@@ -106,7 +119,8 @@ class Progress:
     """The counts of one call and the view that shows them."""
 
     def __init__(self, progress: ProgressArg, label: str, total: Optional[int],
-                 call_soon: Callable[..., None]) -> None:
+                 call_soon: Callable[..., None],
+                 stats: Optional[Callable[..., PoolStats]] = None) -> None:
         self.label = label
         self.total = total
         self.done = self.failed = self.crashed = self.timed_out = self.retried = 0
@@ -116,6 +130,8 @@ class Progress:
         self._view = _make_view(progress, label, total)
         self._finished = False
         self.shown = threading.Event()   # set once the final report is shown
+        self._stats = stats   # the pool's stats(): its figures at the start, then at the end
+        self._stats_before = stats(sample=False) if stats is not None else None
 
     # ---- supervisor thread -------------------------------------------------------
 
@@ -150,7 +166,10 @@ class Progress:
         if self._finished:
             return
         self._finished = True
-        self._call_soon(self._show_last, self._info(time.monotonic(), True))
+        info = self._info(time.monotonic(), True)
+        if self._stats is not None and self._stats_before is not None:
+            info = info._replace(workers=self._stats(sample=False).since(self._stats_before))
+        self._call_soon(self._show_last, info)
 
     def _show_last(self, info: ProgressInfo) -> None:
         try:
@@ -180,6 +199,7 @@ class _TqdmView:
 
     def __init__(self, bar: Any, owned: bool) -> None:
         self.bar, self.owned, self._shown = bar, owned, 0
+        self._summary: Optional[str] = None
 
     def show(self, info: ProgressInfo) -> None:
         if info.total is not None and self.bar.total != info.total:
@@ -189,12 +209,19 @@ class _TqdmView:
             self.bar.set_postfix_str(deaths, refresh=False)
         self.bar.update(info.done - self._shown)
         self._shown = info.done
+        self._summary = info.summary() if info.final else None
 
     def close(self) -> None:
         if self.owned:
             self.bar.close()
         else:
             self.bar.refresh()
+        write = getattr(self.bar, "write", None)   # tqdm's: a line under the bars
+        if self._summary and callable(write):
+            try:
+                write(self._summary, file=getattr(self.bar, "fp", None))
+            except (OSError, ValueError):   # a closed stream: the work goes on
+                pass
 
 
 class _TextView:
@@ -216,6 +243,9 @@ class _TextView:
             elif info.final or time.monotonic() >= self._next_line:
                 self._next_line = time.monotonic() + TEXT_EVERY
                 self.stream.write(text + "\n")
+            summary = info.summary() if info.final else None
+            if summary:
+                self.stream.write(summary + "\n")
             self.stream.flush()
         except (OSError, ValueError):   # a closed or broken stream: the work goes on
             pass

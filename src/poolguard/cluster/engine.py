@@ -51,7 +51,7 @@ from ..engine import at_exit
 from ..engine.inbox import CLOSING, TERMINATING, Inbox
 from ..engine.jobs import Job, Unit, deliver, function_name
 from ..engine.surface import EngineBase
-from ..engine.workers import WorkerStatus
+from ..engine.reports import WorkerStatus
 from ..errors import PoolguardError, PoolTerminatedError, TaskDecodeError, WorkerCrashedError
 from ..options import Guards
 from ..wire.messages import PROTOCOL

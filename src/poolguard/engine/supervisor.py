@@ -71,7 +71,8 @@ from .launch import ParentAlive, StartError, WorkerSpec, ZygoteLauncher, make_la
 from .launch.zygote import can_use_zygote
 from .postmortem import Postmortem, name_of
 from .surface import EngineBase
-from .workers import State, Worker, WorkerSet, WorkerStatus, kill_group
+from .reports import PoolStats, WorkerStatus
+from .workers import State, Worker, WorkerSet, kill_group
 
 TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
 # Seconds of worker starts per turn of the loop.  A start through
@@ -171,6 +172,11 @@ class Engine(EngineBase):
     def status(self) -> List[WorkerStatus]:
         """What each worker is doing now; safe from any thread."""
         return self._workers.status()
+
+    def stats(self, sample: bool = True) -> PoolStats:
+        """What each worker slot did since the pool began; from any thread.
+        *sample*: read the live workers' RSS now too."""
+        return self._workers.stats(sample)
 
     def dump_stacks(self) -> None:
         """Make every worker print the stack of each of its threads to its

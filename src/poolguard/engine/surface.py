@@ -12,7 +12,7 @@ from . import at_exit
 from .callbacks import CallbackThread
 from .inbox import Inbox
 from .jobs import Job
-from .workers import WorkerStatus
+from .reports import PoolStats, WorkerStatus
 
 
 class EngineSurface(Protocol):
@@ -48,6 +48,8 @@ class EngineSurface(Protocol):
     def units_in_flight(self) -> int: ...
 
     def status(self) -> List[WorkerStatus]: ...
+
+    def stats(self, sample: bool = True) -> PoolStats: ...
 
     def dump_stacks(self) -> None: ...
 
@@ -102,3 +104,7 @@ class EngineBase:
     @property
     def state(self) -> str:
         return self.inbox.state
+
+    def stats(self, sample: bool = True) -> PoolStats:
+        """What the workers did; an engine that does not count says nothing."""
+        return PoolStats((), 0.0)

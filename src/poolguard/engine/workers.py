@@ -24,6 +24,7 @@ from ..worker import worker_main
 from .jobs import Unit
 from .pacing import Offers, Pacer
 from .launch import StartError, WorkerPipes, WorkerProcess, describe_start_error
+from .reports import Accounts, PoolStats, WorkerStatus
 from .timers import Timer, Timers
 
 _WORKER_FILE = f'"{worker_main.__code__.co_filename}"'   # as faulthandler quotes it
@@ -69,6 +70,7 @@ class Worker:
         self.death_fd = process.death_fd
         self.inflight: Deque[Unit] = collections.deque()
         self.sent = 0                       # units ever sent (maxtasksperchild)
+        self.items_done = 0                 # items answered (stats())
         self.backlog = 0.0                  # seconds the pacer expects its inflight to take
         self.blind = 0                      # units of those it had no estimate for
         self.state = State.STARTING
@@ -171,6 +173,7 @@ class Worker:
         if unit is None:
             return None
         self.inflight.remove(unit)
+        self.items_done += len(unit.items)
         if not self.inflight:
             self.backlog, self.blind = 0.0, 0
         elif unit.expected is None:
@@ -184,37 +187,6 @@ class Worker:
         else:
             self._changed(self)
         return unit
-
-
-@dataclass(frozen=True)
-class WorkerStatus:
-    """What one worker is doing, as ``Pool.status()`` reports it
-    (``str()`` of it is one line: ``worker 123: busy f(3) for 2.0 s, RSS 40 MiB``).
-
-    Attributes:
-        pid: The worker's process id.
-        state: ``"starting"``, ``"idle"``, ``"busy"``, or ``"stopped"``
-            (SIGSTOP, a debugger, a cgroup freezer).
-        task: The :class:`~poolguard.TaskInfo` it runs, when busy.
-        elapsed: Seconds since that item (or its chunk) started.
-        rss: Resident memory in bytes.
-    """
-
-    pid: int
-    state: str                  # "starting", "idle", "busy", or "stopped" (SIGSTOP, debugger)
-    task: Optional[TaskInfo]    # what it runs, when busy
-    elapsed: Optional[float]    # seconds since that item (or its chunk) started
-    rss: Optional[int]          # resident memory in bytes
-
-    def __str__(self) -> str:
-        text = f"worker {self.pid}: {self.state}"
-        if self.task is not None:
-            text += f" {self.task}"
-        if self.elapsed is not None:
-            text += f" for {self.elapsed:.1f} s"
-        if self.rss is not None:
-            text += f", RSS {self.rss / 2**20:.0f} MiB"
-        return text
 
 
 def trim_stack(text: str) -> str:
@@ -278,6 +250,7 @@ class WorkerSet:
         self.starting_idle: Dict[int, Worker] = {}   # without, not ready yet
         self.offers: Offers[Worker] = Offers(pacer)  # which may take a unit, and when
         self.timers = Timers()                       # signals due, timeout checks
+        self.accounts = Accounts(count)              # stats(): told of each change below
 
     def __iter__(self) -> Iterator[Worker]:
         return iter(list(self.by_slot.values()))
@@ -293,6 +266,7 @@ class WorkerSet:
         if place != worker.place:   # twice a unit: mostly the same
             worker.place = place
             self._file(worker)
+            self.accounts.observe(worker, worker.state is State.STARTING)
         self.offers.update(worker)
 
     def _file(self, worker: Worker) -> None:
@@ -426,6 +400,10 @@ class WorkerSet:
             out.append(WorkerStatus(worker.pid, state, task, elapsed,
                                     diagnosis.rss_of(worker.pid)))
         return out
+
+    def stats(self, sample: bool = True) -> PoolStats:
+        """What each slot did since the pool began; safe from any thread."""
+        return self.accounts.stats(list(self.by_slot.values()), sample)
 
     def dump_stacks(self) -> None:
         """Each worker prints every thread's stack to its stderr (SIGUSR1)."""
