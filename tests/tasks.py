@@ -290,7 +290,7 @@ class FailsInWorker:
 
 
 def argument_buffers_held() -> int:
-    """How many argument-buffer files (poolguard.buffers) this process holds open."""
+    """How many argument-buffer files (poolguard.wire.buffers) this process holds open."""
     count = 0
     for name in os.listdir("/proc/self/fd"):
         try:

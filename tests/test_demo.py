@@ -73,7 +73,7 @@ def test_segfault_example_prints_the_stack():
     stack = done.stdout.split("Python stack at the crash")[1]
     assert "in decode_with_c_library" in stack and "in parse_record" in stack
     package = os.path.dirname(poolguard.__file__)
-    assert package not in stack and "worker.py" not in stack   # our own frames are cut
+    assert package not in stack and "loop.py" not in stack   # our own frames are cut
     assert "oom=False verdict=ruled out" in done.stdout
 
 

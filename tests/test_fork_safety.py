@@ -337,7 +337,7 @@ def test_a_task_stuck_past_its_timeout_names_the_nested_function(tmp_path, metho
     assert "outer(30)" in head and "task_timeout=0.5 s" in head, out
     assert "came from outside" not in out and "Likely cause" not in out, out
     assert "in innermost_wait" in stack and "in outer" in stack, out
-    assert "_watch_parent" not in stack and "worker.py" not in stack, out
+    assert "_watch_parent" not in stack and "poolguard/worker" not in stack, out
 
 
 @pytest.mark.parametrize("method", ["fork"])

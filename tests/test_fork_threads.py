@@ -1,5 +1,5 @@
 """Pools made under fork in a caller that has other threads at ``Pool()``:
-the zygote's own fork is made there (launch/clean_fork.py).  Fresh
+the zygote's own fork is made there (worker/clean_fork.py).  Fresh
 interpreters, since import state is what is at stake."""
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 import poolguard
-from poolguard import reusable
+from poolguard.fronts import reusable
 
 import tasks
 from conftest import PROMPT, wait_until

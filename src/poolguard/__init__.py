@@ -1,12 +1,19 @@
 """poolguard: process pools that survive the death of a worker.
 
-Fronts: :class:`Pool` (a drop-in ``multiprocessing.Pool``) and
-:class:`ProcessPoolExecutor` (a ``concurrent.futures.Executor``).
-Engine: :mod:`poolguard.engine` (supervisor loop), :mod:`poolguard.worker`
-(worker loop), :mod:`poolguard.messages` (what crosses the pipes),
-:mod:`poolguard.buffers` (large arguments outside the pipes).
-Beside it: :mod:`poolguard.diagnosis` (why a worker died),
-:mod:`poolguard.checkpoint` (resumable steps).
+The package is laid out by where code runs:
+
+* :mod:`poolguard.fronts` -- in the caller's threads: :class:`Pool` (a drop-in
+  ``multiprocessing.Pool``), :class:`ProcessPoolExecutor` (a
+  ``concurrent.futures.Executor``) and what their calls return;
+* :mod:`poolguard.engine` -- in the pool's one supervisor thread: queues,
+  dispatch, deaths, guards; how workers are started (``engine.launch``);
+* :mod:`poolguard.worker` -- in the processes the pool starts: the worker's
+  loop, and the zygote that forks workers under fork;
+* :mod:`poolguard.wire` -- on both sides: what crosses the pipes, and large
+  arguments outside them;
+* beside them: :mod:`poolguard.diagnosis` (why a worker died),
+  :mod:`poolguard.checkpoint` (resumable steps), :mod:`poolguard.cluster`
+  (the fronts on dask.distributed), ``poolguard.cli`` (``python -m poolguard``).
 """
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +23,10 @@ from .errors import (PoolguardError, PoolTerminatedError, PoolThrottledError,
                      WorkerInitError, WorkerMemoryError, WorkerStoppedWarning,
                      HelperDiedWarning)
 from .engine.reports import PoolStats, WorkerStats, WorkerStatus
-from .executor import ProcessPoolExecutor
-from .pool import Pool
-from .results import ApplyResult, AsyncResult, IMapIterator, MapResult
-from .reusable import get_executor
+from .fronts.executor import ProcessPoolExecutor
+from .fronts.pool import Pool
+from .fronts.pool_calls import ApplyResult, AsyncResult, IMapIterator, MapResult
+from .fronts.reusable import get_executor
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, CheckpointKeyError, CheckpointWarning

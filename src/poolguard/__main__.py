@@ -26,10 +26,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "checkpoint":
         return _checkpoint(args)
     if args.command == "doctor":
-        from .doctor import main as doctor_main
+        from .cli.doctor import main as doctor_main
         return doctor_main()
     if args.command == "demo":
-        from .demo import main as demo_main
+        from .cli.demo import main as demo_main
         return demo_main(args.watchdog)
     return 2
 

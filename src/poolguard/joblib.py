@@ -31,8 +31,8 @@ from joblib.parallel import BatchedCalls, register_parallel_backend
 from .engine import EngineSurface
 from .engine.jobs import arguments_text, function_name
 from .errors import TaskInfo
-from .executor import ProcessPoolExecutor
-from .future_jobs import FutureJob
+from .fronts.executor import ProcessPoolExecutor
+from .fronts.executor_calls import FutureJob
 from .options import resolve_workers
 from .wire.messages import STARMAP
 

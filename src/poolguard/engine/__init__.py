@@ -7,7 +7,7 @@
 * :mod:`.jobs` -- what a front's call becomes: a job cut into units;
 * :mod:`.workers` -- one worker as the supervisor sees it: its state machine,
   its pipes, what it has in flight;
-* :mod:`.launch` and :mod:`.zygote` -- how workers are started, reaped and
+* :mod:`.launch` -- how workers are started, reaped and
   signalled under each start method (the zygote forks them under fork);
 * :mod:`.postmortem` -- after a death: the culprit, its error, what runs again;
 * :mod:`.guards` -- task_timeout and max_worker_memory: when to stop a worker;

@@ -20,7 +20,7 @@ from ..wire import private_fds
 from ..wire.framing import frame
 from ..wire.messages import STOP, TASK_HEADER
 from ..wire.slots import INITIALIZING, SharedSlots, Slot
-from ..worker import worker_main
+from ..worker.loop import worker_main
 from .jobs import Unit
 from .pacing import Offers, Pacer
 from .launch import StartError, WorkerPipes, WorkerProcess, describe_start_error

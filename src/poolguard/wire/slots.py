@@ -4,7 +4,7 @@ Before each task the worker writes the task id into its own slot, and before
 each item of a chunk the item's index (and, with a task_timeout, its start
 time).  The parent reads the slot after the worker's death, so it learns
 exactly which item was running without any lock a dying worker could hold.
-The fourth word says whether the task signalled its own process (worker.py's
+The fourth word says whether the task signalled its own process (worker/loop.py's
 audit hook), so that such a death is not blamed on the outside.
 """
 from __future__ import annotations

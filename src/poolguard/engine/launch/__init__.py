@@ -4,7 +4,7 @@ Two launchers, one interface (``start``, then ``reap`` through the handle):
 
 * :class:`ZygoteLauncher` -- ``fork``.  Workers are forked by the pool's
   zygote (zygote.py: the pool's side; zygote_standby.py: the zygote and its
-  standby; zygote_helper.py: each as the pool sees it; zygote_main.py: its
+  standby; zygote_helper.py: each as the pool sees it; worker/zygote_main.py: its
   loop), a process forked from the caller's thread inside ``Pool()`` before
   any thread of the pool exists.  It stays single-threaded,
   so no worker, first or replacement, can inherit a lock that another thread
@@ -26,8 +26,8 @@ from __future__ import annotations
 from typing import Any, Union
 
 from ...wire.messages import dumps_call
-from .base import (ParentAlive, StartError, WorkerPipes, WorkerProcess, WorkerSpec,
-                   describe_start_error)
+from .base import ParentAlive, WorkerPipes, WorkerProcess, WorkerSpec
+from ...worker.starting import StartError, describe_start_error
 from .context import ContextLauncher
 from .zygote import ZygoteLauncher, can_use_zygote
 

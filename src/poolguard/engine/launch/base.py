@@ -3,7 +3,6 @@ of a started worker, the pipe that tells workers the pool's process is
 gone, and the descriptors only that process may hold."""
 from __future__ import annotations
 
-import errno as codes
 import os
 import pickle
 from dataclasses import dataclass
@@ -13,34 +12,6 @@ from typing import Any, Callable, List, Optional
 from ...wire import private_fds
 from ...wire.channels import grow_pipe
 from ...wire.slots import SharedSlots
-
-
-class StartError(Exception):
-    """A worker could not be started (the message says why)."""
-
-
-def describe_start_error(exc: BaseException) -> str:
-    """Why a worker could not be started, naming the resource when one ran out."""
-    text = f"{type(exc).__name__}: {exc}"
-    errno = getattr(exc, "errno", None)
-    if errno is None:
-        return text
-    what = {codes.EMFILE: "out of file descriptors (RLIMIT_NOFILE)",
-            codes.ENFILE: "the system is out of file descriptors",
-            codes.EAGAIN: "fork() failed: process limit (RLIMIT_NPROC) or memory",
-            codes.ENOMEM: "fork() failed: out of memory"}.get(errno)
-    return f"{what}: {text}" if what else text
-
-
-def started_pid(process: Any) -> int:
-    """The pid of *process*, whose ``start()`` has returned; StartError when
-    it started no process of ours.  A stand-in for ``Process`` (a test's
-    mock) starts nothing, and its pid converts to 1: signalling that would
-    hit init's process group, the whole machine."""
-    pid = process.pid
-    if type(pid) is not int or pid <= 1:
-        raise StartError(f"{type(process).__name__}.start() started no process (pid {pid!r})")
-    return pid
 
 
 @dataclass

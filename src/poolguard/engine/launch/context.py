@@ -15,9 +15,9 @@ from ... import diagnosis
 from ...diagnosis import zombie_exit_status
 from ...wire.messages import top_level_names_of_main
 from ...wire.slots import SharedSlots
-from ...worker import worker_main
-from .base import (StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd,
-                   describe_start_error, started_pid)
+from ...worker.loop import worker_main
+from .base import WorkerPipes, WorkerProcess, WorkerSpec, _pidfd
+from ...worker.starting import StartError, describe_start_error, started_pid
 from .starter import Starter
 
 

@@ -18,8 +18,8 @@ import threading
 from typing import Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from ...wire import private_fds
-from .base import StartError, WorkerPipes, WorkerProcess
-
+from .base import WorkerPipes, WorkerProcess
+from ...worker.starting import StartError
 Outcome = Tuple[WorkerPipes, Union[WorkerProcess, StartError]]
 
 

@@ -1,4 +1,4 @@
-"""The pool's side of the zygote (zygote_main.py): fork it, ask it for
+"""The pool's side of the zygote (worker/zygote_main.py): fork it, ask it for
 workers, have it reap them, end it.  The zygote and its standby, and who
 takes over when one dies, are zygote_standby.py's; each of those processes,
 and a worker the zygote forked, as the pool sees them, zygote_helper.py's.
@@ -19,11 +19,12 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from ... import lifeline
+from ...worker import lifeline
 from ...wire import private_fds
 from ...wire.slots import INITIALIZING
-from . import zygote_main
-from .base import StartError, WorkerPipes, WorkerProcess, WorkerSpec, _pidfd
+from ...worker import zygote_main
+from .base import WorkerPipes, WorkerProcess, WorkerSpec, _pidfd
+from ...worker.starting import StartError
 from .zygote_helper import Helper, ZygoteProcess, close_all, readable
 from .zygote_standby import ZygotePair
 

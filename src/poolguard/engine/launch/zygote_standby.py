@@ -17,7 +17,7 @@ from typing import List, Optional
 
 from ...errors import HelperDiedWarning
 from ...wire import private_fds
-from .base import StartError
+from ...worker.starting import StartError
 from .zygote_helper import Helper, close_all
 
 STANDBY_RETRY = 1.0           # seconds between two requests for a standby

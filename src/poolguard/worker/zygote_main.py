@@ -43,9 +43,9 @@ from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
 from typing import Any, Dict, List, Optional, Tuple
 
-from ...worker import worker_main
+from .loop import worker_main
 from . import clean_fork
-from .base import StartError, describe_start_error, started_pid
+from .starting import StartError, describe_start_error, started_pid
 
 OWNER_CHECK_INTERVAL = 1.0   # seconds; the socket's EOF is the fast path
 

@@ -14,14 +14,14 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from . import lifeline
-from .errors import TaskDecodeError
-from .wire import buffers
-from .wire.framing import FrameInput
-from .wire.messages import (APPLY, CONTROL, EACH, EACH_APPLY, INIT_FAILED, ITEM,
+from ..errors import TaskDecodeError
+from ..wire import buffers
+from ..wire.framing import FrameInput
+from ..wire.messages import (APPLY, CONTROL, EACH, EACH_APPLY, INIT_FAILED, ITEM,
                             MAP, OK, PER_ITEM, PROTOCOL, RAISED, READY, REPLY_HEADER, RETIRING,
                             STARMAP, STOP, TASK_HEADER, UNENCODABLE, decode_task,
                             encode_exception)
-from .wire.slots import DECODING, IDLE, SENDING
+from ..wire.slots import DECODING, IDLE, SENDING
 
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = _short_repr.maxother = 200

@@ -25,11 +25,11 @@ import weakref
 from concurrent.futures import CancelledError, Future, InvalidStateError, TimeoutError
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
-from .engine import EngineSurface, Job, Unit
-from .engine.jobs import arguments_text, function_name
-from .errors import TaskInfo
-from .progress import Progress, finish_progress
-from .wire.messages import APPLY, EACH_APPLY
+from ..engine import EngineSurface, Job, Unit
+from ..engine.jobs import arguments_text, function_name
+from ..errors import TaskInfo
+from ..progress import Progress, finish_progress
+from ..wire.messages import APPLY, EACH_APPLY
 
 
 def settle(engine: EngineSurface, future: Future[Any], setter: Callable[[Any], None],

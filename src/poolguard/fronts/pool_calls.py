@@ -11,8 +11,8 @@ from multiprocessing import TimeoutError
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Dict, Generator,
                     Generic, Iterator, List, Optional, Protocol, Tuple, TypeVar, cast)
 
-from .engine import EngineSurface, Job, Unit, report_callback_error
-from .progress import Progress, finish_progress
+from ..engine import EngineSurface, Job, Unit, report_callback_error
+from ..progress import Progress, finish_progress
 
 T = TypeVar("T")
 

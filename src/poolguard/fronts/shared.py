@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, List, Optional
 
-from .engine import Engine, EngineSurface
-from .engine.reports import PoolStats, WorkerStatus
-from .options import Guards, resolve_context, resolve_workers
+from ..engine import Engine, EngineSurface
+from ..engine.reports import PoolStats, WorkerStatus
+from ..options import Guards, resolve_context, resolve_workers
 
 
 def start_engine(processes: Optional[int], what: str,
@@ -17,7 +17,7 @@ def start_engine(processes: Optional[int], what: str,
     as *cluster* (poolguard.cluster is imported only then).  *what* names
     *processes* in its errors."""
     if cluster is not None:
-        from .cluster import make_engine
+        from ..cluster import make_engine
         return make_engine(cluster, None if processes is None else
                            resolve_workers(processes, what),
                            initializer, initargs, maxtasks, context, finish_at_exit, guards)

@@ -8,15 +8,15 @@ import itertools
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, TypeVar
 
-from .engine import EngineSurface, Unit
-from .errors import PoolTerminatedError
-from .options import checkpointed
-from .progress import ProgressArg, check_progress, make_progress
-from .results import Callback, IMapIterator, MapResult
-from .wire.messages import MAP, STARMAP
+from ..engine import EngineSurface, Unit
+from ..errors import PoolTerminatedError
+from ..options import checkpointed
+from ..progress import ProgressArg, check_progress, make_progress
+from .pool_calls import Callback, IMapIterator, MapResult
+from ..wire.messages import MAP, STARMAP
 
 if TYPE_CHECKING:
-    from .checkpoint import CheckpointArg
+    from ..checkpoint import CheckpointArg
 
 T = TypeVar("T")
 

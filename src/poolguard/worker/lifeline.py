@@ -18,8 +18,8 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Optional, Sequence
 
-from .wire import buffers
-from .wire.slots import SENT_BY_COMMAND
+from ..wire import buffers
+from ..wire.slots import SENT_BY_COMMAND
 
 _PR_SET_PDEATHSIG = 1
 

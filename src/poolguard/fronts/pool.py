@@ -2,18 +2,18 @@
 
 Here the pool is made, runs single calls (``apply``) and ends; its calls
 over many items (``map``, ``imap`` and the rest) are pool_maps.py's, and
-what they all return is results.py's."""
+what they all return is pool_calls.py's."""
 from __future__ import annotations
 
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, TypeVar, Union
 
-from .front import WorkerReports, start_engine
-from .engine import EngineSurface
-from .options import check_initializer, check_max_tasks, make_guards
+from .shared import WorkerReports, start_engine
+from ..engine import EngineSurface
+from ..options import check_initializer, check_max_tasks, make_guards
 from .pool_maps import PoolMaps
-from .results import ApplyResult, AsyncResult, Callback, IMapIterator, MapResult
-from .wire.messages import APPLY
+from .pool_calls import ApplyResult, AsyncResult, Callback, IMapIterator, MapResult
+from ..wire.messages import APPLY
 
 __all__ = ["Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator"]
 

@@ -22,7 +22,7 @@ import os
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
-from .engine.at_exit import interpreter_exiting
+from ..engine.at_exit import interpreter_exiting
 from .executor import ProcessPoolExecutor
 
 __all__ = ["get_executor"]

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from typing import List, Optional, Tuple
 
-from . import __version__, diagnosis
-from .diagnosis import CgroupUnavailable, KernelLog, MemoryCgroup, create_memory_cgroup
+from .. import __version__, diagnosis
+from ..diagnosis import CgroupUnavailable, KernelLog, MemoryCgroup, create_memory_cgroup
 
 _PDEATHSIG_PROBE = """
 import ctypes, signal

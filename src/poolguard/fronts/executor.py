@@ -10,17 +10,17 @@ from concurrent.futures import Executor, Future
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional,
                     Sequence, Tuple, TypeVar, Union)
 
-from .front import WorkerReports, start_engine
-from .engine import EngineSurface, Job, Unit
-from .engine.at_exit import interpreter_exiting
-from .wire.messages import APPLY, EACH, EACH_STAR, STARMAP
-from .future_jobs import FutureJob, MapJob, SubmitBatch
-from .progress import Progress, ProgressArg, check_progress, finish_progress, make_progress
-from .options import (checkpointed, check_initializer, check_max_tasks, make_guards)
+from .shared import WorkerReports, start_engine
+from ..engine import EngineSurface, Job, Unit
+from ..engine.at_exit import interpreter_exiting
+from ..wire.messages import APPLY, EACH, EACH_STAR, STARMAP
+from .executor_calls import FutureJob, MapJob, SubmitBatch
+from ..progress import Progress, ProgressArg, check_progress, finish_progress, make_progress
+from ..options import (checkpointed, check_initializer, check_max_tasks, make_guards)
 
 
 if TYPE_CHECKING:
-    from .checkpoint import CheckpointArg
+    from ..checkpoint import CheckpointArg
 
 T = TypeVar("T")
 
@@ -75,7 +75,7 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         guards = make_guards(task_timeout, max_worker_memory, retries, retry_on)
         maxtasks = check_max_tasks(max_tasks_per_child, "max_tasks_per_child")
         self._shutdown_lock = threading.Lock()
-        # The unit of the last submits, while queued (see future_jobs.py).
+        # The unit of the last submits, while queued (see executor_calls.py).
         self._batch: Callable[[], Optional[Unit]] = lambda: None
         self._engine = start_engine(max_workers, "max_workers", initializer, initargs,
                                     maxtasks, mp_context, True, guards, cluster)
@@ -220,7 +220,7 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                        buffersize: Optional[int]) -> Iterator[Any]:
         """``map`` through ``self.submit``: a call per item, or per chunk of
         *chunksize* items; with *buffersize*, the input is read as results
-        are consumed.  Back-to-back submits still share units (future_jobs.py)."""
+        are consumed.  Back-to-back submits still share units (executor_calls.py)."""
         args: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
         call: Callable[..., Any] = fn
         if chunksize > 1:
