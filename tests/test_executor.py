@@ -338,6 +338,31 @@ def test_map_with_buffersize_reads_an_endless_input_lazily():
         assert executor.submit(tasks.square, 5).result(timeout=PROMPT) == 25
 
 
+def test_map_with_buffersize_keeps_memory_flat_over_an_endless_input():
+    """What the caller's process holds does not grow with the items read:
+    the highest traced memory over items 5,000-10,000 and over 20,000-25,000
+    are within 256 KiB (a future kept per item would add more than 5 MiB).
+    The highest over a window, since the supervisor's heap of offers swings
+    by up to 0.5 MiB between two clean-ups (pacing.py)."""
+    import itertools
+    import tracemalloc
+    highest = {5000: 0, 20000: 0}
+    tracemalloc.start()
+    try:
+        with ProcessPoolExecutor(2) as executor:
+            for i, value in enumerate(executor.map(tasks.square, itertools.count(),
+                                                   buffersize=8)):
+                assert value == i * i
+                window = 5000 if 5000 <= i < 10000 else 20000 if 20000 <= i else None
+                if window is not None:
+                    highest[window] = max(highest[window], tracemalloc.get_traced_memory()[0])
+                if i == 25000:
+                    break
+    finally:
+        tracemalloc.stop()
+    assert highest[20000] - highest[5000] < 256 << 10, highest
+
+
 @pytest.mark.parametrize("buffersize, error", [(0, ValueError), (-1, ValueError),
                                                (1.5, TypeError), (True, TypeError)])
 def test_map_refuses_a_bad_buffersize(buffersize, error):
