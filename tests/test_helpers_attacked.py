@@ -156,9 +156,9 @@ def sleep_square(x):
 
 
 def test_out_of_descriptors_fails_only_what_cannot_be_served_and_heals(tmp_path, method):
-    """RLIMIT_NOFILE is lowered to the lowest free descriptor plus 0, 1, ...
-    13, so that a worker's start runs out at each of its steps (its pipes,
-    the pidfd, multiprocessing's own pipes and sentinel):
+    """RLIMIT_NOFILE is lowered to 3, then to the lowest free descriptor
+    plus 0, 1, ... 13, so that a worker's start runs out at each of its
+    steps (its pipes, the pidfd, multiprocessing's own pipes and sentinel):
     each map, whose tasks all need new workers (maxtasksperchild=1), either
     gives every result or fails with an error naming the resource, never hangs.
     Raised again, the limit lets the pool serve as before."""
@@ -169,11 +169,14 @@ def test_out_of_descriptors_fails_only_what_cannot_be_served_and_heals(tmp_path,
         print(p.map(tasks_mod.square, range(4)))
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         outcomes = set()
-        for spare in range(14):
+        for spare in [None, *range(14)]:
             time.sleep(0.3)   # the replacements of the last round have started (or failed)
             lowest_free = os.dup(0)   # no new descriptor below the limit but "spare" ones
             os.close(lowest_free)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free + spare, hard))
+            # (The descriptors of the workers that retire meanwhile are free
+            # again below the limit: only a limit of 3, stdio's, sure to fail.)
+            limit = 3 if spare is None else lowest_free + spare
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
             try:
                 result = p.map_async(tasks_mod.square, range(4), chunksize=1)
                 result.wait(20)
