@@ -73,3 +73,33 @@ class MemoryCgroup:
     @property
     def procs_file(self) -> str:
         return os.path.join(self.directory, "cgroup.procs")
+
+
+def pids_limit_reached(sources: Sources = SOURCES) -> Optional[str]:
+    """Which pids cgroup of this process's (its own or an ancestor) has as
+    many tasks as its ``pids.max`` allows, said as "cgroup NAME (pids.max
+    N)"; None when none is, or nothing can be read.  fork() fails there with
+    EAGAIN, as past RLIMIT_NPROC, but root is not exempt."""
+    text = read_text(f"{sources.proc}/self/cgroup") or ""
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if "pids" in parts[1].split(","):
+            top = os.path.join(sources.cgroup, "pids")
+        elif parts[:2] == ["0", ""] and os.path.exists(os.path.join(sources.cgroup,
+                                                                    "cgroup.controllers")):
+            top = sources.cgroup
+        else:
+            continue
+        name = parts[2].rstrip("/")
+        while True:
+            directory = os.path.join(top, name.lstrip("/"))
+            limit = read_int(os.path.join(directory, "pids.max"))
+            current = read_int(os.path.join(directory, "pids.current"))
+            if limit is not None and current is not None and current >= limit:
+                return f"cgroup {name or '/'} (pids.max {limit})"
+            if not name:
+                break
+            name = os.path.dirname(name).rstrip("/")
+    return None

@@ -160,8 +160,15 @@ def die_with_parent(alive_conn: Connection, parent_pid: Optional[int],
         os._exit(1)
 
     def start() -> None:
-        threading.Thread(target=_watch_parent, name="poolguard-parent-watch",
-                         daemon=True).start()
+        try:
+            threading.Thread(target=_watch_parent, name="poolguard-parent-watch",
+                             daemon=True).start()
+        except RuntimeError:
+            # No thread to be had (a cgroup's pids.max reached): under the
+            # zygote it is a fallback, and PDEATHSIG and the group kill
+            # remain; a worker that ended here lost a task it had done.
+            if not by_zygote:
+                raise
 
     if by_zygote:
         return start

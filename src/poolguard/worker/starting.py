@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno as codes
 from typing import Any
 
+from .. import diagnosis
+
 
 class StartError(Exception):
     """A worker could not be started (the message says why)."""
@@ -18,8 +20,14 @@ def describe_start_error(exc: BaseException) -> str:
         return text
     what = {codes.EMFILE: "out of file descriptors (RLIMIT_NOFILE)",
             codes.ENFILE: "the system is out of file descriptors",
-            codes.EAGAIN: "fork() failed: process limit (RLIMIT_NPROC) or memory",
+            codes.EAGAIN: "fork() failed (EAGAIN): no more processes allowed (RLIMIT_NPROC "
+                          "for a user who is not root, or a cgroup's pids.max) or out of "
+                          "kernel memory",
             codes.ENOMEM: "fork() failed: out of memory"}.get(errno)
+    if errno == codes.EAGAIN:
+        full = diagnosis.pids_limit_reached(diagnosis.SOURCES)
+        if full is not None:   # the cause, read where the fork failed
+            what = f"fork() failed (EAGAIN): no more processes allowed in {full}"
     return f"{what}: {text}" if what else text
 
 

@@ -225,8 +225,11 @@ class ZygoteLauncher:
         return bool(self._asked) or self._pair.replacing
 
     def prepared(self, index: int) -> bool:
-        """Is slot *index* a first worker, forked at the zygote's birth, not taken yet?"""
-        return index in self._first
+        """Is slot *index* answered and not taken yet (a first worker,
+        forked at the zygote's birth, or an answer that came after a start
+        failed)?  It is taken even while starts fail: an answer left would
+        be taken by a later call, which a stale failure would fail."""
+        return index in self._first or index in self._answers
 
     def take_prepared(self, index: int) -> Optional[Tuple[WorkerPipes, WorkerProcess]]:
         """The worker answered for slot *index*, and its pipes; None if none
@@ -238,6 +241,7 @@ class ZygoteLauncher:
         pipes, reply, zygote, pidfd = answer
         try:
             if reply[0] != "ok":
+                self._drop_failed()   # the same failure: said once, by this one
                 raise StartError(reply[2])
             if pidfd is None:   # it did not fit: we are out of descriptors
                 if not zygote.eof:   # its zygote lives: the pid is still the worker's
@@ -250,6 +254,15 @@ class ZygoteLauncher:
         except StartError:
             pipes.close_parent_ends()
             raise
+
+    def _drop_failed(self) -> None:
+        """Forget every failed start answered and not taken: its slot is
+        asked for again at the next start."""
+        for index, (pipes, reply, _, _) in list(self._answers.items()):
+            if reply[0] != "ok":
+                del self._answers[index]
+                self._first.discard(index)
+                pipes.close_parent_ends()
 
     def close(self) -> None:
         """Tell the zygote and its standby to end; wait for them, kill them
