@@ -141,6 +141,86 @@ def test_offers_pick_idle_workers_lowest_slot_first_then_the_least_loaded():
     assert [offers.take(now, 2.0).index for _ in range(2)] == [0, 2]
 
 
+class _TakingWorker(_Worker):
+    """A ready worker as the dispatcher changes it (workers.Worker.take)."""
+
+    state = None
+
+    def __init__(self, index: int, offers):
+        super().__init__(index)
+        self._offers = offers
+
+    def take(self, unit, expected):
+        if not self.inflight:
+            self.ends_at = time.monotonic()
+        self.ends_at += expected or 0.0
+        self.blind += expected is None
+        self.inflight.append(unit)
+        self.sent += 1
+        self._offers.moved[self.index] = self
+
+
+def _dispatch(seconds_an_item: float, units: int, workers: int):
+    """Which worker each of *units* pending one-item units goes to, and in
+    how many writes, once the pacer knows the function takes *seconds_an_item*."""
+    from poolguard.engine.dispatch import Dispatcher
+    from poolguard.engine.inbox import Inbox
+    from poolguard.engine.jobs import Job, Unit
+    from poolguard.engine.pacing import Offers, Pacer
+    from poolguard.wire.messages import MAP
+
+    pacer = Pacer(maxtasks=None)
+    offers = Offers(pacer)
+    job = Job(abs, MAP, "map")
+    pacer.learn(Unit(job, 0, [0] * 100, b"f"), seconds_an_item * 100)
+    pool = [_TakingWorker(i, offers) for i in range(workers)]
+    for worker in pool:
+        offers.update(worker)
+    sends = []
+
+    class Set:   # the worker set, as the dispatcher reads it
+        starting_idle: dict = {}
+
+        def __init__(self):
+            self.offers = offers
+
+        def __len__(self):
+            return workers
+
+        def send(self, worker, frames):
+            sends.append(worker.index)
+
+    class Keeper:
+        def took_first(self, worker):
+            pass
+
+    inbox = Inbox()
+    units = [Unit(job, i, [i], b"f") for i in range(units)]
+    inbox.pending.extend(units)
+    try:
+        Dispatcher(inbox, Set(), pacer, Keeper(), False, None).dispatch()
+    finally:
+        inbox.wakeup.close()
+    where = {id(u): w.index for w in pool for u in w.inflight}
+    return [where.get(id(u)) for u in units], sends
+
+
+def test_tiny_units_go_to_a_few_workers_in_batches_and_long_ones_one_a_worker():
+    """A burst of tiny units is dealt in runs of consecutive units, a write
+    each, to the idle workers lowest slot first (not one unit a worker in
+    turn: each write wakes a worker, whose replies are then read apart);
+    units that take long still go one a worker."""
+    from poolguard.engine.pacing import MAX_AHEAD
+    where, sends = _dispatch(1e-6, 200, 64)
+    assert where == [i // MAX_AHEAD for i in range(200)]
+    assert sends == [0, 1, 2, 3]
+    where, sends = _dispatch(0.01, 6, 64)
+    assert where == [0, 1, 2, 3, 4, 5] and sends == [0, 1, 2, 3, 4, 5]
+    # Short ones: BATCH_TIME's worth a worker, spread over the workers.
+    where, sends = _dispatch(1e-4, 8, 4)
+    assert where == [0, 0, 1, 1, 2, 2, 3, 3] and sends == [0, 1, 2, 3]
+
+
 def test_deadlines_run_once_in_order_and_cancelled_ones_never():
     from poolguard.engine.timers import Timers
     timers, ran = Timers(), []

@@ -52,6 +52,10 @@ W = TypeVar("W", bound=Worker)
 WINDOW = 0.002          # seconds of known work a worker may have queued
 MAX_AHEAD = 64          # units in flight per worker at most
 CHUNK_TIME = 0.002      # what an elastic unit aims to take, in seconds
+# Seconds of known work a batch to one worker holds at least (MAX_AHEAD
+# units at most): a write, a wake-up and a read of its replies cost some
+# 10-50 us, whatever the batch holds.
+BATCH_TIME = 0.0002
 _WEIGHT = 0.3           # of the newest sample in the moving average
 _REMEMBERED = 256       # functions; past that the oldest are forgotten
 
@@ -100,6 +104,26 @@ class Pacer:
         if worker.blind or len(worker.inflight) >= MAX_AHEAD:
             return None
         return worker.ends_at
+
+    def room(self, worker: Worker) -> int:
+        """Units *worker* may still be sent (MAX_AHEAD, maxtasksperchild)."""
+        room = MAX_AHEAD - len(worker.inflight)
+        if self._maxtasks is not None:
+            room = min(room, self._maxtasks - worker.sent)
+        return room
+
+    def batch_size(self, expected: Optional[float], pending: int, workers: int) -> int:
+        """Units to hand one worker in a row, the first expected to take
+        *expected* s, *pending* units waiting for *workers*: a fair share of
+        them, and at least BATCH_TIME of work (up to MAX_AHEAD), whose
+        worker then keeps up with what the supervisor can hand out.  One if
+        the length is unknown.  What it may take (its queue known to end
+        within the next unit's patience) limits it too: see dispatch.py."""
+        if expected is None:
+            return 1
+        share = -(-pending // max(1, workers))
+        worth = int(BATCH_TIME / expected) if expected > 0 else MAX_AHEAD
+        return max(1, min(MAX_AHEAD, max(share, worth)))
 
     def patience(self, head: Unit, expected: Optional[float] = None) -> float:
         """How long *head* may wait in a pipe: WINDOW, or half its own

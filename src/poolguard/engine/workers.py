@@ -159,8 +159,8 @@ class Worker:
         self.sent += 1
         if len(self.inflight) == 1:
             self._changed(self)
-        else:   # still busy: only its place among the offers moves
-            self._offers.update(self)
+        else:   # still busy: only its place among the offers moves, once a batch
+            self._offers.moved[self.index] = self
 
     def find_unit(self, unit_id: int) -> Optional[Unit]:
         for unit in self.inflight:
