@@ -110,6 +110,9 @@ def test_a_forked_child_makes_its_own(tmp_path):
     out = run_script(tmp_path, """
         parent = poolguard.get_executor(1, mp_context="spawn")
         parent_pid = os.getpid()
+        # Its start done first: a fork while a thread of ours is starting a
+        # worker (holding an import lock) leaves that lock held in the child.
+        assert parent.submit(os.getpid).result(timeout=20) != parent_pid
         pid = os.fork()
         if pid == 0:
             mine = poolguard.get_executor(1, mp_context="spawn")

@@ -14,7 +14,9 @@ Rules, all under one lock so that any number of threads may ask at once:
   one takes its place.  A worker's death does not count: poolguard's
   executor survives it (only that task fails).
 - After ``os.fork()`` the child does not use its parent's executor (whose
-  workers are not its children): it makes its own.
+  workers are not its children): it makes its own.  (Fork only while no
+  pool is starting workers: as with any thread, a lock one of ours holds
+  at the fork stays held in the child.)
 """
 from __future__ import annotations
 
