@@ -58,7 +58,8 @@ from ..options import Guards
 from ..wire import buffers
 from ..wire.channels import Spiller, WatchSet
 from ..wire.messages import (CONTROL, INIT_FAILED, ITEM, PER_ITEM, READY, REPLY_HEADER,
-                             RETIRING, decode_exception, decode_reply)
+                             RETIRING, SHARED, decode_exception, decode_reply)
+from ..wire.result_buffers import take_shared
 from ..wire.slots import SharedSlots
 from . import at_exit, limits
 from .guards import GuardKeeper
@@ -315,8 +316,16 @@ class Engine(EngineBase):
         if task_id == CONTROL:
             self._on_control(worker, status, body)
             return
+        shared: Optional[Sequence[Any]] = ()
+        if status & SHARED:   # its large buffers wait in a memfd of the worker's
+            status &= ~SHARED
+            got = take_shared(worker.pid, worker.death_fd, body,
+                              lambda parts: self._workers.send(worker, parts))
+            if got is None:
+                return   # the worker died holding them: its death fails the task
+            body, shared = got
         if status & ITEM:
-            self._on_call_reply(worker, task_id, status & ~ITEM, micros, body)
+            self._on_call_reply(worker, task_id, status & ~ITEM, micros, body, shared)
             return
         unit = worker.pop_unit(task_id)
         worker.watch.task_done()
@@ -325,17 +334,18 @@ class Engine(EngineBase):
             return  # the job was already failed (terminate)
         self._pacer.learn(unit, micros / 1e6)
         ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, None)),
-                                 unit.job.kind in PER_ITEM)
+                                 unit.job.kind in PER_ITEM, shared)
         deliver(unit, ok, value)
 
     def _on_call_reply(self, worker: Worker, task_id: int, status: int, offset: int,
-                       body: memoryview) -> None:
+                       body: memoryview, shared: Optional[Sequence[Any]]) -> None:
         """One call of an EACH_APPLY unit ended; the unit goes on."""
         unit = worker.find_unit(task_id)
         if unit is None:
             return   # the job was already failed (terminate)
         self._postmortem.task_finished()
-        ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, offset)))
+        ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, offset)),
+                                 shared=shared)
         try:
             unit.job.call_done(unit, offset, ok, value[0] if ok else value)
         except Exception:

@@ -31,13 +31,14 @@ import mmap
 import os
 import pickle
 import sys
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence, Tuple
 
 from . import private_fds
 
 MIN_SIZE = 1 << 20          # smaller buffers stay in the pickle: a memfd costs ~20 us
 _ALIGN = 64                 # NumPy likes aligned data
 _NAME = "poolguard-args"
+PROTOCOL5 = 5
 AVAILABLE = hasattr(os, "memfd_create") and sys.platform.startswith("linux") \
     and os.path.isdir("/proc/self/fd")
 
@@ -161,17 +162,7 @@ class SharedBuffers:
             fd = os.memfd_create(_NAME, os.MFD_CLOEXEC)
             private_fds.keep(fd)
         try:
-            layout = []
-            pos = 0
-            for view in buffers:
-                pos += -pos % _ALIGN
-                layout.append((pos, view.nbytes))
-                pos += view.nbytes
-            os.ftruncate(fd, max(pos, 1))
-            for (offset, size), view in zip(layout, buffers, strict=True):
-                done = 0
-                while done < size:   # one write takes at most ~2 GiB
-                    done += os.pwrite(fd, view[done:], offset + done)
+            pos, layout = write_buffers(fd, buffers)
             self.handle = (os.getpid(), fd, os.fstat(fd).st_ino, pos, layout)
         except BaseException:
             private_fds.close(fd)
@@ -185,6 +176,31 @@ class SharedBuffers:
 
     def __del__(self) -> None:   # a unit dropped without release (should not happen)
         self.close()
+
+
+def write_buffers(fd: int, views: Sequence[memoryview]) -> Tuple[int, List[Tuple[int, int]]]:
+    """Write *views* into the empty file *fd*, each aligned: the file's size
+    and each one's (offset, size)."""
+    layout = []
+    pos = 0
+    for view in views:
+        pos += -pos % _ALIGN
+        layout.append((pos, view.nbytes))
+        pos += view.nbytes
+    os.ftruncate(fd, max(pos, 1))
+    for (offset, size), view in zip(layout, views, strict=True):
+        done = 0
+        while done < size:   # one write takes at most ~2 GiB
+            done += os.pwrite(fd, view[done:], offset + done)
+    return pos, layout
+
+
+def empty_bytes(size: int) -> Tuple[bytes, memoryview]:
+    """A new ``bytes`` of *size* and a writable view of its contents, to be
+    filled before anyone else sees it (only where REMOTE_POSSIBLE)."""
+    out: bytes = _reader()[1](None, size)
+    storage = (ctypes.c_char * size).from_address(id(out) + _BYTES_DATA_OFFSET)
+    return out, memoryview(storage).cast("B")
 
 
 class Collector:

@@ -58,7 +58,7 @@ class FrameInput:
         self.fd = fd
         self._read_size = read_size
         self._buf = bytearray()
-        self._frames: Deque[bytes] = collections.deque()
+        self._frames: Deque[Union[bytes, bytearray]] = collections.deque()
 
     def recv(self) -> Union[bytes, bytearray]:
         """The next frame's content; EOFError when the pipe is closed."""
@@ -79,6 +79,24 @@ class FrameInput:
                 if large is not None:
                     return large
         return self._frames.popleft()
+
+    def wait_for(self, content: bytes, stop: bytes) -> None:
+        """Read until a frame that is *content*, or *stop*, or the end; every
+        other frame (a task sent ahead) stays queued, in order, and so does
+        *stop*."""
+        held: List[Union[bytes, bytearray]] = []
+        try:
+            while True:
+                data = self.recv()
+                if data == content:
+                    return
+                held.append(data)
+                if data == stop:
+                    return
+        except EOFError:
+            return   # the parent is gone: the next recv() says so again
+        finally:
+            self._frames.extendleft(reversed(held))
 
     def _read_large(self) -> Optional[bytearray]:
         """A frame larger than one read: the rest goes into a buffer of its size."""

@@ -61,21 +61,27 @@ class Status(IntEnum):
 # microseconds field holds the call's offset in the unit).  The unit's own
 # reply follows its last call, with no results.
 ITEM = 0x80
+# Added to a reply's status: its large buffers are in a memfd of the
+# worker's (see result_buffers.py); the worker waits for RELEASE.
+SHARED = 0x40
 
 
 class Control(IntEnum):
     """Task ids below zero are control words, not tasks."""
     STOP = -1          # parent -> worker: leave the loop and exit
     WORKER = -2        # worker -> parent: a message about the worker itself
+    RELEASE = -3       # parent -> worker: we have the shared buffers of your last reply
 
 
 APPLY, MAP, STARMAP, EACH, EACH_STAR, EACH_APPLY = Kind
 PER_ITEM = frozenset((EACH, EACH_STAR, EACH_APPLY))   # kinds whose items have outcomes of their own
 OK, RAISED, UNENCODABLE, READY, INIT_FAILED, RETIRING = Status
-STOP, CONTROL = Control
+STOP, CONTROL, RELEASE = Control
 
 TASK_HEADER = struct.Struct("!qI")     # task id | size of the shared-buffer handle
 REPLY_HEADER = struct.Struct("!qBI")   # task id | status | microseconds the unit ran
+STOP_CONTENT = TASK_HEADER.pack(STOP, 0)         # the whole of those frames (unprefixed)
+RELEASE_CONTENT = TASK_HEADER.pack(RELEASE, 0)
 
 
 def dumps(obj: Any, collector: Optional[buffers.Collector] = None) -> bytes:
@@ -250,20 +256,22 @@ def decode_exception(body: Union[bytes, memoryview]) -> BaseException:
 
 
 def decode_reply(status: int, body: Union[bytes, memoryview],
-                 describe: Callable[[], str], each: bool = False) -> Tuple[bool, Any]:
+                 describe: Callable[[], str], each: bool = False,
+                 shared: Optional[Sequence[Any]] = ()) -> Tuple[bool, Any]:
     """Parent side: (True, list of results) or (False, exception) from a task's
-    reply; for a PER_ITEM unit, (True, (results, {offset: exception})).  Never
+    reply; for a PER_ITEM unit, (True, (results, {offset: exception})).
+    *shared*: its out-of-band buffers (result_buffers.receive).  Never
     raises: whatever unpickling the body does (even raising SystemExit)
     becomes that task's error.  *describe* names the task."""
     if status == RAISED:
         return False, decode_exception(body)
     try:
         if status == OK and each:
-            values, errors = pickle.loads(body)
+            values, errors = pickle.loads(body, buffers=shared)
             return True, (values, {i: decode_exception(e) if isinstance(e, bytes)
                                    else encoding_error(*e) for i, e in errors.items()})
         if status == OK:
-            return True, pickle.loads(body)
+            return True, pickle.loads(body, buffers=shared)
         if status == UNENCODABLE:
             return False, encoding_error(*pickle.loads(body))
         raise ValueError(f"unknown reply status {status}")

@@ -15,16 +15,21 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from . import lifeline
 from ..errors import TaskDecodeError
-from ..wire import buffers
+from ..wire import buffers, result_buffers
 from ..wire.framing import FrameInput
 from ..wire.messages import (APPLY, CONTROL, EACH, EACH_APPLY, INIT_FAILED, ITEM,
-                            MAP, OK, PER_ITEM, PROTOCOL, RAISED, READY, REPLY_HEADER, RETIRING,
-                            STARMAP, STOP, TASK_HEADER, UNENCODABLE, decode_task,
-                            encode_exception)
+                             MAP, OK, PER_ITEM, PROTOCOL, RAISED, READY, RELEASE_CONTENT,
+                             REPLY_HEADER, RETIRING, SHARED, STARMAP, STOP, STOP_CONTENT,
+                             TASK_HEADER, UNENCODABLE, decode_task, encode_exception)
 from ..wire.slots import DECODING, IDLE, SENDING
 
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = _short_repr.maxother = 200
+
+# The memfd of the reply being sent (result_buffers.py), and the task pipe
+# on which the parent's RELEASE of it comes (set by worker_main).
+_held: list[result_buffers.Outgoing] = []
+_frames: list[FrameInput] = []
 
 
 def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Connection,
@@ -39,7 +44,9 @@ def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Conne
     slot = spec.slots.view(index)
     lifeline.watch_own_signals(slot)
     # Frames are read in bulk: a burst of small tasks costs one read.
-    send, recv = result_conn.send_bytes, FrameInput(task_conn.fileno()).recv
+    frames = FrameInput(task_conn.fileno())
+    _frames[:] = [frames]
+    send, recv = result_conn.send_bytes, frames.recv
     try:
         if spec.initializer is not None:
             try:
@@ -70,8 +77,10 @@ def _serve(slot: memoryview, send: Callable[[bytes], None], recv: Callable[[], A
         except EOFError:
             return
         task_id, handle_size = TASK_HEADER.unpack_from(data)
-        if task_id == STOP:
-            return
+        if task_id < 0:
+            if task_id == STOP:
+                return
+            continue   # a RELEASE nothing waits for
         slot[2] = started = clock()   # before the item word: the parent reads them in that order
         slot[0], slot[1], slot[3] = task_id, DECODING, 0
         status, body = _run_unit(slot, data, task_id, handle_size, cache, timed, clock, send)
@@ -79,6 +88,7 @@ def _serve(slot: memoryview, send: Callable[[bytes], None], recv: Callable[[], A
         took = min((clock() - started) // 1000, 0xFFFFFFFF)
         send(REPLY_HEADER.pack(task_id, status, took) + body)
         del body
+        _release_held()
         if after_first is not None:   # the parent-watching thread (lifeline.py)
             after_first()
             after_first = None
@@ -121,9 +131,23 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
     return _encode_results(out)
 
 
+def _release_held() -> None:
+    """After a reply with shared buffers: keep them until the parent has its
+    own descriptor of them, then let go."""
+    if _held:
+        _frames[0].wait_for(RELEASE_CONTENT, STOP_CONTENT)
+        for outgoing in _held:
+            outgoing.close()
+        _held.clear()
+
+
 def _encode_results(out: list[Any]) -> Tuple[int, bytes]:
     try:
-        return OK, pickle.dumps(out, PROTOCOL)
+        body, outgoing = result_buffers.encode(out)
+        if outgoing is not None:
+            _held.append(outgoing)
+            return OK | SHARED, body
+        return OK, body
     except Exception as exc:
         return UNENCODABLE, pickle.dumps(
             (repr(exc), _short_repr.repr(out if len(out) != 1 else out[0])), PROTOCOL)
@@ -169,6 +193,7 @@ def _run_calls(slot: memoryview, func: Callable[..., Any], items: Tuple[Any, ...
             del args, kwds
         used += counts[i]
         send(REPLY_HEADER.pack(task_id, status | ITEM, i) + body)
+        _release_held()
     slot[1] = SENDING
     return OK, _NO_RESULTS
 
@@ -200,7 +225,11 @@ def _run_each(slot: memoryview, func: Callable[..., Any], items: Sequence[Any], 
             errors[i] = encode_exception(exc)
     slot[1] = SENDING
     try:
-        return OK, pickle.dumps((out, errors), PROTOCOL)
+        body, outgoing = result_buffers.encode(out, errors, with_extra=True)
+        if outgoing is not None:
+            _held.append(outgoing)
+            return OK | SHARED, body
+        return OK, body
     except BaseException:   # some result does not pickle: find which, fail those alone
         return OK, pickle.dumps(_encodable_only(out, errors), PROTOCOL)
 
