@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import select
 import threading
 from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
@@ -18,6 +17,7 @@ from ...wire.slots import SharedSlots
 from ...worker.loop import worker_main
 from .base import WorkerPipes, WorkerProcess, WorkerSpec, _pidfd
 from ...worker.starting import StartError, describe_start_error, started_pid
+from . import fork_server
 from .starter import Starter
 
 
@@ -67,7 +67,7 @@ class ContextLauncher:
         self._sent: Optional[Tuple[Connection, SharedSlots]] = None
         if self._method == "forkserver":
             self._start_on_thread()
-            _preload_in_fork_server()
+            fork_server.preload_poolguard()
 
     def _start_on_thread(self) -> None:
         """Under forkserver each start waits for the fork server: made on a
@@ -167,7 +167,7 @@ class ContextLauncher:
         try:
             return self._start(index, pipes)
         except _ForkServerGone:
-            _wait_for_fork_server_exit()
+            fork_server.wait_for_exit()
         try:
             pipes.renew()
         except OSError as exc:
@@ -192,6 +192,9 @@ class ContextLauncher:
                   os.getpid() if self._method != "forkserver" else None, []),
             daemon=False)   # not inherited from a daemonic pool's process: tasks may fork too
         try:
+            if self._method == "forkserver":
+                fork_server.say_if_gone()
+                fork_server.reserve()
             with _children_allowed():
                 process.start()
             # multiprocessing would join it when a daemonic process of its
@@ -207,6 +210,8 @@ class ContextLauncher:
         finally:
             for conn in conns:     # the child has its own copies now
                 conn.close()
+            if self._method == "forkserver":
+                fork_server.went_through()
         started_pid(process)
         return ContextProcess(process, self._method == "forkserver")
 
@@ -217,41 +222,6 @@ class ContextLauncher:
 
 class _ForkServerGone(Exception):
     """The fork server died while it started a worker."""
-
-
-def _preload_in_fork_server() -> None:
-    """Have the fork server import poolguard when it starts, beside what it
-    preloads already (the script, and what the user asked for), so that each
-    worker forked from it has poolguard imported: about 0.1 s of CPU a worker
-    otherwise, 64 workers up in 4.0-4.4 s instead of 0.7 s.  A fork server
-    already running is left as it is; so are preload lists we cannot read."""
-    from multiprocessing import forkserver
-    server = getattr(forkserver, "_forkserver", None)
-    modules = getattr(server, "_preload_modules", None)
-    if (server is None or not isinstance(modules, list) or "poolguard" in modules
-            or getattr(server, "_forkserver_pid", None) is not None):
-        return
-    server.set_forkserver_preload([*modules, "poolguard"])
-
-
-FORK_SERVER_EXIT_WAIT = 1.0   # seconds for a fork server that closed on us to exit
-
-
-def _wait_for_fork_server_exit() -> None:
-    """Let the fork server that closed our connection finish exiting, so
-    that multiprocessing sees it dead and makes a new one at the next start
-    (else that start connects to the old one's closed socket)."""
-    from multiprocessing import forkserver
-    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
-    fd = _pidfd(pid) if pid is not None else None
-    if fd is None:
-        return
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.poll(FORK_SERVER_EXIT_WAIT * 1000)   # readable once it has exited
-    finally:
-        os.close(fd)
 
 
 _daemon_flag_lock = threading.Lock()
