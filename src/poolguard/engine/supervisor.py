@@ -81,6 +81,10 @@ TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
 # machine): the workers already up take tasks between two rounds of starts
 # instead of after the last of a thousand.
 START_BUDGET = 0.02
+# Seconds pids and status() wait at most for the pool's first workers to be
+# started (they are, in the background, after Pool() returns): far above a
+# start even on a loaded machine, and a bound if one never comes.
+FIRST_ROUND_WAIT = 10.0
 
 
 class Engine(EngineBase):
@@ -163,7 +167,8 @@ class Engine(EngineBase):
 
     @property
     def pids(self) -> List[int]:
-        """Pids of the live workers (a snapshot)."""
+        """Pids of the live workers (a snapshot), once the first are started."""
+        self._workers.first_round.wait(FIRST_ROUND_WAIT)
         return self._workers.pids()
 
     def units_in_flight(self) -> int:
@@ -171,7 +176,9 @@ class Engine(EngineBase):
         return sum(len(w.inflight) for w in self._workers)
 
     def status(self) -> List[WorkerStatus]:
-        """What each worker is doing now; safe from any thread."""
+        """What each worker is doing now, once the first are started; safe
+        from any thread."""
+        self._workers.first_round.wait(FIRST_ROUND_WAIT)
         return self._workers.status()
 
     def stats(self, sample: bool = True) -> PoolStats:
@@ -372,6 +379,7 @@ class Engine(EngineBase):
     def _set_init_error(self, error: WorkerInitError, cause: Optional[BaseException]) -> None:
         error.__cause__ = cause
         self._init_error = error
+        self._workers.first_round.set()   # no wait for workers that may not come
 
     def _deliver_failure(self, unit: Unit, exc: BaseException) -> None:
         deliver(unit, False, exc)
@@ -434,6 +442,7 @@ class Engine(EngineBase):
         """Leave nothing behind: fail what is left, kill and reap every worker,
         close every descriptor.  Runs on the supervisor thread, last."""
         self.inbox.finish()
+        self._workers.first_round.set()
         units = self.inbox.take_pending() + self._workers.take_inflight()
         self._workers.kill_all()
         self._launcher.close()

@@ -8,6 +8,7 @@ import functools
 import os
 import re
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple
@@ -251,6 +252,11 @@ class WorkerSet:
         self.offers: Offers[Worker] = Offers(pacer)  # which may take a unit, and when
         self.timers = Timers()                       # signals due, timeout checks
         self.accounts = Accounts(count)              # stats(): told of each change below
+        # Set once every slot has had a worker (or none can start): until
+        # then pids and status() wait, since a pool starts its workers on the
+        # supervisor thread, after Pool() has returned.
+        self.first_round = threading.Event()
+        self._never_started = set(range(count))
 
     def __iter__(self) -> Iterator[Worker]:
         return iter(list(self.by_slot.values()))
@@ -314,6 +320,9 @@ class WorkerSet:
             raise StartError(f"cannot watch a new worker: {describe_start_error(exc)}") from exc
         self.by_slot[index] = worker
         self.vacant.discard(index)
+        self._never_started.discard(index)
+        if not self._never_started:
+            self.first_round.set()
         self._changed(worker)
         self._watch.add(worker.reader.fd, worker, "result")
         self._watch.add(worker.death_fd, worker, "death")

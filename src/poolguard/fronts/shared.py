@@ -33,7 +33,10 @@ class WorkerReports:
 
     @property
     def pids(self) -> List[int]:
-        """Pids of the live worker processes (a snapshot)."""
+        """Pids of the live worker processes (a snapshot).  The workers are
+        started in the background after the pool is made: right after it,
+        this waits until each has been started (not for its initializer;
+        10 s at most; not at all when they cannot start)."""
         return self._engine.pids if self._engine is not None else []
 
     def status(self) -> List[WorkerStatus]:
