@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from test_helpers import TASKS, run
+from test_helpers_killed import HELPERS
 
 
 @pytest.mark.parametrize("method", ["forkserver"])
@@ -60,24 +61,24 @@ def test_the_fork_server_killed_while_it_starts_a_worker_changes_no_result(tmp_p
         "workers, was killed by SIGKILL; a new one is started for the next workers\"]"], out
 
 
-@pytest.mark.parametrize("method", ["fork", "forkserver"])
 def test_a_stopped_helper_delays_only_the_workers_it_must_start(tmp_path, method):
-    """The process that forks the workers SIGSTOPped: the zygote (fork) or
-    the fork server (before, a request waited for either on the
-    supervisor's thread, and nothing else was handled until SIGCONT): a
+    """Every helper SIGSTOPped: the zygote (fork), or multiprocessing's fork
+    server and resource tracker and the workers' guardians (forkserver,
+    spawn).  Before, a request waited for the zygote or the fork server on
+    the supervisor's thread, and nothing else was handled until SIGCONT.  A
     worker is SIGKILLed meanwhile (its death reported within 5 s) and a
     healthy short task runs on the other within 5 s; after SIGCONT the
     replacement comes and the pool is exactly right (results, the death's
     signal, status())."""
     out = run(tmp_path, """
         import signal
-        from multiprocessing import forkserver
         import tasks_mod
+        from helpers_mod import helpers
         p = poolguard.Pool(2, context=METHOD)
         p.map(tasks_mod.pid_after, [0.2, 0.2], chunksize=1)
-        server = (p._engine._launcher._zygote.pid if METHOD == "fork"
-                  else forkserver._forkserver._forkserver_pid)
-        os.kill(server, signal.SIGSTOP)
+        stopped = helpers(p, METHOD)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
         try:
             victim = p.pids[0]
             doomed = p.apply_async(tasks_mod.pid_after, (30,))
@@ -93,14 +94,18 @@ def test_a_stopped_helper_delays_only_the_workers_it_must_start(tmp_path, method
                   time.monotonic() - started < 5)
             time.sleep(1.0)
         finally:
-            os.kill(server, signal.SIGCONT)
+            for pid in stopped:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass   # the killed worker's guardian, gone with its group
         print(p.map(tasks_mod.square, range(6), chunksize=1))
         deadline = time.monotonic() + 10
         while len([s for s in p.status() if s.state == "idle"]) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         print(len(p.status()), sorted({s.state for s in p.status()}))
         p.terminate()
-    """, method)
+    """, method, modules={"helpers_mod": HELPERS})
     assert out.splitlines() == ["death True SIGKILL", "healthy 49 True",
                                 "[0, 1, 4, 9, 16, 25]", "2 ['idle']"], out
 
