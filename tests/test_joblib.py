@@ -201,3 +201,64 @@ def test_a_loky_task_may_name_the_poolguard_backend(tmp_path):
             joblib.delayed(inner)(i) for i in range(3)))
     """, "spawn")
     assert out.strip() == "[[0], [0, 1], [0, 1, 2]]"
+
+
+TREES = """
+import os, signal
+from sklearn.tree import DecisionTreeClassifier
+
+class KilledAtDepthTwo(DecisionTreeClassifier):
+    '''A real estimator whose fit is SIGKILLed for max_depth=2.'''
+    def fit(self, X, y, sample_weight=None, check_input=True):
+        if self.max_depth == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().fit(X, y, sample_weight=sample_weight, check_input=check_input)
+"""
+
+
+def test_a_grid_search_crash_shows_the_candidates_parameters_and_arrays_by_shape(tmp_path):
+    """Before: `...parameters={'max_depth': 2...)`, cut behind the arrays'
+    values.  The candidate comes whole, the arrays as type, shape and dtype."""
+    pytest.importorskip("sklearn")
+    out = run_script(tmp_path, """
+        import joblib, poolguard.joblib
+        from sklearn.datasets import load_iris
+        from sklearn.model_selection import GridSearchCV
+        from trees import KilledAtDepthTwo
+        X, y = load_iris(return_X_y=True)
+        grid = {"max_depth": [1, 2], "min_samples_leaf": [1], "min_samples_split": [2],
+                "criterion": ["gini"], "splitter": ["best"], "max_features": [None]}
+        with joblib.parallel_config(backend="poolguard", n_jobs=2, mp_context=METHOD):
+            try:
+                GridSearchCV(KilledAtDepthTwo(), grid, cv=3).fit(X, y)
+            except poolguard.WorkerCrashedError as e:
+                print(str(e).splitlines()[0])
+    """, "spawn", modules={"trees": TREES})
+    assert ("_fit_and_score(KilledAtDepthTwo(), <ndarray (150, 4) float64>, "
+            "<ndarray (150,) int64>, parameters={'criterion': 'gini', 'max_depth': 2, "
+            "'max_features': None, 'min_samples_leaf': 1, 'min_samples_split': 2, "
+            "'splitter': 'best'}, ") in out, out
+
+
+def test_arrays_are_named_by_type_shape_and_dtype_at_any_depth():
+    import numpy as np
+    from poolguard.engine.naming import short_repr
+    assert short_repr(np.zeros((150, 4))) == "<ndarray (150, 4) float64>"
+    assert short_repr((np.arange(100), {"w": np.ones(7, dtype=np.float32)})) == \
+        "(<ndarray (100,) int64>, {'w': <ndarray (7,) float32>})"
+    assert short_repr(np.arange(3)) == "array([0, 1, 2])"   # small: its values
+    assert short_repr(np.float64(2.5)) == "2.5" or short_repr(np.float64(2.5)) == "np.float64(2.5)"
+    sparse = pytest.importorskip("scipy.sparse")
+    assert short_repr(sparse.csr_matrix(np.eye(10))).endswith(" (10, 10) float64>")
+
+
+class DataFrame:
+    """Shaped as a pandas frame is, for what names it (pandas is no test
+    dependency): a shape and a dtype per column."""
+    shape = (10, 2)
+    dtypes = ["int64", "float64"]
+
+
+def test_a_frame_is_named_by_its_shape_and_column_types():
+    from poolguard.engine.naming import short_repr
+    assert short_repr([DataFrame()]) == "[<DataFrame (10, 2) mixed>]"

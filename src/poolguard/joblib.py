@@ -29,7 +29,8 @@ from joblib._parallel_backends import (AutoBatchingMixin, FallbackToBackend,
 from joblib.parallel import BatchedCalls, register_parallel_backend
 
 from .engine import EngineSurface
-from .engine.jobs import arguments_text, function_name
+from .engine.jobs import function_name
+from .engine.naming import call_text
 from .errors import TaskInfo
 from .fronts.executor import ProcessPoolExecutor
 from .fronts.executor_calls import FutureJob
@@ -37,6 +38,10 @@ from .options import resolve_workers
 from .wire.messages import STARMAP
 
 __all__ = ["PoolguardBackend", "register"]
+
+# Keywords shown first and whole when a call is named: scikit-learn's
+# _fit_and_score takes the candidate's parameters as `parameters`.
+_WHOLE = ("parameters",)
 
 _OPTIONS = ("task_timeout", "max_worker_memory", "retries", "retry_on", "mp_context",
             "initializer", "initargs", "max_tasks_per_child")
@@ -71,7 +76,9 @@ class _BatchJob(FutureJob):
 
     def describe_item(self, item: Any, index: int) -> TaskInfo:
         func, args, kwargs, _ = item
-        return TaskInfo(function_name(func), arguments_text(args, kwargs), self.first + index,
+        # A grid search's candidate first among the keywords and whole: the
+        # one thing its user needs, never cut off behind the others.
+        return TaskInfo(function_name(func), call_text(args, kwargs, _WHOLE), self.first + index,
                         self.call)
 
 

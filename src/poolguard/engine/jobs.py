@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import functools
 import itertools
-import reprlib
 from collections import abc
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Protocol, Sequence, Tuple
 
 from ..errors import TaskInfo
 from .callbacks import report_callback_error
+from .naming import short_repr
 from ..wire.messages import APPLY, EACH_APPLY, EACH_STAR, PER_ITEM, STARMAP, encode_task
 
 if TYPE_CHECKING:
@@ -146,10 +146,7 @@ def arguments_text(args: Sequence[Any], kwds: dict[Any, Any]) -> str:
 
 
 def _short(obj: Any) -> str:
-    try:
-        return reprlib.repr(obj)
-    except Exception:
-        return f"<{type(obj).__name__} with failing repr>"
+    return short_repr(obj)   # arrays by shape and dtype (naming.py)
 
 
 def _clip(text: str, limit: int = 200) -> str:
