@@ -344,7 +344,7 @@ def test_a_task_stuck_past_its_timeout_names_the_nested_function(tmp_path, metho
 def test_the_zygote_killed_is_no_hang_and_later_calls_work(tmp_path, method):
     """Killed while idle: a call made while its workers are dying may lose
     a task to their deaths (no retries here), never hangs; the next call
-    runs on workers of its standby (test_helpers.py has the details)."""
+    runs on workers of its standby (test_helpers_killed.py has the details)."""
     out = run(tmp_path, """
         import signal
         import tasks_mod

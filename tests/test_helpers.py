@@ -98,64 +98,6 @@ def test_output_buffered_before_the_pool_is_written_once(tmp_path, method):
 
 
 @pytest.mark.parametrize("method", ["fork"])
-def test_the_zygote_killed_idle_is_replaced_by_its_standby(tmp_path, method):
-    """SIGKILL to the idle zygote: its workers die with it, a warning names
-    it, and the next maps run on workers its standby forks, with the same
-    __main__ and globals as at Pool(); a second kill (of the promoted one)
-    is survived the same way."""
-    out = run(tmp_path, """
-        import signal, warnings
-        import tasks_mod
-        SETTING = "set before the pool"
-        def main_fn(x):
-            return (x, SETTING)
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            p = poolguard.Pool(2, context=METHOD)
-            print(p.map(tasks_mod.square, range(4)))
-            for round in range(2):
-                zygote = p._engine._launcher._zygote.pid
-                time.sleep(0.3)   # its standby forked and ready
-                os.kill(zygote, signal.SIGKILL)
-                deadline = time.monotonic() + 10
-                while p.pids and time.monotonic() < deadline:   # its workers die with it
-                    time.sleep(0.02)
-                print(p.map(main_fn, range(3)))
-                print(p.map(tasks_mod.square, range(4)) == [0, 1, 4, 9])
-            p.terminate()
-        for w in seen:
-            if issubclass(w.category, poolguard.HelperDiedWarning):
-                print("warning:", w.message)
-    """, method)
-    lines = out.splitlines()
-    expected = "[(0, 'set before the pool'), (1, 'set before the pool'), (2, 'set before the pool')]"
-    assert lines[:5] == ["[0, 1, 4, 9]", expected, "True", expected, "True"], out
-    warned = lines[5:]
-    assert len(warned) == 2, out
-    assert all("zygote" in w and "SIGKILL" in w and "standby takes over" in w
-               for w in warned), out
-
-
-@pytest.mark.parametrize("method", ["fork"])
-def test_the_zygote_killed_mid_map_with_retries_gives_every_result(tmp_path, method):
-    out = run(tmp_path, """
-        import signal
-        import tasks_mod
-        p = poolguard.Pool(3, retries=5, context=METHOD)
-        p.map(tasks_mod.square, range(3))
-        time.sleep(0.3)
-        result = p.map_async(tasks_mod.pid_after, [0.05] * 60, chunksize=1)
-        time.sleep(0.4)
-        os.kill(p._engine._launcher._zygote.pid, signal.SIGKILL)
-        result.wait(30)
-        print(len(result.get()))
-        print(p.map(tasks_mod.square, range(4)))
-        p.terminate()
-    """, method)
-    assert out.splitlines() == ["60", "[0, 1, 4, 9]"], out
-
-
-@pytest.mark.parametrize("method", ["fork"])
 def test_a_worker_dead_before_the_pool_watches_it_is_a_death_not_a_start_failure(
         tmp_path, method):
     """The zygote answers for a replacement and dies at once (SIGALRM), with
