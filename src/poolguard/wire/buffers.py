@@ -272,6 +272,8 @@ def shareable(items: Any, star: bool, apply: bool, remote: bool,
 def _any_large(items: Any, star: bool, apply: bool, min_size: int) -> bool:
     """Is any argument a bytes or bytearray of *min_size* or more?  (The
     cheap look before ``shareable`` builds anything.)"""
+    if not (star or apply) and _BYTES_TYPES_SET.isdisjoint(map(type, items)):
+        return False   # a map's arguments, none bytes: a look at C speed
     for item in items:
         if apply:
             args, kwds = item
@@ -287,3 +289,4 @@ def _any_large(items: Any, star: bool, apply: bool, min_size: int) -> bool:
 
 
 _BYTES_TYPES = (bytes, bytearray)
+_BYTES_TYPES_SET = frozenset(_BYTES_TYPES)
