@@ -79,15 +79,17 @@ class Dispatcher:
             if worker is None:
                 return None
             size = pacer.batch_size(expected, len(pending), len(self._workers))
-            frames = self._fill(worker, size, now, failed)
+            frames = self._fill(worker, size, now, (head, expected), failed)
             if frames:
                 return worker, frames
             self._workers.offers.update(worker)   # none given: back in the heap, as it was
         return None
 
-    def _fill(self, worker: Worker, size: int, now: float, failed: Failed) -> List[bytes]:
+    def _fill(self, worker: Worker, size: int, now: float,
+              known: Tuple[Unit, Optional[float]], failed: Failed) -> List[bytes]:
         """Give *worker* up to *size* units from the head of the queue while
-        what it has is known to end within the next one's patience."""
+        what it has is known to end within the next one's patience.
+        *known*: the head unit and its expected time, not to look it up twice."""
         pending, pacer = self.inbox.pending, self._pacer
         frames: List[bytes] = []
         room = pacer.room(worker)
@@ -96,14 +98,16 @@ class Dispatcher:
             unit = self._next_unit(pending, failed)
             if unit is None:
                 continue
-            expected = pacer.expected(unit)
+            expected = known[1] if unit is known[0] else pacer.expected(unit)
             self._give(worker, unit, expected)
             frames.extend(unit.frame)
             size, room = size - 1, room - 1
             if expected is None or not pending:
                 break   # nothing after a unit of unknown length
             ends += expected
-            if ends - now >= pacer.patience(pending[0]):
+            head = pending[0]
+            known = (head, None if head.elastic else pacer.expected(head))
+            if ends - now >= pacer.patience(head, known[1]):
                 break
         return frames
 
