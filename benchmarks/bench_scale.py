@@ -147,11 +147,20 @@ def _show(value: float, unit: str) -> str:
 
 
 def warm(pool: Any, workers: int) -> None:
-    """Every worker up and past its first task."""
-    if hasattr(pool, "submit"):
-        list(pool.map(work.nap, [0.05] * workers))
-    else:
-        pool.map(work.nap, [0.05] * workers, 1)
+    """Every worker up and past its first task.  A pool of ours may answer
+    the naps before its last workers are up (a nap known to take 50 ms may
+    wait for a busy worker): it is waited for, and given naps again, so
+    that no start falls in a timed run."""
+    naps = [0.05] * workers
+    run = (lambda: list(pool.map(work.nap, naps))) if hasattr(pool, "submit") else (
+        lambda: pool.map(work.nap, naps, 1))
+    run()
+    if hasattr(pool, "status"):
+        deadline = time.monotonic() + 600
+        while (len(pool.pids) < workers or any(s.state == "starting" for s in pool.status())
+               ) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run()
 
 
 def close(pool: Any) -> None:
