@@ -76,10 +76,19 @@ class Front:
         else:
             self.pool = poolguard.ProcessPoolExecutor(processes, mp_context=method, **options)
 
-    def submit(self, fn, *args):
+    def submit(self, fn, *args, **guards):
+        """Start ``fn(*args)``; *guards*: the call's own."""
         if self.name == "pool":
-            return self.pool.apply_async(fn, args)
+            return self.pool.apply_async(fn, args, **guards)
+        if guards:
+            return self.pool.with_options(**guards).submit(fn, *args)
         return self.pool.submit(fn, *args)
+
+    def map(self, fn, items, **guards):
+        """``fn`` over *items*, one call each; *guards*: the map's own."""
+        if self.name == "pool":
+            return self.pool.map(fn, items, chunksize=1, **guards)
+        return list(self.pool.with_options(**guards).map(fn, items))
 
     def get(self, handle, timeout: float = 10):
         return handle.get(timeout) if self.name == "pool" else handle.result(timeout)

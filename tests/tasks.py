@@ -474,3 +474,37 @@ def outcome(log: str, i: int, what: str = "ok", *extra):
     if what == "hang":
         time.sleep(60)
     return i * i
+
+
+def sleep_and_clean_up(path: str, seconds: float):
+    """Sleep; on SoftTimeoutError write *path* (its cleanup) and raise again."""
+    import poolguard
+    try:
+        time.sleep(seconds)
+    except poolguard.SoftTimeoutError:
+        with open(path, "w") as f:
+            f.write(f"cleaned up in {os.getpid()}")
+        raise
+    return "slept"
+
+
+def sleep_past_soft_timeout(seconds: float):
+    """Catch SoftTimeoutError and go on sleeping: only a hard kill ends it."""
+    import poolguard
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(end - time.monotonic())
+        except poolguard.SoftTimeoutError:
+            pass
+    return "never"
+
+
+def sleep_catching_soft(seconds: float):
+    """"soft" if a SoftTimeoutError came during the sleep, else "done"."""
+    import poolguard
+    try:
+        time.sleep(seconds)
+    except poolguard.SoftTimeoutError:
+        return "soft"
+    return "done"

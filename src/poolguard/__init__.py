@@ -18,12 +18,13 @@ The package is laid out by where code runs:
 from typing import TYPE_CHECKING, Any
 
 from .errors import (PoolguardError, PoolTerminatedError, PoolThrottledError,
-                     ResultDecodingError, ResultEncodingError, TaskDecodeError, TaskInfo,
-                     TaskTimeoutError, UnpicklableTaskError, WorkerCrashedError,
-                     WorkerInitError, WorkerMemoryError, WorkerStoppedWarning,
-                     HelperDiedWarning)
+                     ResultDecodingError, ResultEncodingError, SoftTimeoutError,
+                     TaskDecodeError, TaskInfo, TaskStoppedError, TaskTimeoutError,
+                     UnpicklableTaskError, WorkerCrashedError, WorkerInitError,
+                     WorkerMemoryError, WorkerStoppedWarning, HelperDiedWarning)
 from .engine.reports import PoolStats, WorkerStats, WorkerStatus
 from .fronts.executor import ProcessPoolExecutor
+from .fronts.executor_options import ExecutorOptions
 from .fronts.pool import Pool
 from .fronts.pool_calls import ApplyResult, AsyncResult, IMapIterator, MapResult
 from .fronts.reusable import get_executor
@@ -32,10 +33,11 @@ if TYPE_CHECKING:
     from .checkpoint import Checkpoint, CheckpointKeyError, CheckpointWarning
 
 __all__ = [
-    "Pool", "ProcessPoolExecutor", "get_executor", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
+    "Pool", "ProcessPoolExecutor", "get_executor", "ExecutorOptions", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "PoolguardError", "WorkerCrashedError", "WorkerInitError", "UnpicklableTaskError",
     "PoolTerminatedError", "PoolThrottledError", "TaskTimeoutError", "WorkerMemoryError",
-    "ResultEncodingError", "ResultDecodingError", "TaskDecodeError",
+    "ResultEncodingError", "ResultDecodingError", "TaskDecodeError", "TaskStoppedError",
+    "SoftTimeoutError",
     "WorkerStoppedWarning", "HelperDiedWarning", "TaskInfo", "WorkerStatus", "PoolStats", "WorkerStats", "Checkpoint", "CheckpointWarning",
     "CheckpointKeyError",
 ]

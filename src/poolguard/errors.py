@@ -256,6 +256,27 @@ class WorkerMemoryError(WorkerCrashedError, MemoryError):
               "(smaller inputs or chunks, fewer copies).")
 
 
+class TaskStoppedError(WorkerCrashedError):
+    """The call was stopped on request (``AsyncResult.stop()``,
+    ``future.stop()``): the worker running it was killed and replaced, and
+    no other call was touched.  Never retried.  ``pid`` is ``None`` when
+    the call was stopped before a worker ran it."""
+
+    advice = "nothing: the call was stopped as asked."
+
+
+class SoftTimeoutError(PoolguardError):
+    """Raised inside a task that ran past ``soft_timeout``, where it runs, so
+    that it can clean up (close files, write partial output) and end.  A
+    subclass of ``Exception``: ``except Exception`` and ``finally`` blocks
+    run.  If the task does not end, ``task_timeout`` still stops it.
+    ``limit`` is the soft timeout in seconds."""
+
+    def __init__(self, message: str, *, limit: Optional[float] = None):
+        super().__init__(message)
+        self.limit = limit
+
+
 class WorkerInitError(PoolguardError, BrokenProcessPool):
     """The pool's initializer failed in a worker (raised or died), or no
     worker could be started.  A ``BrokenProcessPool`` too, as the standard

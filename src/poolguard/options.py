@@ -4,7 +4,8 @@ from __future__ import annotations
 import multiprocessing
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, FrozenSet, Iterable, Optional, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, Mapping, Optional,
+                    TypedDict, Union)
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointArg
@@ -70,6 +71,20 @@ class Guards:
     max_worker_memory: Optional[int] = None   # bytes of RSS a worker may use
     retries: int = 0                          # re-runs of a task whose worker died
     retry_on: FrozenSet[str] = frozenset(RETRY_KINDS)
+    soft_timeout: Optional[float] = None      # seconds before SoftTimeoutError in the task
+
+
+class CallGuards(TypedDict, total=False):
+    """The guards one call may set for itself (keyword-only arguments of the
+    Pool's methods and of ``ProcessPoolExecutor.with_options``).  A key
+    given replaces the pool's value for that call only; ``None`` turns that
+    guard off for it."""
+
+    task_timeout: Optional[float]
+    soft_timeout: Optional[float]
+    max_worker_memory: Union[int, str, None]
+    retries: int
+    retry_on: Optional[Iterable[str]]
 
 
 def parse_size(value: Union[int, str]) -> int:
@@ -93,16 +108,29 @@ def parse_size(value: Union[int, str]) -> int:
     return size
 
 
+def _seconds(value: Optional[float], name: str) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, "
+                        f"not {type(value).__name__}")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a positive, finite number of seconds, "
+                         f"not {value!r}")
+    return float(value)
+
+
 def make_guards(task_timeout: Optional[float] = None,
                 max_worker_memory: Union[int, str, None] = None, retries: int = 0,
-                retry_on: Optional[Iterable[str]] = None) -> Guards:
-    if task_timeout is not None:
-        if isinstance(task_timeout, bool) or not isinstance(task_timeout, (int, float)):
-            raise TypeError(f"task_timeout must be a number of seconds or None, "
-                            f"not {type(task_timeout).__name__}")
-        if not task_timeout > 0 or task_timeout == float("inf"):
-            raise ValueError(f"task_timeout must be a positive, finite number of seconds, "
-                             f"not {task_timeout!r}")
+                retry_on: Optional[Iterable[str]] = None,
+                soft_timeout: Optional[float] = None) -> Guards:
+    """The guards checked: TypeError or ValueError naming the bad one."""
+    timeout = _seconds(task_timeout, "task_timeout")
+    soft = _seconds(soft_timeout, "soft_timeout")
+    if soft is not None and timeout is not None and soft >= timeout:
+        raise ValueError(f"soft_timeout ({soft:g} s) must be shorter than task_timeout "
+                         f"({timeout:g} s): the task gets SoftTimeoutError first, and is "
+                         f"killed at task_timeout if it has not ended")
     memory = None if max_worker_memory is None else parse_size(max_worker_memory)
     if isinstance(retries, bool) or not isinstance(retries, int):
         raise TypeError(f"retries must be an int, not {type(retries).__name__}")
@@ -118,5 +146,20 @@ def make_guards(task_timeout: Optional[float] = None,
         if unknown:
             raise ValueError(f"retry_on takes {', '.join(RETRY_KINDS)}; "
                              f"not {', '.join(sorted(unknown))}")
-    return Guards(float(task_timeout) if task_timeout is not None else None, memory,
-                  retries, kinds)
+    return Guards(timeout, memory, retries, kinds, soft)
+
+
+def call_guards(pool: Guards, given: Mapping[str, Any]) -> Optional[Guards]:
+    """The guards of one call: *pool*'s, with what the call *given* replaces
+    (None when it gives none).  TypeError for a name that is no guard."""
+    if not given:
+        return None
+    unknown = sorted(set(given) - set(CallGuards.__annotations__))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {', '.join(map(repr, unknown))}; "
+                        f"the guards of one call are {', '.join(CallGuards.__annotations__)}")
+    merged: Dict[str, Any] = {
+        "task_timeout": pool.task_timeout, "max_worker_memory": pool.max_worker_memory,
+        "retries": pool.retries, "retry_on": pool.retry_on, "soft_timeout": pool.soft_timeout}
+    merged.update(given)
+    return make_guards(**merged)

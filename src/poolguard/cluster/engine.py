@@ -67,6 +67,7 @@ class ClusterEngine(EngineBase):
 
     remote_reads = False
     batches_submits = False   # units are bundled into dask tasks instead
+    per_call_guards = False   # the engines on the dask workers have the pool's
 
     def __init__(self, client: Any, owns_client: bool, processes: int,
                  initializer: Optional[Callable[..., Any]], initargs: Iterable[Any],

@@ -125,10 +125,9 @@ class Dispatcher:
         return given
 
     def _give(self, worker: Worker, unit: Unit, expected: Optional[float]) -> None:
-        if not worker.inflight:
-            if worker.state is State.STARTING:
-                worker.watch.sample()   # its cgroup and OOM counter, before any task
-            self.guard_keeper.took_first(worker)
+        if not worker.inflight and worker.state is State.STARTING:
+            worker.watch.sample()   # its cgroup and OOM counter, before any task
+        self.guard_keeper.took(worker, unit)
         worker.take(unit, expected)
 
     def _next_unit(self, pending: Deque[Unit], failed: Failed) -> Optional[Unit]:

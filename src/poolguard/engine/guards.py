@@ -23,6 +23,7 @@ from ..diagnosis import process_state
 from ..errors import WorkerStoppedWarning
 from ..options import Guards
 from ..wire.slots import SharedSlots
+from .jobs import Unit
 from .workers import GuardStop, Worker, WorkerSet, signal_process
 
 RSS_SAMPLE_INTERVAL = 0.1       # seconds between memory samples of busy workers
@@ -68,6 +69,12 @@ class GuardKeeper:
         self._next_memory_check = 0.0
         self._samples = Rotation(workers.busy)
         self._memory_checks = Rotation(workers.busy)
+        # Memory is checked while the pool has a cap, or once a call had one.
+        self._memory_capped = guards.max_worker_memory is not None
+
+    def guards_of(self, unit: Unit) -> Guards:
+        """The guards of *unit*: its call's own, or the pool's."""
+        return unit.job.guards or self.guards
 
     def next_wake(self) -> Optional[float]:
         """Seconds the loop may sleep before a guard needs it (None: forever)."""
@@ -78,17 +85,27 @@ class GuardKeeper:
         if self._workers.busy:
             if self.sample_interval is not None:
                 times.append(self._next_sample)
-            if self.guards.max_worker_memory is not None:
+            if self._memory_capped:
                 times.append(self._next_memory_check)
         return max(0.0, min(times) - time.monotonic()) if times else None
 
-    def took_first(self, worker: Worker) -> None:
-        """*worker*, idle until now, was sent a unit: its item cannot pass
-        task_timeout before then + task_timeout."""
-        timeout = self.guards.task_timeout
-        if timeout is not None and worker.timeout_check is None:
-            worker.timeout_check = self._workers.timers.at(
-                time.monotonic() + timeout, lambda now: self._check_timeout(worker, now))
+    def took(self, worker: Worker, unit: Unit) -> None:
+        """*worker* was sent *unit*: no item of it can pass its task_timeout
+        before now + that timeout, nor its memory cap before it runs."""
+        guards = self.guards_of(unit)
+        if guards.max_worker_memory is not None:
+            self._memory_capped = True
+        if guards.task_timeout is not None:
+            self._look_by(worker, time.monotonic() + guards.task_timeout)
+
+    def _look_by(self, worker: Worker, when: float) -> None:
+        """Make sure the timeout guard looks at *worker* by *when*."""
+        check = worker.timeout_check
+        if check is not None:
+            if check.when <= when:
+                return
+            check.cancel()
+        self._look_again(worker, when)
 
     def check(self) -> None:
         now = time.monotonic()
@@ -101,12 +118,13 @@ class GuardKeeper:
             for worker in self._samples.next(budget):
                 worker.watch.sample()
                 self._check_stopped(worker, now)
-        cap = self.guards.max_worker_memory
-        if cap is not None and now >= self._next_memory_check:
+        if self._memory_capped and now >= self._next_memory_check:
             self._next_memory_check = now + MEMORY_CHECK_INTERVAL
             budget = max(1, int(MEMORY_CHECKS_PER_SECOND * MEMORY_CHECK_INTERVAL))
             for worker in self._memory_checks.next(budget):
-                if worker.guard is None:
+                inflight = list(worker.inflight)   # its running unit is the oldest
+                cap = self.guards_of(inflight[0]).max_worker_memory if inflight else None
+                if worker.guard is None and cap is not None:
                     self._check_memory(worker, cap)
 
     def _check_timeout(self, worker: Worker, now: float) -> None:
@@ -115,18 +133,23 @@ class GuardKeeper:
         when the running item could first be past its time, and again at
         its deadline or, between items, a task_timeout later."""
         worker.timeout_check = None
-        timeout = self.guards.task_timeout
-        if worker.gone or worker.guard is not None or not worker.inflight or timeout is None:
+        if worker.gone or worker.guard is not None or not worker.inflight:
             worker.item_deadline = None
             return
         seen = self._slots.read(worker.index)
         # The unit a worker runs is its oldest unanswered one; a slot that
         # still names an answered unit (its reply is in, IDLE not yet
         # written) or none (idle, starting) has no running item.
-        if seen.task_id < 0 or seen.task_id != worker.inflight[0].id:
+        running = worker.inflight[0]
+        timeout = self.guards_of(running).task_timeout
+        if seen.task_id < 0 or seen.task_id != running.id or timeout is None:
             worker.item_deadline = None
             worker.seen_item = ()
-            self._look_again(worker, now + timeout)
+            # A unit of those it has may start now at the earliest.
+            timeouts = [t for t in (self.guards_of(u).task_timeout for u in worker.inflight)
+                        if t is not None]
+            if timeouts:
+                self._look_again(worker, now + min(timeouts))
             return
         if seen != worker.seen_item:
             worker.seen_item = seen
@@ -135,7 +158,7 @@ class GuardKeeper:
         if worker.item_deadline is not None and now >= worker.item_deadline:
             worker.stop_by_guard(GuardStop(
                 "timeout", f"was stopped by poolguard after the task ran past "
-                           f"task_timeout={timeout:g} s"))
+                           f"task_timeout={timeout:g} s", limit=timeout))
             worker.item_deadline = None
             # First its stacks (faulthandler, to the crash pipe), then the
             # end: a SIGTERM arriving during the dump would cut it short.
@@ -172,5 +195,5 @@ class GuardKeeper:
         if rss is not None and rss > cap:
             worker.stop_by_guard(GuardStop(
                 "memory", f"was killed by poolguard: its RSS reached {rss / 2**20:.0f} MiB, "
-                          f"over max_worker_memory={cap / 2**20:.0f} MiB,", rss))
+                          f"over max_worker_memory={cap / 2**20:.0f} MiB,", rss, cap))
             signal_process(worker.process, signal.SIGKILL)

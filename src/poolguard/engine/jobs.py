@@ -12,9 +12,11 @@ from collections import abc
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Protocol, Sequence, Tuple
 
 from ..errors import TaskInfo
+from ..options import Guards
 from .callbacks import report_callback_error
 from .naming import short_repr
-from ..wire.messages import APPLY, EACH_APPLY, EACH_STAR, PER_ITEM, STARMAP, encode_task
+from ..wire.messages import (APPLY, EACH_APPLY, EACH_STAR, PER_ITEM, STARMAP, Timing,
+                             encode_task)
 
 if TYPE_CHECKING:
     from ..wire.buffers import SharedBuffers
@@ -38,6 +40,7 @@ class Job:
     ``unit_done``/``unit_failed`` exactly once per unit."""
 
     progress: Optional[Progress] = None   # progress=: counted as units finish
+    guards: Optional[Guards] = None       # the call's own guards (None: the pool's)
 
     def __init__(self, func: Callable[..., Any], kind: int, call: str):
         self.func = func
@@ -124,6 +127,13 @@ class Job:
         return TaskInfo(name, _short(item), index, self.call)
 
 
+def timing_of(guards: Optional[Guards]) -> Optional[Timing]:
+    """What the worker must know of a call's own guards (None: the pool's)."""
+    if guards is None:
+        return None
+    return (guards.task_timeout is not None, guards.soft_timeout)
+
+
 def function_name(func: Any) -> str:
     """The user's function behind wrappers: checkpoint's, ``functools.partial``,
     scikit-learn's ``delayed``."""
@@ -188,7 +198,7 @@ class Unit:
         if isinstance(items, View):
             items = self.items = items.materialize()
         self.frame, self.shared = encode_task(self.id, self.job.kind, self.func_bytes, items,
-                                              self.remote)
+                                              self.remote, timing_of(self.job.guards))
 
     def cut(self, count: int) -> Tuple["Unit", Optional[BaseException]]:
         """Elastic: a unit of the first *count* items, encoded; this one keeps

@@ -101,10 +101,10 @@ class Postmortem:
             task=culprit.job.describe(culprit, offset), phase=phase, diagnosis=verdict,
             peak_rss=worker.watch.task_peak, last_rss=worker.watch.rss_last,
             crash_stack=crash_stack, guard=guard.text if guard else None)
-        if isinstance(error, TaskTimeoutError):
-            error.limit = self.guards.task_timeout
-        elif isinstance(error, WorkerMemoryError):
-            error.limit, error.rss = self.guards.max_worker_memory, guard.rss if guard else None
+        if isinstance(error, TaskTimeoutError) and guard is not None:
+            error.limit = guard.limit
+        elif isinstance(error, WorkerMemoryError) and guard is not None:
+            error.limit, error.rss = int(guard.limit or 0) or None, guard.rss
         return error
 
     def _verdict(self, worker: Worker, slot: Slot,
@@ -128,7 +128,8 @@ class Postmortem:
         kind = ("timeout" if isinstance(error, TaskTimeoutError) else
                 "memory" if isinstance(error, WorkerMemoryError) else
                 "oom" if error.oom else "crash")
-        return kind in self.guards.retry_on and len(culprit.attempts) < self.guards.retries
+        guards = culprit.job.guards or self.guards
+        return kind in guards.retry_on and len(culprit.attempts) < guards.retries
 
     def _fruitless_death(self, worker: Worker, slot: Slot, exitcode: Optional[int],
                          crash_stack: Optional[str]) -> Optional[PoolThrottledError]:

@@ -91,6 +91,7 @@ class Engine(EngineBase):
     """Worker processes plus the supervisor thread that watches them."""
 
     batches_submits = True
+    per_call_guards = True
 
     def __init__(self, processes: int, initializer: Optional[Callable[..., Any]] = None,
                  initargs: Iterable[Any] = (), maxtasks: Optional[int] = None, context: Any = None,
@@ -110,7 +111,8 @@ class Engine(EngineBase):
         # Before any thread of ours exists: under fork this forks the zygote.
         launcher = make_launcher(context, WorkerSpec(
             self._alive.conn, self._slots, initializer, tuple(initargs), maxtasks,
-            guards.task_timeout is not None, buffers.probe_handle()), processes)
+            guards.task_timeout is not None, buffers.probe_handle(),
+            soft_timeout=guards.soft_timeout), processes)
         self._launcher = launcher
         self._watch = WatchSet(inbox.wakeup.fd)
         self._launcher_fds: List[int] = []   # its helpers' sockets and pidfds

@@ -21,6 +21,7 @@ class EngineSurface(Protocol):
     finish_at_exit: bool
     inbox: Inbox           # pending units, state, open calls: shared with the fronts
     batches_submits: bool  # may the executor queue submits in a SubmitBatch?
+    per_call_guards: bool  # does it apply ``Job.guards``?
 
     def encode_function(self, func: Callable[..., Any]) -> bytes: ...
 

@@ -7,19 +7,23 @@ import itertools
 import threading
 import time
 from concurrent.futures import Executor, Future
-from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional,
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional,
                     Sequence, Tuple, TypeVar, Union)
 
-from .shared import WorkerReports, start_engine
+from .executor_options import ExecutorOptions
+from .shared import WorkerReports, guards_for_call, start_engine
 from ..engine import EngineSurface, Job, Unit
 from ..engine.at_exit import interpreter_exiting
 from ..wire.messages import APPLY, EACH, EACH_STAR, STARMAP
 from .executor_calls import FutureJob, MapJob, SubmitBatch
 from ..progress import Progress, ProgressArg, check_progress, finish_progress, make_progress
-from ..options import (checkpointed, check_initializer, check_max_tasks, make_guards)
+from ..options import (CallGuards, Guards, checkpointed, check_initializer, check_max_tasks,
+                      make_guards)
 
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from ..checkpoint import CheckpointArg
 
 T = TypeVar("T")
@@ -32,7 +36,8 @@ class ProcessPoolExecutor(Executor, WorkerReports):
     :class:`poolguard.WorkerCrashedError`; the other futures complete, the
     worker is replaced, and the executor stays usable (no ``BrokenProcessPool``).
 
-    Guards: as ``poolguard.Pool``'s.  ``cluster``: run on a dask.distributed
+    Guards: as ``poolguard.Pool``'s; :meth:`with_options` gives calls
+    their own.  ``cluster``: run on a dask.distributed
     cluster (see ``poolguard.Pool``); ``max_workers`` then defaults to the
     cluster's thread count.
 
@@ -52,6 +57,8 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         retries: Times a task whose worker died is run again.
         retry_on: Which deaths are retried: ``"crash"``, ``"oom"``,
             ``"timeout"``, ``"memory"`` (all by default).
+        soft_timeout: Seconds before :class:`~poolguard.SoftTimeoutError`
+            is raised in a task (see :class:`poolguard.Pool`).
         cluster: A dask.distributed Client, scheduler address or cluster
             object to run on (the ``dask`` extra).
 
@@ -66,13 +73,14 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                  max_tasks_per_child: Optional[int] = None,
                  task_timeout: Optional[float] = None,
                  max_worker_memory: Union[int, str, None] = None, retries: int = 0,
-                 retry_on: Optional[Iterable[str]] = None, cluster: Any = None) -> None:
+                 retry_on: Optional[Iterable[str]] = None, cluster: Any = None,
+                 soft_timeout: Optional[float] = None) -> None:
         self._engine: Optional[EngineSurface] = None
         check_initializer(initializer)
         if max_workers is not None and not isinstance(max_workers, bool) \
                 and isinstance(max_workers, int) and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
-        guards = make_guards(task_timeout, max_worker_memory, retries, retry_on)
+        guards = make_guards(task_timeout, max_worker_memory, retries, retry_on, soft_timeout)
         maxtasks = check_max_tasks(max_tasks_per_child, "max_tasks_per_child")
         self._shutdown_lock = threading.Lock()
         # The unit of the last submits, while queued (see executor_calls.py).
@@ -101,10 +109,38 @@ class ProcessPoolExecutor(Executor, WorkerReports):
             RuntimeError: The executor is shut down, or the interpreter is
                 exiting.
         """
+        return self._submit(fn, args, kwargs, None)
+
+    def with_options(self, **guards: Unpack[CallGuards]) -> "ExecutorOptions":
+        """A view of this executor whose ``submit`` and ``map`` give their
+        calls their own guards, replacing the executor's for them alone::
+
+            quick = executor.with_options(task_timeout=5, retries=2)
+            future = quick.submit(f, x)
+
+        Args:
+            **guards: ``task_timeout``, ``soft_timeout``,
+                ``max_worker_memory``, ``retries``, ``retry_on`` (see
+                :ref:`guards`).
+
+        Returns:
+            An :class:`~poolguard.ExecutorOptions`, with ``submit`` and
+            ``map`` as the executor's.
+
+        Raises:
+            ValueError: A bad guard value (said here, not at the call).
+            TypeError: A guard of the wrong type, or an unknown name.
+        """
+        engine = self._running()
+        return ExecutorOptions(self, guards_for_call(engine, guards))
+
+    def _submit(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: Dict[str, Any],
+                guards: Optional[Guards]) -> "Future[T]":
         future: Future[T] = Future()
         if self._engine is not None and not self._engine.batches_submits:   # the cluster's
             self._queue(future, lambda engine: (
-                FutureJob(engine, fn, APPLY, "submit", future), ((args, kwargs),)))
+                FutureJob(engine, fn, APPLY, "submit", future, guards=guards),
+                ((args, kwargs),)))
             return future
         with self._shutdown_lock:
             engine = self._running()
@@ -112,7 +148,8 @@ class ProcessPoolExecutor(Executor, WorkerReports):
             if unit is not None:
                 batch = unit.job
                 assert isinstance(batch, SubmitBatch)
-                if batch.func is fn and batch.add(unit, future, (args, kwargs)):
+                if batch.func is fn and batch.guards is guards \
+                        and batch.add(unit, future, (args, kwargs)):
                     return future
             try:
                 func_bytes = engine.encode_function(fn)
@@ -120,7 +157,7 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                 future.set_running_or_notify_cancel()
                 future.set_exception(exc)
                 return future
-            batch = SubmitBatch(engine, fn, func_bytes, future, (args, kwargs))
+            batch = SubmitBatch(engine, fn, func_bytes, future, (args, kwargs), guards)
             self._batch = batch.queue(func_bytes)
         return future
 
@@ -185,6 +222,15 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                 with *buffersize*.
             RuntimeError: The executor is shut down.
         """
+        return self._map(fn, iterables, timeout, chunksize, buffersize, checkpoint, progress,
+                         None, self.submit if self._submit_overridden() else None)
+
+    def _map(self, fn: Callable[..., Any], iterables: tuple[Any, ...], timeout: Optional[float],
+             chunksize: Optional[int], buffersize: Optional[int], checkpoint: CheckpointArg,
+             progress: ProgressArg, guards: Optional[Guards],
+             submit: Optional[Callable[..., "Future[Any]"]]) -> Iterator[Any]:
+        """``map`` with the call's own *guards*; through *submit* when it is
+        overridden (None: it is not)."""
         if chunksize is not None and (isinstance(chunksize, bool)
                                       or not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
@@ -192,10 +238,11 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         check_progress(progress)
         fn = checkpointed(fn, checkpoint)
         end = None if timeout is None else time.monotonic() + timeout
-        if buffersize is not None or (progress is None and self._submit_overridden()):
-            return self._map_by_submit(fn, iterables, end, chunksize or 1, buffersize)
+        if buffersize is not None or (progress is None and submit is not None):
+            return self._map_by_submit(fn, iterables, end, chunksize or 1, buffersize,
+                                       submit or functools.partial(self._submit_one, guards))
         if chunksize is None:
-            return self._map_elastic(fn, iterables, end, progress)
+            return self._map_elastic(fn, iterables, end, progress, guards)
         arguments = list(zip(*iterables, strict=False))   # the shortest ends it, as in the stdlib
         futures: List[Future[Any]] = []
         with self._shutdown_lock:
@@ -205,19 +252,23 @@ class ProcessPoolExecutor(Executor, WorkerReports):
             for lo in range(0, len(arguments), chunksize):
                 future: Future[Any] = Future()
                 job = FutureJob(engine, fn, STARMAP, "map", future, lo,
-                                 len(arguments[lo:lo + chunksize]))
+                                len(arguments[lo:lo + chunksize]), guards)
                 job.progress = counts
                 engine.submit_items(job, arguments[lo:lo + chunksize], chunksize, lo,
                                     func_bytes)
                 futures.append(future)
         return _results_in_order(futures, end, counts)
 
+    def _submit_one(self, guards: Optional[Guards], fn: Callable[..., Any],
+                    *args: Any) -> "Future[Any]":
+        return self._submit(fn, args, {}, guards)
+
     def _submit_overridden(self) -> bool:
         return "submit" in vars(self) or type(self).submit is not ProcessPoolExecutor.submit
 
     def _map_by_submit(self, fn: Callable[..., Any], iterables: tuple[Any, ...],
-                       end: Optional[float], chunksize: int,
-                       buffersize: Optional[int]) -> Iterator[Any]:
+                       end: Optional[float], chunksize: int, buffersize: Optional[int],
+                       submit: Callable[..., "Future[Any]"]) -> Iterator[Any]:
         """``map`` through ``self.submit``: a call per item, or per chunk of
         *chunksize* items; with *buffersize*, the input is read as results
         are consumed.  Back-to-back submits still share units (executor_calls.py)."""
@@ -227,17 +278,18 @@ class ProcessPoolExecutor(Executor, WorkerReports):
             args = ((chunk,) for chunk in _chunks(args, chunksize))
             call = functools.partial(_run_chunk, fn)
         first = args if buffersize is None else itertools.islice(args, buffersize)
-        futures = collections.deque(self.submit(call, *a) for a in first)
-        return _results_by_submit(self.submit, call, futures, args, end, chunksize > 1)
+        futures = collections.deque(submit(call, *a) for a in first)
+        return _results_by_submit(submit, call, futures, args, end, chunksize > 1)
 
     def _map_elastic(self, fn: Callable[..., Any], iterables: tuple[Any, ...], end: Optional[float],
-                     progress: ProgressArg) -> Iterator[Any]:
+                     progress: ProgressArg, guards: Optional[Guards]) -> Iterator[Any]:
         if len(iterables) == 1:   # no 1-tuples to make, send and unpack
             arguments: list[Any] = list(iterables[0])
             job = MapJob(fn, EACH, len(arguments))
         else:
             arguments = list(zip(*iterables, strict=False))   # the shortest ends it
             job = MapJob(fn, EACH_STAR, len(arguments))
+        job.guards = guards
         with self._shutdown_lock:
             engine = self._running()
             job.progress = make_progress(progress, engine, "map", fn, len(arguments))

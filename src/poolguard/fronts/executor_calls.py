@@ -28,6 +28,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optiona
 from ..engine import EngineSurface, Job, Unit
 from ..engine.jobs import arguments_text, function_name
 from ..errors import TaskInfo
+from ..options import Guards
 from ..progress import Progress, finish_progress
 from ..wire.messages import APPLY, EACH_APPLY
 
@@ -47,8 +48,10 @@ class FutureJob(Job):
     come back in parts when a retry split the chunk)."""
 
     def __init__(self, engine: EngineSurface, func: Callable[..., Any], kind: int, call: str,
-                 future: Future[Any], start: int = 0, count: int = 1):
+                 future: Future[Any], start: int = 0, count: int = 1,
+                 guards: Optional[Guards] = None):
         super().__init__(func, kind, call)
+        self.guards = guards
         self.engine = engine
         self.future = future
         self._settled = False
@@ -174,8 +177,10 @@ class SubmitBatch(Job):
     later submits extend while it is the last pending unit (``add``)."""
 
     def __init__(self, engine: EngineSurface, func: Callable[..., Any], func_bytes: bytes,
-                 future: Future[Any], item: Tuple[tuple[Any, ...], Dict[str, Any]]):
+                 future: Future[Any], item: Tuple[tuple[Any, ...], Dict[str, Any]],
+                 guards: Optional[Guards] = None):
         super().__init__(func, EACH_APPLY, "submit")
+        self.guards = guards
         self.engine = engine
         self.items: Deque[Tuple[tuple[Any, ...], Dict[str, Any]]] = collections.deque([item])
         self.futures: Deque[Future[Any]] = collections.deque([future])
@@ -207,6 +212,7 @@ class SubmitBatch(Job):
         items = [self.items.popleft() for _ in range(min(count, len(self.items)))]
         futures = [self.futures.popleft() for _ in items]
         part = SubmitPart(self.engine, self.func, futures)
+        part.guards = self.guards
         try:
             head = Unit(part, 0, items, unit.func_bytes, remote=unit.remote)
         except (Exception, SystemExit) as exc:   # a __reduce__ may even call exit()

@@ -8,9 +8,9 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, TypeVar, Union
 
-from .shared import WorkerReports, start_engine
+from .shared import WorkerReports, guards_for_call, start_engine
 from ..engine import EngineSurface
-from ..options import check_initializer, check_max_tasks, make_guards
+from ..options import CallGuards, check_initializer, check_max_tasks, make_guards
 from .pool_maps import PoolMaps
 from .pool_calls import ApplyResult, AsyncResult, Callback, IMapIterator, MapResult
 from ..wire.messages import APPLY
@@ -19,6 +19,7 @@ __all__ = ["Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator"]
 
 if TYPE_CHECKING:
     from multiprocessing.pool import Pool as _StdlibPool
+    from typing_extensions import Unpack
 else:
     _StdlibPool = object
 
@@ -36,8 +37,11 @@ class Pool(WorkerReports, PoolMaps, _StdlibPool):
     the worker is stopped and the task fails with ``TaskTimeoutError``),
     ``max_worker_memory`` (bytes or "2GiB"; a worker above it is killed and
     the task fails with ``WorkerMemoryError``), ``retries`` (re-runs of a task
-    whose worker died) and ``retry_on`` (which deaths: "crash", "oom",
-    "timeout", "memory"; all by default).
+    whose worker died), ``retry_on`` (which deaths: "crash", "oom",
+    "timeout", "memory"; all by default) and ``soft_timeout`` (seconds
+    after which :class:`~poolguard.SoftTimeoutError` is raised in the task,
+    for it to clean up).  Each call may set its own (keyword-only
+    arguments of every method; see :ref:`guards`).
 
     ``cluster``: run on a dask.distributed cluster instead of this machine
     (a ``distributed.Client``, a scheduler address, or a cluster object);
@@ -66,6 +70,9 @@ class Pool(WorkerReports, PoolMaps, _StdlibPool):
             worker, before its error is raised.
         retry_on: Which deaths are retried: any of ``"crash"``, ``"oom"``,
             ``"timeout"``, ``"memory"`` (all by default).
+        soft_timeout: Seconds one item may run before
+            :class:`~poolguard.SoftTimeoutError` is raised in it, so that it
+            can clean up; shorter than *task_timeout*, which still stops it.
         cluster: A ``distributed.Client``, a scheduler address, or a cluster
             object (``LocalCluster``, dask-jobqueue's clusters) to run the
             workers on; needs the ``dask`` extra.
@@ -82,10 +89,11 @@ class Pool(WorkerReports, PoolMaps, _StdlibPool):
                  initargs: Iterable[Any] = (), maxtasksperchild: Optional[int] = None,
                  context: Any = None, *, task_timeout: Optional[float] = None,
                  max_worker_memory: Union[int, str, None] = None, retries: int = 0,
-                 retry_on: Optional[Iterable[str]] = None, cluster: Any = None) -> None:
+                 retry_on: Optional[Iterable[str]] = None, cluster: Any = None,
+                 soft_timeout: Optional[float] = None) -> None:
         self._engine: Optional[EngineSurface] = None   # __del__ may run if we raise below
         check_initializer(initializer)
-        guards = make_guards(task_timeout, max_worker_memory, retries, retry_on)
+        guards = make_guards(task_timeout, max_worker_memory, retries, retry_on, soft_timeout)
         maxtasks = check_max_tasks(maxtasksperchild, "maxtasksperchild")
         self._engine = start_engine(processes, "Number of processes", initializer, initargs,
                                     maxtasks, context, False, guards, cluster)
@@ -94,7 +102,7 @@ class Pool(WorkerReports, PoolMaps, _StdlibPool):
     # ---- single calls ----
 
     def apply(self, func: Callable[..., T], args: Iterable[Any] = (),
-              kwds: Mapping[str, Any] = {}) -> T:
+              kwds: Mapping[str, Any] = {}, **guards: Unpack[CallGuards]) -> T:
         """Run ``func(*args, **kwds)`` in a worker and wait for its value.
 
         Args:
@@ -102,6 +110,10 @@ class Pool(WorkerReports, PoolMaps, _StdlibPool):
                 lambda or closure, which go by value with cloudpickle).
             args: Positional arguments.
             kwds: Keyword arguments.
+            **guards: This call's own guards, replacing the pool's for it
+                alone: ``task_timeout``, ``soft_timeout``,
+                ``max_worker_memory``, ``retries``, ``retry_on`` (see
+                :ref:`guards`).
 
         Returns:
             What *func* returned.
@@ -114,11 +126,12 @@ class Pool(WorkerReports, PoolMaps, _StdlibPool):
             Exception: Whatever *func* raised, with the worker's traceback as
                 its ``__cause__``.
         """
-        return self.apply_async(func, args, kwds).get()
+        return self.apply_async(func, args, kwds, **guards).get()
 
     def apply_async(self, func: Callable[..., T], args: Iterable[Any] = (),
                     kwds: Mapping[str, Any] = {}, callback: Callback = None,
-                    error_callback: Callback = None) -> ApplyResult[T]:
+                    error_callback: Callback = None,
+                    **guards: Unpack[CallGuards]) -> ApplyResult[T]:
         """Start ``func(*args, **kwds)`` in a worker; return at once.
 
         Args:
@@ -129,17 +142,24 @@ class Pool(WorkerReports, PoolMaps, _StdlibPool):
                 of the pool (not the supervisor's: a slow callback does not
                 delay crash detection).
             error_callback: Called with the exception when the call fails.
+            **guards: This call's own guards, replacing the pool's for it
+                alone: ``task_timeout``, ``soft_timeout``,
+                ``max_worker_memory``, ``retries``, ``retry_on`` (see
+                :ref:`guards`).
 
         Returns:
             An :class:`~poolguard.ApplyResult`: ``get()`` the value, or
-            ``await`` it.
+            ``await`` it, or ``stop()`` it.
 
         Raises:
-            ValueError: The pool is closed or terminated.
+            ValueError: The pool is closed or terminated, or a bad guard.
+            TypeError: A guard of the wrong type, or an unknown keyword.
         """
         engine = self._running()
+        own = guards_for_call(engine, guards)
         result: ApplyResult[T] = ApplyResult(self, func, APPLY, "apply", callback,
                                              error_callback)
+        result.guards = own
         engine.submit_items(result, ((tuple(args), dict(kwds)),), 1)
         return result
 

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, TypeVar
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Mapping, Optional,
+                    TypeVar)
 
 from ..engine import EngineSurface, Unit
 from ..errors import PoolTerminatedError
-from ..options import checkpointed
+from .shared import guards_for_call
+from ..options import CallGuards, checkpointed
 from ..progress import ProgressArg, check_progress, make_progress
 from .pool_calls import Callback, IMapIterator, MapResult
 from ..wire.messages import MAP, STARMAP
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from ..checkpoint import CheckpointArg
 
 T = TypeVar("T")
@@ -31,7 +35,8 @@ class PoolMaps:
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
             chunksize: Optional[int] = None, *, checkpoint: CheckpointArg = None,
-            progress: ProgressArg = None) -> List[T]:
+            progress: ProgressArg = None,
+            **guards: Unpack[CallGuards]) -> List[T]:
         """Apply *func* to each item of *iterable* in the workers; return the list of values.
 
         As ``multiprocessing.Pool.map``: the items go in chunks, the values
@@ -52,6 +57,10 @@ class PoolMaps:
                 a line of text), a tqdm bar to update, or a callable given a
                 :class:`poolguard.progress.ProgressInfo` about 10 times a
                 second and once at the end.  Counts the deaths too.
+            **guards: This call's own guards, replacing the pool's for it
+                alone: ``task_timeout``, ``soft_timeout``,
+                ``max_worker_memory``, ``retries``, ``retry_on`` (see
+                :ref:`guards`).
 
         Returns:
             The values, in the order of *iterable*.
@@ -61,13 +70,14 @@ class PoolMaps:
             ValueError: The pool is closed, or *chunksize* is below 1.
             Exception: The first exception an item raised.
         """
-        return self._map_async(func, iterable, chunksize, MAP, "map",
-                               checkpoint=checkpoint, progress=progress).get()
+        return self._map_async(func, iterable, chunksize, MAP, "map", checkpoint=checkpoint,
+                               progress=progress, guards=guards).get()
 
     def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any],
                   chunksize: Optional[int] = None, callback: Callback = None,
                   error_callback: Callback = None, *, checkpoint: CheckpointArg = None,
-                  progress: ProgressArg = None) -> MapResult[T]:
+                  progress: ProgressArg = None,
+                  **guards: Unpack[CallGuards]) -> MapResult[T]:
         """As :meth:`map`, returning at once.
 
         Args:
@@ -83,6 +93,10 @@ class PoolMaps:
                 a line of text), a tqdm bar to update, or a callable given a
                 :class:`poolguard.progress.ProgressInfo` about 10 times a
                 second and once at the end.  Counts the deaths too.
+            **guards: This call's own guards, replacing the pool's for it
+                alone: ``task_timeout``, ``soft_timeout``,
+                ``max_worker_memory``, ``retries``, ``retry_on`` (see
+                :ref:`guards`).
 
         Returns:
             A :class:`~poolguard.MapResult` whose ``get()`` is the list.
@@ -91,11 +105,12 @@ class PoolMaps:
             ValueError: The pool is closed, or *chunksize* is below 1.
         """
         return self._map_async(func, iterable, chunksize, MAP, "map", callback,
-                               error_callback, checkpoint, progress)
+                               error_callback, checkpoint, progress, guards)
 
     def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                 chunksize: Optional[int] = None, *, checkpoint: CheckpointArg = None,
-                progress: ProgressArg = None) -> List[T]:
+                progress: ProgressArg = None,
+                **guards: Unpack[CallGuards]) -> List[T]:
         """As :meth:`map`, each item being the arguments: ``func(*item)``.
 
         Args:
@@ -109,6 +124,10 @@ class PoolMaps:
                 a line of text), a tqdm bar to update, or a callable given a
                 :class:`poolguard.progress.ProgressInfo` about 10 times a
                 second and once at the end.  Counts the deaths too.
+            **guards: This call's own guards, replacing the pool's for it
+                alone: ``task_timeout``, ``soft_timeout``,
+                ``max_worker_memory``, ``retries``, ``retry_on`` (see
+                :ref:`guards`).
 
         Returns:
             The values, in input order.
@@ -119,12 +138,13 @@ class PoolMaps:
             Exception: The first exception an item raised.
         """
         return self._map_async(func, iterable, chunksize, STARMAP, "starmap",
-                               checkpoint=checkpoint, progress=progress).get()
+                               checkpoint=checkpoint, progress=progress, guards=guards).get()
 
     def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                       chunksize: Optional[int] = None, callback: Callback = None,
                       error_callback: Callback = None, *, checkpoint: CheckpointArg = None,
-                      progress: ProgressArg = None) -> MapResult[T]:
+                      progress: ProgressArg = None,
+                      **guards: Unpack[CallGuards]) -> MapResult[T]:
         """As :meth:`starmap`, returning at once.
 
         Args:
@@ -140,6 +160,10 @@ class PoolMaps:
                 a line of text), a tqdm bar to update, or a callable given a
                 :class:`poolguard.progress.ProgressInfo` about 10 times a
                 second and once at the end.  Counts the deaths too.
+            **guards: This call's own guards, replacing the pool's for it
+                alone: ``task_timeout``, ``soft_timeout``,
+                ``max_worker_memory``, ``retries``, ``retry_on`` (see
+                :ref:`guards`).
 
         Returns:
             A :class:`~poolguard.MapResult` whose ``get()`` is the list.
@@ -148,13 +172,15 @@ class PoolMaps:
             ValueError: The pool is closed, or *chunksize* is below 1.
         """
         return self._map_async(func, iterable, chunksize, STARMAP, "starmap", callback,
-                               error_callback, checkpoint, progress)
+                               error_callback, checkpoint, progress, guards)
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
                    chunksize: Optional[int], kind: int, call: str, callback: Callback = None,
                    error_callback: Callback = None, checkpoint: CheckpointArg = None,
-                   progress: ProgressArg = None) -> MapResult[Any]:
+                   progress: ProgressArg = None,
+                   guards: Mapping[str, Any] = {}) -> MapResult[Any]:
         engine = self._running()
+        own = guards_for_call(engine, guards)
         check_progress(progress)
         func = checkpointed(func, checkpoint)
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
@@ -165,13 +191,15 @@ class PoolMaps:
         result: MapResult[Any] = MapResult(self, func, kind, call, len(items), callback,
                                       error_callback,
                                       make_progress(progress, engine, call, func, len(items)))
+        result.guards = own
         if items:
             engine.submit_items(result, items, chunksize)
         return result
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
              chunksize: Optional[int] = 1, *, checkpoint: CheckpointArg = None,
-             progress: ProgressArg = None) -> IMapIterator[T]:
+             progress: ProgressArg = None,
+             **guards: Unpack[CallGuards]) -> IMapIterator[T]:
         """Apply *func* to each item lazily; iterate over the values in input order.
 
         A lazy *iterable* is read on a thread of its own as results are
@@ -189,6 +217,10 @@ class PoolMaps:
                 a line of text), a tqdm bar to update, or a callable given a
                 :class:`poolguard.progress.ProgressInfo` about 10 times a
                 second and once at the end.  Counts the deaths too.
+            **guards: This call's own guards, replacing the pool's for it
+                alone: ``task_timeout``, ``soft_timeout``,
+                ``max_worker_memory``, ``retries``, ``retry_on`` (see
+                :ref:`guards`).
 
         Returns:
             An :class:`~poolguard.IMapIterator`: iterate it (or ``async for``),
@@ -197,11 +229,12 @@ class PoolMaps:
         Raises:
             ValueError: The pool is closed, or *chunksize* is below 1.
         """
-        return self._imap(func, iterable, chunksize, True, checkpoint, progress)
+        return self._imap(func, iterable, chunksize, True, checkpoint, progress, guards)
 
     def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any],
                        chunksize: Optional[int] = 1, *, checkpoint: CheckpointArg = None,
-                       progress: ProgressArg = None) -> IMapIterator[T]:
+                       progress: ProgressArg = None,
+                       **guards: Unpack[CallGuards]) -> IMapIterator[T]:
         """As :meth:`imap`, the values coming as they are done, in any order.
 
         Args:
@@ -215,6 +248,10 @@ class PoolMaps:
                 a line of text), a tqdm bar to update, or a callable given a
                 :class:`poolguard.progress.ProgressInfo` about 10 times a
                 second and once at the end.  Counts the deaths too.
+            **guards: This call's own guards, replacing the pool's for it
+                alone: ``task_timeout``, ``soft_timeout``,
+                ``max_worker_memory``, ``retries``, ``retry_on`` (see
+                :ref:`guards`).
 
         Returns:
             An :class:`~poolguard.IMapIterator`.
@@ -222,12 +259,13 @@ class PoolMaps:
         Raises:
             ValueError: The pool is closed, or *chunksize* is below 1.
         """
-        return self._imap(func, iterable, chunksize, False, checkpoint, progress)
+        return self._imap(func, iterable, chunksize, False, checkpoint, progress, guards)
 
     def _imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: Any,
-              ordered: bool, checkpoint: CheckpointArg,
-              progress: ProgressArg) -> IMapIterator[Any]:
+              ordered: bool, checkpoint: CheckpointArg, progress: ProgressArg,
+              guards: Mapping[str, Any]) -> IMapIterator[Any]:
         engine = self._running()
+        own = guards_for_call(engine, guards)
         check_progress(progress)
         func = checkpointed(func, checkpoint)
         _check_chunksize(chunksize)
@@ -235,6 +273,7 @@ class PoolMaps:
         known = len(iterable) if isinstance(iterable, (list, tuple, range)) else None
         result: IMapIterator[Any] = IMapIterator(self, func, MAP, call, ordered,
                                             make_progress(progress, engine, call, func, known))
+        result.guards = own
         if isinstance(iterable, (list, tuple, range)):
             engine.submit_items(result, iterable, chunksize)
             result._set_length(len(iterable))

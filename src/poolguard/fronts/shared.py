@@ -2,11 +2,11 @@
 made, and the reports on their workers."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any, Callable, Iterable, List, Mapping, Optional
 
 from ..engine import Engine, EngineSurface
 from ..engine.reports import PoolStats, WorkerStatus
-from ..options import Guards, resolve_context, resolve_workers
+from ..options import Guards, call_guards, resolve_context, resolve_workers
 
 
 def start_engine(processes: Optional[int], what: str,
@@ -23,6 +23,16 @@ def start_engine(processes: Optional[int], what: str,
                            initializer, initargs, maxtasks, context, finish_at_exit, guards)
     return Engine(resolve_workers(processes, what), initializer, initargs, maxtasks,
                   resolve_context(context), finish_at_exit=finish_at_exit, guards=guards)
+
+
+def guards_for_call(engine: EngineSurface, given: Mapping[str, Any]) -> Optional[Guards]:
+    """The guards of one call (None: the pool's); TypeError or ValueError
+    for a bad one, at the call."""
+    guards = call_guards(engine.guards, given)
+    if guards is not None and not engine.per_call_guards:
+        raise ValueError("a call's own guards are not available on a cluster: "
+                         "set them on the pool")
+    return guards
 
 
 class WorkerReports:

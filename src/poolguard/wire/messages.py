@@ -78,6 +78,9 @@ PER_ITEM = frozenset((EACH, EACH_STAR, EACH_APPLY))   # kinds whose items have o
 OK, RAISED, UNENCODABLE, READY, INIT_FAILED, RETIRING = Status
 STOP, CONTROL, RELEASE = Control
 
+# A call's own guards, as the worker needs them: write each item's start
+# time (task_timeout), and the soft timeout in seconds (None: none).
+Timing = Tuple[bool, Optional[float]]
 TASK_HEADER = struct.Struct("!qI")     # task id | size of the shared-buffer handle
 REPLY_HEADER = struct.Struct("!qBI")   # task id | status | microseconds the unit ran
 STOP_CONTENT = TASK_HEADER.pack(STOP, 0)         # the whole of those frames (unprefixed)
@@ -105,40 +108,44 @@ _SEARCH_LIMIT = 64
 
 
 def encode_task(task_id: int, kind: int, func_bytes: bytes, items: Sequence[Any],
-                remote: bool = False) -> Tuple[Tuple[bytes, ...], Optional[buffers.SharedBuffers]]:
+                remote: bool = False, timing: Optional[Timing] = None,
+                ) -> Tuple[Tuple[bytes, ...], Optional[buffers.SharedBuffers]]:
     """The frame of a task, and the shared buffers it refers to (None if its
     arguments had no large buffer).  The caller closes them when the task is
     finished, and keeps *items* until then.  *remote*: workers can read large
-    ``bytes`` from our memory (see buffers.py)."""
+    ``bytes`` from our memory (see buffers.py).  *timing*: the call's own
+    guards, which replace the pool's in the worker (see ``Timing``)."""
     collector = buffers.Collector() if buffers.AVAILABLE else None
+    extra = () if timing is None else (timing,)
     if kind == EACH_APPLY:
-        body = dumps((kind, func_bytes, _each_call(items, collector, remote)))
+        body = dumps((kind, func_bytes, _each_call(items, collector, remote)) + extra)
     else:
-        body = _encode_items(kind, func_bytes, items, collector, remote)
+        body = _encode_items(kind, func_bytes, items, collector, remote, extra)
     if collector is None or not collector.taken:
         return frame(TASK_HEADER.pack(task_id, 0), body), None
     try:
         shared = buffers.SharedBuffers(collector.taken)
     except OSError:   # no memory for it, or no memfd here after all: use the pipe
         plain = _each_call(items, None, False) if kind == EACH_APPLY else items
-        return frame(TASK_HEADER.pack(task_id, 0), dumps((kind, func_bytes, plain))), None
+        return frame(TASK_HEADER.pack(task_id, 0), dumps((kind, func_bytes, plain) + extra)), None
     handle = pickle.dumps(shared.handle, protocol=PROTOCOL)
     return frame(TASK_HEADER.pack(task_id, len(handle)) + handle, body), shared
 
 
 def _encode_items(kind: int, func_bytes: bytes, items: Sequence[Any],
-                  collector: Optional[buffers.Collector], remote: bool) -> bytes:
+                  collector: Optional[buffers.Collector], remote: bool,
+                  extra: Tuple[Any, ...]) -> bytes:
     payload: Any = items
     if collector is not None and len(items) <= _SEARCH_LIMIT:
         payload = buffers.shareable(items, kind in (STARMAP, EACH_STAR), kind in _APPLIES,
                                     remote) or items
-    body = dumps((kind, func_bytes, payload), collector)
+    body = dumps((kind, func_bytes, payload) + extra, collector)
     if (collector is not None and payload is items and len(body) >= buffers.MIN_SIZE
             and len(items) > _SEARCH_LIMIT):
         wrapped = buffers.shareable(items, kind in (STARMAP, EACH_STAR), kind in _APPLIES, remote)
         if wrapped is not None:
             collector.taken.clear()
-            body = dumps((kind, func_bytes, wrapped), collector)
+            body = dumps((kind, func_bytes, wrapped) + extra, collector)
     return body
 
 
@@ -158,18 +165,19 @@ def _each_call(items: Sequence[Any], collector: Optional[buffers.Collector],
 
 
 def decode_task(data: bytes, handle_size: int) -> tuple[Any, ...]:
-    """Worker side: (kind, func_bytes, items) of a task frame (after the
-    length prefix), mapping its shared buffers if it has any.  For
-    EACH_APPLY, items is (each call's pickle, its buffer count, the buffers)."""
+    """Worker side: (kind, func_bytes, items, timing) of a task frame (after
+    the length prefix), mapping its shared buffers if it has any; *timing* is
+    None when the call has no guards of its own.  For EACH_APPLY, items is
+    (each call's pickle, its buffer count, the buffers)."""
     view = memoryview(data)[TASK_HEADER.size:]
     views: List[memoryview] = []
     if handle_size:
         views = buffers.open_buffers(pickle.loads(view[:handle_size]))
         view = view[handle_size:]
-    kind, func_bytes, items = pickle.loads(view, buffers=views)
+    kind, func_bytes, items, *timing = pickle.loads(view, buffers=views)
     if kind == EACH_APPLY:
-        return kind, func_bytes, (*items, views)
-    return kind, func_bytes, items
+        items = (*items, views)
+    return kind, func_bytes, items, timing[0] if timing else None
 
 
 def dumps_call(func: Callable[..., Any], payload: Any, by_value_main: bool) -> bytes:

@@ -14,13 +14,14 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from . import lifeline
+from .soft_timer import timer as soft_timer
 from ..errors import TaskDecodeError
 from ..wire import buffers, result_buffers
 from ..wire.framing import FrameInput
 from ..wire.messages import (APPLY, CONTROL, EACH, EACH_APPLY, INIT_FAILED, ITEM,
                              MAP, OK, PER_ITEM, PROTOCOL, RAISED, READY, RELEASE_CONTENT,
                              REPLY_HEADER, RETIRING, SHARED, STARMAP, STOP, STOP_CONTENT,
-                             TASK_HEADER, UNENCODABLE, decode_task, encode_exception)
+                             TASK_HEADER, UNENCODABLE, Timing, decode_task, encode_exception)
 from ..wire.slots import DECODING, IDLE, SENDING
 
 _short_repr = reprlib.Repr()
@@ -58,7 +59,7 @@ def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Conne
         # READY says whether we may read large arguments from the parent's memory.
         readable = b"\x01" if buffers.can_read_parent(spec.probe) else b"\x00"
         send(REPLY_HEADER.pack(CONTROL, READY, 0) + readable)
-        _serve(slot, send, recv, spec.maxtasks, spec.timed, watch_later)
+        _serve(slot, send, recv, spec.maxtasks, (spec.timed, spec.soft_timeout), watch_later)
     except OSError:
         return  # the parent closed our pipes: it is gone or terminating us
     finally:
@@ -66,8 +67,10 @@ def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Conne
 
 
 def _serve(slot: memoryview, send: Callable[[bytes], None], recv: Callable[[], Any],
-           maxtasks: Optional[int], timed: bool,
+           maxtasks: Optional[int], timing: Timing,
            after_first: Optional[Callable[[], None]]) -> None:
+    """Run units until told to stop; *timing*: the pool's (a call's own
+    comes with its unit)."""
     clock = time.monotonic_ns
     done = 0
     cache: list[Any] = [b"", None]    # the last function's pickle, and the function
@@ -83,7 +86,7 @@ def _serve(slot: memoryview, send: Callable[[bytes], None], recv: Callable[[], A
             continue   # a RELEASE nothing waits for
         slot[2] = started = clock()   # before the item word: the parent reads them in that order
         slot[0], slot[1], slot[3] = task_id, DECODING, 0
-        status, body = _run_unit(slot, data, task_id, handle_size, cache, timed, clock, send)
+        status, body = _run_unit(slot, data, task_id, handle_size, cache, timing, clock, send)
         del data
         took = min((clock() - started) // 1000, 0xFFFFFFFF)
         send(REPLY_HEADER.pack(task_id, status, took) + body)
@@ -98,23 +101,25 @@ def _serve(slot: memoryview, send: Callable[[bytes], None], recv: Callable[[], A
 
 
 def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cache: list[Any],
-              timed: bool, clock: Callable[[], int],
+              timing: Timing, clock: Callable[[], int],
               send: Callable[[bytes], None]) -> Tuple[int, bytes]:
     """Run one unit; the status and body of its reply.  The arguments and
     results are locals of this call, so nothing of the task outlives it in
     the worker."""
     try:
-        kind, func_bytes, items = decode_task(data, handle_size)
+        kind, func_bytes, items, own = decode_task(data, handle_size)
         if func_bytes != cache[0]:
             cache[:] = func_bytes, pickle.loads(func_bytes)
     except BaseException as exc:   # SystemExit from a __reduce__ too
         return RAISED, encode_exception(_decode_error(exc))
+    timed, soft = own or timing
+    timed = timed or timing[0]
+    func = cache[1] if soft is None else soft_timer.limited(cache[1], soft)
     if kind == EACH_APPLY:
-        return _run_calls(slot, cache[1], items, task_id, send, timed, clock)
+        return _run_calls(slot, func, items, task_id, send, timed, clock)
     if kind in PER_ITEM:
-        return _run_each(slot, cache[1], items, kind, timed, clock)
+        return _run_each(slot, func, items, kind, timed, clock)
     try:
-        func = cache[1]
         # The loop target stores each index straight into the shared slot:
         # the cheapest per-item write we measured (about 35 ns).
         if timed and kind != APPLY:

@@ -32,6 +32,7 @@ class WorkerSpec:
     # kills the worker's group when the pool's process dies: no guardian
     # child, no thread watching the pool's process.
     by_zygote: bool = False
+    soft_timeout: Optional[float] = None   # seconds before SoftTimeoutError in a task
 
     def load_initializer(self) -> Optional[Callable[..., Any]]:
         init: Optional[Callable[..., Any]] = \
