@@ -1,35 +1,30 @@
 """``poolguard.ProcessPoolExecutor``: the ``concurrent.futures`` front on the engine."""
 from __future__ import annotations
 
-import collections
-import functools
-import itertools
 import threading
-import time
 from concurrent.futures import Executor, Future
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional,
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
                     Sequence, Tuple, TypeVar, Union)
 
+from .executor_maps import ExecutorMaps
 from .executor_options import ExecutorOptions
 from .shared import WorkerReports, guards_for_call, start_engine
 from ..engine import EngineSurface, Job, Unit
 from ..engine.at_exit import interpreter_exiting
-from ..wire.messages import APPLY, EACH, EACH_STAR, STARMAP
-from .executor_calls import FutureJob, MapJob, SubmitBatch
-from ..progress import Progress, ProgressArg, check_progress, finish_progress, make_progress
-from ..options import (CallGuards, Guards, checkpointed, check_initializer, check_max_tasks,
+from ..wire.messages import APPLY
+from .executor_calls import FutureJob, SubmitBatch
+from ..options import (CallGuards, Guards, check_initializer, check_max_tasks,
                       make_guards)
 
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from ..checkpoint import CheckpointArg
 
 T = TypeVar("T")
 
 
-class ProcessPoolExecutor(Executor, WorkerReports):
+class ProcessPoolExecutor(ExecutorMaps, Executor, WorkerReports):
     """A ``concurrent.futures.ProcessPoolExecutor`` that survives worker deaths.
 
     When a worker dies, only the future of the task it was running fails, with
@@ -174,6 +169,9 @@ class ProcessPoolExecutor(Executor, WorkerReports):
                 if future.set_running_or_notify_cancel():
                     future.set_exception(exc)
 
+    def _submit_overridden(self) -> bool:
+        return "submit" in vars(self) or type(self).submit is not ProcessPoolExecutor.submit
+
     def _running(self) -> EngineSurface:
         engine = self._engine
         if interpreter_exiting():
@@ -181,121 +179,6 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         if engine is None or engine.state != "running":
             raise RuntimeError("cannot schedule new futures after shutdown")
         return engine
-
-    def map(self, fn: Callable[..., T], *iterables: Iterable[Any],
-            timeout: Optional[float] = None, chunksize: Optional[int] = None,
-            buffersize: Optional[int] = None, checkpoint: CheckpointArg = None,
-            progress: ProgressArg = None) -> Iterator[T]:
-        """Like ``Executor.map``: arguments are read at once, results come in
-        order, each item's exception raised at its place (a worker's death
-        too: only the item it was running fails).  Without *chunksize*,
-        items are sent in batches sized from how long they take; with it,
-        as the standard library does, a chunk fails as a whole.
-        *buffersize* (as Python 3.14's, on every version): read the input
-        lazily, with at most that many calls (or chunks) submitted and not
-        yet consumed, for inputs too large or endless.  Where ``submit`` is
-        overridden (a subclass, or a tool such as tqdm's ``process_map``
-        wrapping it), every call goes through it, as the standard
-        ``Executor.map`` does.
-
-        Args:
-            fn: The function, called with one item of each iterable.
-            *iterables: The arguments; the shortest ends the map.
-            timeout: Seconds from this call after which taking a value not
-                yet done raises ``TimeoutError``.
-            chunksize: Items per call sent to a worker (a chunk fails as a
-                whole); by default sized from how long items take.
-            buffersize: Read the input lazily, keeping at most this many
-                calls submitted and not consumed.
-            checkpoint: A directory or :class:`~poolguard.Checkpoint`: items
-                already done are not run again (see :meth:`poolguard.Pool.map`).
-            progress: ``True``, a tqdm bar, or a callable given a
-                :class:`poolguard.progress.ProgressInfo` (see
-                :meth:`poolguard.Pool.map`); not with *buffersize*.
-
-        Returns:
-            An iterator of the values in input order; each failed item
-            raises its error when its value is taken.
-
-        Raises:
-            ValueError: *chunksize* or *buffersize* below 1, or *progress*
-                with *buffersize*.
-            RuntimeError: The executor is shut down.
-        """
-        return self._map(fn, iterables, timeout, chunksize, buffersize, checkpoint, progress,
-                         None, self.submit if self._submit_overridden() else None)
-
-    def _map(self, fn: Callable[..., Any], iterables: tuple[Any, ...], timeout: Optional[float],
-             chunksize: Optional[int], buffersize: Optional[int], checkpoint: CheckpointArg,
-             progress: ProgressArg, guards: Optional[Guards],
-             submit: Optional[Callable[..., "Future[Any]"]]) -> Iterator[Any]:
-        """``map`` with the call's own *guards*; through *submit* when it is
-        overridden (None: it is not)."""
-        if chunksize is not None and (isinstance(chunksize, bool)
-                                      or not isinstance(chunksize, int) or chunksize < 1):
-            raise ValueError("chunksize must be >= 1.")
-        _check_buffersize(buffersize, progress)
-        check_progress(progress)
-        fn = checkpointed(fn, checkpoint)
-        end = None if timeout is None else time.monotonic() + timeout
-        if buffersize is not None or (progress is None and submit is not None):
-            return self._map_by_submit(fn, iterables, end, chunksize or 1, buffersize,
-                                       submit or functools.partial(self._submit_one, guards))
-        if chunksize is None:
-            return self._map_elastic(fn, iterables, end, progress, guards)
-        arguments = list(zip(*iterables, strict=False))   # the shortest ends it, as in the stdlib
-        futures: List[Future[Any]] = []
-        with self._shutdown_lock:
-            engine = self._running()
-            func_bytes = engine.encode_function(fn)
-            counts = make_progress(progress, engine, "map", fn, len(arguments))
-            for lo in range(0, len(arguments), chunksize):
-                future: Future[Any] = Future()
-                job = FutureJob(engine, fn, STARMAP, "map", future, lo,
-                                len(arguments[lo:lo + chunksize]), guards)
-                job.progress = counts
-                engine.submit_items(job, arguments[lo:lo + chunksize], chunksize, lo,
-                                    func_bytes)
-                futures.append(future)
-        return _results_in_order(futures, end, counts)
-
-    def _submit_one(self, guards: Optional[Guards], fn: Callable[..., Any],
-                    *args: Any) -> "Future[Any]":
-        return self._submit(fn, args, {}, guards)
-
-    def _submit_overridden(self) -> bool:
-        return "submit" in vars(self) or type(self).submit is not ProcessPoolExecutor.submit
-
-    def _map_by_submit(self, fn: Callable[..., Any], iterables: tuple[Any, ...],
-                       end: Optional[float], chunksize: int, buffersize: Optional[int],
-                       submit: Callable[..., "Future[Any]"]) -> Iterator[Any]:
-        """``map`` through ``self.submit``: a call per item, or per chunk of
-        *chunksize* items; with *buffersize*, the input is read as results
-        are consumed.  Back-to-back submits still share units (executor_calls.py)."""
-        args: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
-        call: Callable[..., Any] = fn
-        if chunksize > 1:
-            args = ((chunk,) for chunk in _chunks(args, chunksize))
-            call = functools.partial(_run_chunk, fn)
-        first = args if buffersize is None else itertools.islice(args, buffersize)
-        futures = collections.deque(submit(call, *a) for a in first)
-        return _results_by_submit(submit, call, futures, args, end, chunksize > 1)
-
-    def _map_elastic(self, fn: Callable[..., Any], iterables: tuple[Any, ...], end: Optional[float],
-                     progress: ProgressArg, guards: Optional[Guards]) -> Iterator[Any]:
-        if len(iterables) == 1:   # no 1-tuples to make, send and unpack
-            arguments: list[Any] = list(iterables[0])
-            job = MapJob(fn, EACH, len(arguments))
-        else:
-            arguments = list(zip(*iterables, strict=False))   # the shortest ends it
-            job = MapJob(fn, EACH_STAR, len(arguments))
-        job.guards = guards
-        with self._shutdown_lock:
-            engine = self._running()
-            job.progress = make_progress(progress, engine, "map", fn, len(arguments))
-            if arguments:
-                engine.submit_elastic(job, arguments)
-        return job.results(end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Take no more work; the workers exit once the submitted work is done.
@@ -366,69 +249,3 @@ class ProcessPoolExecutor(Executor, WorkerReports):
         engine = getattr(self, "_engine", None)
         if engine is not None and engine.state == "running":
             engine.close()   # the standard executor finishes queued work too
-
-
-
-def _results_in_order(futures: List[Future[Any]], end: Optional[float],
-                      progress: Optional[Progress]) -> Iterator[Any]:
-    futures.reverse()
-    try:
-        while futures:
-            timeout = None if end is None else end - time.monotonic()
-            # result() raises TimeoutError, or the chunk's error, as Executor.map does.
-            values = futures[-1].result(timeout)
-            futures.pop()
-            # Hand each result over and keep no reference to it (the list is
-            # the future's): a consumer that drops it frees it.
-            values.reverse()
-            while values:
-                yield values.pop()
-    finally:
-        for future in futures:
-            future.cancel()
-        finish_progress(progress)
-
-
-def _check_buffersize(buffersize: Optional[int], progress: ProgressArg) -> None:
-    if buffersize is None:
-        return
-    if isinstance(buffersize, bool) or not isinstance(buffersize, int):
-        raise TypeError("buffersize must be an integer or None")
-    if buffersize < 1:
-        raise ValueError("buffersize must be None or > 0")
-    if progress is not None:
-        raise ValueError("progress= needs the whole input, which buffersize= does not read "
-                         "at once; pass one or the other")
-
-
-def _chunks(args: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[Any, ...]]:
-    while chunk := tuple(itertools.islice(args, size)):
-        yield chunk
-
-
-def _run_chunk(fn: Callable[..., Any], chunk: tuple[tuple[Any, ...], ...]) -> List[Any]:
-    """In the worker: one chunk of a ``map`` that goes through ``submit``."""
-    return [fn(*args) for args in chunk]
-
-
-def _results_by_submit(submit: Callable[..., "Future[Any]"], call: Callable[..., Any],
-                       futures: "collections.deque[Future[Any]]",
-                       rest: Iterator[tuple[Any, ...]], end: Optional[float],
-                       chunked: bool) -> Iterator[Any]:
-    """Results in order; each one taken submits the next input's call, if
-    any is left (*rest* is empty unless the input is read lazily)."""
-    try:
-        while futures:
-            timeout = None if end is None else end - time.monotonic()
-            value = futures[0].result(timeout)
-            futures.popleft()
-            for args in itertools.islice(rest, 1):
-                futures.append(submit(call, *args))
-            if chunked:
-                yield from value
-            else:
-                yield value
-            del value
-    finally:
-        for future in futures:
-            future.cancel()
