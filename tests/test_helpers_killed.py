@@ -122,8 +122,9 @@ def test_helpers_and_a_worker_killed_mid_map_with_retries_give_every_result(tmp_
 def test_helpers_killed_at_the_pools_birth_never_hang(tmp_path, method):
     """Every helper there is SIGKILLed at once or soon after Pool(), while
     the first workers start: each map ends within its bound with every
-    result, or (the zygote killed before it forked its standby) with an
-    error that names the zygote; a later pool works."""
+    result, or, under fork, with an error that names the zygote (killed
+    before it forked its standby; or its workers, which die with it, had a
+    task); a later pool works."""
     out = run_killing(tmp_path, """
         import signal
         import tasks_mod
@@ -151,6 +152,6 @@ def test_helpers_killed_at_the_pools_birth_never_hang(tmp_path, method):
     """, method)
     lines = out.splitlines()
     assert len(lines) == 5 and lines[-1] == "[0, 1, 4, 9]", out
-    for line in lines[:-1]:
-        assert line == "[0, 1, 4, 9]" or (method == "fork" and line.startswith(
-            "WorkerInitError |") and "zygote" in line), out
+    for line in lines[:-1]:   # under fork, a task may be lost with its workers (no retries)
+        assert line == "[0, 1, 4, 9]" or (method == "fork" and "|" in line
+                                          and "zygote" in line), out
