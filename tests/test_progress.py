@@ -36,15 +36,35 @@ def test_a_callable_gets_the_counts_of_crashes_retries_and_timeouts(tmp_path):
         assert outcomes == [0, 2, 4, "crash", 8, 10, 12, 14]
         last = infos[-1]
         assert last.final and (last.done, last.total) == (8, 8)
-        assert (last.failed, last.crashed, last.retried, last.timed_out) == (1, 1, 1, 0)
+        # Item 3 killed its worker twice: the first death was retried.
+        assert (last.failed, last.crashed, last.retried, last.timed_out) == (1, 2, 1, 0)
         assert last.label == "imap(die_at)"
         assert all(not info.final for info in infos[:-1])
-        assert "1 crashed · 1 retried" in last.describe()
+        assert "2 crashed · 1 retried" in last.describe() and "raised" not in last.describe()
 
         infos.clear()
         with pytest.raises(poolguard.TaskTimeoutError):
             pool.map(tasks.sleep_then, [0, 30, 0], chunksize=1, progress=infos.append)
-        assert infos[-1].final and infos[-1].timed_out == 1 and infos[-1].crashed == 0
+        # Timed out twice (retries=1): each stop counted, as a timeout.
+        assert infos[-1].final and infos[-1].timed_out == 2 and infos[-1].crashed == 0
+        assert infos[-1].retried == 1
+
+
+def test_a_crash_that_was_retried_counts_as_a_crash_and_a_retry(tmp_path):
+    infos = []
+    marker = str(tmp_path / "died")
+    die_once = functools.partial(tasks.die_first_time, marker)
+    with poolguard.ProcessPoolExecutor(2, retries=1) as executor:
+        assert list(executor.map(die_once, range(6), progress=infos.append)) == list(range(6))
+        last = infos[-1]
+        assert (last.done, last.failed, last.crashed, last.retried, last.raised) == (6, 0, 1, 1, 0)
+        assert last.describe().endswith("· 1 crashed · 1 retried")
+        infos.clear()
+        raise_at_2 = functools.partial(tasks.raise_at, at=2)
+        with pytest.raises(ValueError):
+            list(executor.map(raise_at_2, range(4), progress=infos.append))
+        assert (infos[-1].failed, infos[-1].raised, infos[-1].crashed) == (1, 1, 0)
+        assert "1 raised" in infos[-1].describe()
 
 
 def test_plain_text_when_not_a_terminal_and_nothing_when_off(capfd):

@@ -39,25 +39,28 @@ class ProgressInfo(NamedTuple):
         done: Items finished, with or without success.
         total: Items in all; ``None`` while a lazy iterable is being read.
         failed: Items that raised or whose worker died.
-        crashed: Of those, the items whose worker died (timeouts apart).
-        timed_out: Of those, the items stopped by ``task_timeout``.
+        crashed: Worker deaths while running the call's items (timeouts
+            apart), a death whose item was retried too.
+        timed_out: Items stopped by ``task_timeout``, retried ones too.
         retried: Runs given another worker after a death.
         elapsed: Seconds since the call.
         final: Whether this is the call's last report.
         workers: In the last report, what the pool's workers did during
             the call (a :class:`poolguard.PoolStats`); else None.
+        raised: Of the failed items, those that raised.
     """
 
     label: str                # the call, e.g. "map(square)"
     done: int                 # items finished, with or without success
     total: Optional[int]      # None while a lazy iterable is being read
     failed: int               # items that raised or whose worker died
-    crashed: int              # of which: a worker's death (timeouts not counted)
-    timed_out: int            # of which: task_timeout
+    crashed: int              # worker deaths running its items, retried or not (timeouts apart)
+    timed_out: int            # items stopped by task_timeout, retried or not
     retried: int              # runs that were given another worker after a death
     elapsed: float            # seconds since the call
     final: bool               # the last report of this call
     workers: Optional[PoolStats] = None   # the last report: the workers during the call
+    raised: int = 0           # failed items that raised
 
     def describe(self) -> str:
         """One line, as the text display prints it:
@@ -85,7 +88,7 @@ class ProgressInfo(NamedTuple):
         """The non-zero death counts as words: ``["2 crashed", "1 retried"]``."""
         words = [(self.crashed, "crashed"), (self.retried, "retried"),
                  (self.timed_out, "timed out"),
-                 (self.failed - self.crashed - self.timed_out, "raised")]
+                 (self.raised, "raised")]
         return [f"{count} {word}" for count, word in words if count]
 
 
@@ -124,6 +127,7 @@ class Progress:
         self.label = label
         self.total = total
         self.done = self.failed = self.crashed = self.timed_out = self.retried = 0
+        self.raised = 0
         self._call_soon = call_soon
         self._start = time.monotonic()
         self._next_show = self._start + INTERVAL
@@ -144,9 +148,17 @@ class Progress:
                 self.timed_out += 1
             elif isinstance(error, WorkerCrashedError):
                 self.crashed += 1
+            else:
+                self.raised += failed
         self._maybe_show()
 
-    def count_retry(self) -> None:
+    def count_retry(self, timed_out: bool = False) -> None:
+        """A death (*timed_out*: a task_timeout stop) whose item runs again:
+        counted as the death it was, and as a retry."""
+        if timed_out:
+            self.timed_out += 1
+        else:
+            self.crashed += 1
         self.retried += 1
         self._maybe_show()
 
@@ -180,7 +192,8 @@ class Progress:
 
     def _info(self, now: float, final: bool) -> ProgressInfo:
         return ProgressInfo(self.label, self.done, self.total, self.failed, self.crashed,
-                            self.timed_out, self.retried, now - self._start, final)
+                            self.timed_out, self.retried, now - self._start, final,
+                            raised=self.raised)
 
 
 class _CallableView:

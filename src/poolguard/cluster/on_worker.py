@@ -75,7 +75,7 @@ class _Collect(Job):
     def unit_failed(self, unit: Unit, exc: BaseException) -> None:
         self._add(unit, False, exc)
 
-    def unit_retried(self, unit: Unit) -> None:
+    def unit_retried(self, unit: Unit, timed_out: bool = False) -> None:
         self.retried += 1
 
     def _add(self, unit: Unit, ok: bool, value: Any) -> None:

@@ -31,7 +31,7 @@ class Progress(Protocol):
     def count(self, done: int, error: Optional[BaseException] = None,
               failed: int = 0) -> None: ...
 
-    def count_retry(self) -> None: ...
+    def count_retry(self, timed_out: bool = False) -> None: ...
 
 
 class Job:
@@ -53,10 +53,11 @@ class Job:
     def unit_failed(self, unit: "Unit", exc: BaseException) -> None:
         raise NotImplementedError
 
-    def unit_retried(self, unit: "Unit") -> None:
-        """*unit*'s worker died and it runs again elsewhere (``retries=``)."""
+    def unit_retried(self, unit: "Unit", timed_out: bool = False) -> None:
+        """*unit*'s worker died (*timed_out*: stopped by task_timeout) and it
+        runs again elsewhere (``retries=``)."""
         if self.progress is not None:
-            self.progress.count_retry()
+            self.progress.count_retry(timed_out)
 
     def count_progress(self, unit: "Unit", ok: bool, value: Any) -> None:
         """Before *value* is delivered: what it adds to ``progress=``."""

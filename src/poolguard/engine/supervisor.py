@@ -408,7 +408,8 @@ class Engine(EngineBase):
             self._deliver_failure(death.culprit, death.error)
         elif death.culprit is not None:   # retried: its parts are queued
             death.culprit.release()
-            death.culprit.job.unit_retried(death.culprit)
+            death.culprit.job.unit_retried(
+                death.culprit, worker.guard is not None and worker.guard.kind == "timeout")
         if death.throttle is not None:
             self._set_init_error(death.throttle, death.throttle.__cause__)
 
