@@ -88,6 +88,14 @@ def one_worker(pool):
         time.sleep(0.005)
     return pool.pids[0]
 
+def hand_over(conn, remote, kind):
+    # A worker's side alone: encode a result, send the reply, hold on.
+    from poolguard.wire import result_buffers
+    result_buffers.allow_remote(remote)
+    body, outgoing = result_buffers.encode([make(kind, 4 << 20)])
+    conn.send_bytes(body)
+    time.sleep(60)
+
 def wait_dead(pid):
     # Until its descriptors are gone (a zombie, or reaped).
     deadline = time.monotonic() + 30
@@ -189,3 +197,46 @@ def test_death_while_handing_over_leaks_nothing(tmp_path, method, front_name):
     out = run_script(tmp_path, f"FRONT = {front_name!r}\n" + DEATH, method,
                      modules={"big": BIG})
     assert out.strip() == "clean"
+
+
+INTAKE = """
+import multiprocessing, pickle, signal
+import big
+from poolguard.wire import result_intake
+
+ctx = multiprocessing.get_context(METHOD)
+for remote, kind in ((True, "bytes"), (False, "bytes"), (True, "bytearray"), (True, "numpy")):
+    for killed in (False, True):
+        here, there = ctx.Pipe()
+        child = ctx.Process(target=big.hand_over, args=(there, remote, kind))
+        child.start()
+        body = here.recv_bytes()
+        size = int.from_bytes(body[:4], "big")
+        fd_number = pickle.loads(body[4:4 + size])[0]
+        # A whole bytes is read from the worker's memory, where it may be.
+        assert (fd_number < 0) == (remote and kind == "bytes"), (remote, kind, fd_number)
+        if killed:
+            os.kill(child.pid, signal.SIGKILL)
+            big.wait_dead(child.pid)
+        sent = []
+        got = result_intake.take_shared(child.pid, child.sentinel, memoryview(body),
+                                        sent.append)
+        assert len(sent) == 1, sent   # RELEASE, whatever happened
+        if killed:
+            assert got is None, (remote, kind)
+        else:
+            rest, shared = got
+            value = pickle.loads(rest, buffers=shared)[0]
+            assert big.digest(value) == big.digest(big.make(kind, 4 << 20)), (remote, kind)
+            del value, rest, shared, got
+        child.kill()
+        child.join()
+        assert big.ours_held() == ([], []), (remote, kind, killed, big.ours_held())
+print("clean")
+"""
+
+
+def test_intake_from_a_live_or_dead_worker(tmp_path, method):
+    # Each way a buffer comes back, from a worker alive, then from one killed
+    # after its reply: whole, or None (its death fails the task), never a leak.
+    assert run_script(tmp_path, INTAKE, method, modules={"big": BIG}).strip() == "clean"

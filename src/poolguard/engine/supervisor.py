@@ -59,7 +59,7 @@ from ..wire import buffers
 from ..wire.channels import Spiller, WatchSet
 from ..wire.messages import (CONTROL, INIT_FAILED, ITEM, PER_ITEM, READY, REPLY_HEADER,
                              RETIRING, SHARED, decode_exception, decode_reply)
-from ..wire.result_buffers import take_shared
+from ..wire.result_intake import take_shared
 from ..wire.slots import SharedSlots
 from . import at_exit, limits
 from .guards import GuardKeeper

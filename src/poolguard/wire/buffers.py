@@ -195,6 +195,11 @@ def write_buffers(fd: int, views: Sequence[memoryview]) -> Tuple[int, List[Tuple
     return pos, layout
 
 
+def address_of(data: bytes) -> int:
+    """Where a ``bytes`` object's contents are in our memory (CPython)."""
+    return id(data) + _BYTES_DATA_OFFSET
+
+
 def empty_bytes(size: int) -> Tuple[bytes, memoryview]:
     """A new ``bytes`` of *size* and a writable view of its contents, to be
     filled before anyone else sees it (only where REMOTE_POSSIBLE)."""

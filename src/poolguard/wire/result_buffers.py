@@ -7,48 +7,43 @@ of band (NumPy arrays and anything else that hands out a ``PickleBuffer``,
 and the large ``bytes`` and ``bytearray`` among the results, which pickle
 would write in band and are wrapped to go out of band).  It writes them into
 one memfd, sends a small reply that says where they are, and keeps the
-memfd open until the parent answers RELEASE on the task pipe.
+memfd, and its results, until the parent answers RELEASE on the task pipe.
 
-The parent opens the memfd through ``/proc/<worker>/fd/<n>``, answers, and
-rebuilds each buffer:
+The parent (result_intake.py) opens the memfd through
+``/proc/<worker>/fd/<n>`` and rebuilds each buffer:
 
 * memory (a NumPy array): a view of one private mapping of the file, which
-  becomes the array's memory: no copy;
-* ``bytes`` and ``bytearray``: read from the file straight into a new object
-  of that size (such objects cannot live on a mapping), freeing the file's
-  pages behind the read: the caller never holds both.
+  becomes the array's memory: the worker's copy into the file is the only one;
+* ``bytes``: where the worker may read its parent's memory (then the parent,
+  its ancestor, may read the worker's: see buffers.py), it is not written to
+  the file: the parent reads it straight from the worker into a new
+  ``bytes``, the only copy;
+* ``bytearray``, and ``bytes`` elsewhere: read from the file straight into a
+  new object of that size (such objects cannot live on a mapping), freeing
+  the file's pages behind the read: the caller never holds both.
 
-Nothing can leak: the parent's descriptor is closed before the results are
-delivered, the mapping belongs to the objects built on it, and a worker
-that dies before the parent has its descriptor takes its memfd with it (the
-parent then leaves the task to the worker's death, which fails it as a crash).
+Then it answers RELEASE.  Nothing can leak: the parent's descriptor is
+closed before the results are delivered, the mapping belongs to the objects
+built on it, and a worker that dies before the parent has its results takes
+its memfd with it (the parent then leaves the task to the worker's death,
+which fails it as a crash).
 """
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import pickle
 import struct
-import select
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple, cast
 
-from . import buffers, private_fds
-from .framing import frame
-from .messages import RELEASE_CONTENT
+from . import buffers
 
 MIN_SIZE = buffers.MIN_SIZE
 BYTES, BYTEARRAY, MEMORY = 0, 1, 2     # what the parent rebuilds a buffer as
+REMOTE = 3          # a bytes the parent reads from the worker's memory
 HANDLE_SIZE = struct.Struct("!I")     # prefix of a reply body with shared buffers
 _NAME = "poolguard-results"
-_SEARCH_LIMIT = 64    # results searched for large bytes before pickling (see _encode)
-_CHUNK = 64 << 20     # bytes read (then freed in the file) at a time
-_DEATH_WAIT_MS = 2000   # a worker that took its memfd away is dying: how long to wait for it
+_SEARCH_LIMIT = 64    # results searched for large bytes before pickling (see encode)
 AVAILABLE = buffers.AVAILABLE
-
-
-class Lost(OSError):
-    """The worker's memfd could not be opened: the worker is gone."""
 
 
 def as_bytes(data: Any) -> bytes:
@@ -122,25 +117,55 @@ _COLLECTOR = _Collector()
 
 
 class Outgoing:
-    """The worker's side: a reply's large buffers in one memfd, open until
-    the parent has its own descriptor of it."""
+    """The worker's side of a reply's large buffers, kept until the parent
+    has them: in one memfd, but for each whole ``bytes`` when *remote* (the
+    parent may read our memory: see buffers.py): the parent reads that
+    straight from us into a new ``bytes``, the only copy."""
 
-    __slots__ = ("fd", "handle")
+    __slots__ = ("fd", "handle", "_views")
 
-    def __init__(self, views: Sequence[memoryview], kinds: Sequence[int]):
-        self.fd = os.memfd_create(_NAME, os.MFD_CLOEXEC)
-        try:
-            size, layout = buffers.write_buffers(self.fd, views)
-            self.handle = (self.fd, os.fstat(self.fd).st_ino, size,
-                           [(*place, kind) for place, kind in zip(layout, kinds, strict=True)])
-        except BaseException:
-            self.close()
-            raise
+    def __init__(self, views: Sequence[memoryview], kinds: Sequence[int], remote: bool):
+        self.fd = -1
+        self._views = views   # what the parent reads from our memory stays alive
+        entries: List[Tuple[int, int, int]] = []
+        local = []
+        for i, (view, kind) in enumerate(zip(views, kinds, strict=True)):
+            if remote and kind == BYTES and _whole_bytes(view):
+                entries.append((buffers.address_of(cast(bytes, view.obj)), view.nbytes, REMOTE))
+            else:
+                entries.append((0, 0, kind))   # its place in the file: below
+                local.append(i)
+        size = 0
+        if local:
+            self.fd = os.memfd_create(_NAME, os.MFD_CLOEXEC)
+            try:
+                size, layout = buffers.write_buffers(self.fd, [views[i] for i in local])
+            except BaseException:
+                self.close()
+                raise
+            for i, place in zip(local, layout, strict=True):
+                entries[i] = (*place, kinds[i])
+        inode = os.fstat(self.fd).st_ino if self.fd >= 0 else 0
+        self.handle = (self.fd, inode, size, entries)
 
     def close(self) -> None:
+        self._views = ()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _whole_bytes(view: memoryview) -> bool:
+    return type(view.obj) is bytes and view.nbytes == len(view.obj)
+
+
+_remote = [False]   # may the parent read this worker's memory?  (allow_remote)
+
+
+def allow_remote(allowed: bool) -> None:
+    """Worker side, at start: whether it could read the parent's memory, so
+    that the parent, its ancestor, can read its own."""
+    _remote[0] = allowed and buffers.REMOTE_POSSIBLE
 
 
 def encode(out: List[Any], extra: Any = None,
@@ -167,7 +192,7 @@ def encode(out: List[Any], extra: Any = None,
         if not collector.taken:
             return body, None
         try:
-            outgoing = Outgoing(collector.taken, collector.kinds)
+            outgoing = Outgoing(list(collector.taken), collector.kinds, _remote[0])
         except OSError:   # no memory for a memfd: through the pipe after all
             return pickle.dumps((out, extra) if with_extra else out, buffers.PROTOCOL5), None
     finally:
@@ -179,144 +204,3 @@ def encode(out: List[Any], extra: Any = None,
 def _dumps(out: List[Any], extra: Any, with_extra: bool, collector: _Collector) -> bytes:
     return pickle.dumps((out, extra) if with_extra else out, buffers.PROTOCOL5,
                         buffer_callback=collector)
-
-
-def take_shared(pid: int, death_fd: int, body: memoryview,
-                send: Callable[[Tuple[bytes, ...]], None],
-                ) -> Optional[Tuple[memoryview, Optional[List[Any]]]]:
-    """Parent side, for a reply of worker *pid* with shared buffers: its
-    pickle part and the buffers rebuilt (None if they could not be: the
-    unpickling then fails as that task's error).  RELEASE goes to the worker
-    by *send* in every case.  None if the worker died before we had them:
-    its death (*death_fd*) fails the task as a crash."""
-    (n,) = HANDLE_SIZE.unpack_from(body)
-    rest = body[HANDLE_SIZE.size + n:]
-    try:
-        try:
-            fd_number, inode, size, layout = pickle.loads(body[HANDLE_SIZE.size:][:n])
-            fd = _open(pid, fd_number, inode)
-        finally:
-            send(frame(RELEASE_CONTENT))   # its memfd may go now: we have ours
-        try:
-            return rest, _rebuild(fd, size, layout)
-        finally:
-            private_fds.close(fd)
-    except Lost:
-        if _dead(death_fd):
-            return None
-        return rest, None
-    except (OSError, ValueError, pickle.UnpicklingError):   # no memory for it, a bad handle
-        return rest, None
-
-
-def _dead(death_fd: int) -> bool:
-    """Has the process exited, or is it exiting (its descriptors are closed
-    a moment before its death fd says so)?"""
-    poller = select.poll()
-    poller.register(death_fd, select.POLLIN)
-    return bool(poller.poll(_DEATH_WAIT_MS))
-
-
-def _open(pid: int, fd_number: int, inode: int) -> int:
-    with private_fds.making():   # no child of ours may keep it
-        try:
-            fd = os.open(f"/proc/{pid}/fd/{fd_number}", os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise Lost(exc.errno, f"the results of worker {pid} are gone: {exc}") from exc
-        private_fds.keep(fd)
-    if os.fstat(fd).st_ino != inode:
-        private_fds.close(fd)
-        raise Lost(f"the results of worker {pid} are gone (fd {fd_number} is another file)")
-    return fd
-
-
-def _rebuild(fd: int, size: int, layout: Sequence[Tuple[int, int, int]]) -> List[Any]:
-    whole: Optional[memoryview] = None
-    if any(kind == MEMORY for _, _, kind in layout):
-        whole = _map(fd, size)
-    out: List[Any] = []
-    for offset, length, kind in layout:
-        if kind == MEMORY:
-            assert whole is not None
-            out.append(whole[offset:offset + length])
-        else:
-            out.append(_read_object(fd, offset, length, kind))
-    return out
-
-
-class _Mapping:
-    """Unmaps its pages when the last object built on them is gone."""
-
-    __slots__ = ("address", "size")
-
-    def __init__(self, address: int, size: int):
-        self.address, self.size = address, size
-
-    def __del__(self) -> None:
-        _libc().munmap(self.address, self.size)
-
-
-def _map(fd: int, size: int) -> memoryview:
-    """A private writable mapping of the file: a process the caller forks
-    gets it copy-on-write, as it would an ordinary array.  (Not Python's
-    mmap: it keeps a descriptor of the file open per mapping, and a caller
-    holding a thousand result arrays would run out of descriptors.)"""
-    libc = _libc()
-    address = libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, 0)
-    if address is None or address == _MAP_FAILED:
-        err = ctypes.get_errno()
-        raise OSError(err, f"cannot map the results: {os.strerror(err)}")
-    pages = (ctypes.c_ubyte * size).from_address(address)
-    pages._owner = _Mapping(address, size)   # type: ignore[attr-defined]
-    return memoryview(pages)
-
-
-_MAP_FAILED = ctypes.c_void_p(-1).value
-_native: Any = None
-
-
-def _libc() -> Any:
-    """libc's mmap, munmap and fallocate (False: no fallocate)."""
-    global _native
-    if _native is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_long]
-        libc.mmap.restype = ctypes.c_void_p
-        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        libc.munmap.restype = ctypes.c_int
-        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-        libc.fallocate.restype = ctypes.c_int
-        _native = libc
-    return _native
-
-
-def _read_object(fd: int, offset: int, length: int, kind: int) -> Any:
-    """A new bytes or bytearray read from the file, whose pages are freed
-    behind the read (the worker is done with them)."""
-    if kind == BYTES and not buffers.REMOTE_POSSIBLE:   # no empty bytes to fill
-        return bytes(_read_object(fd, offset, length, BYTEARRAY))
-    if kind == BYTEARRAY:
-        obj: Any = bytearray(length)
-        target = memoryview(obj)
-    else:
-        obj, target = buffers.empty_bytes(length)
-    with target:
-        done = 0
-        while done < length:
-            n = os.preadv(fd, [target[done:done + _CHUNK]], offset + done)
-            if n <= 0:
-                raise OSError(f"the results' file ended early ({done} of {length} bytes)")
-            _punch(fd, offset + done, n)
-            done += n
-    return obj
-
-
-_PUNCH_HOLE = 0x02 | 0x01     # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-
-
-def _punch(fd: int, offset: int, length: int) -> None:
-    """Free the file's pages in that range now (where that fails they are
-    freed with the file)."""
-    _libc().fallocate(fd, _PUNCH_HOLE, offset, length)
-

@@ -58,6 +58,7 @@ def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Conne
         slot[0] = IDLE
         # READY says whether we may read large arguments from the parent's memory.
         readable = b"\x01" if buffers.can_read_parent(spec.probe) else b"\x00"
+        result_buffers.allow_remote(readable == b"\x01")
         send(REPLY_HEADER.pack(CONTROL, READY, 0) + readable)
         _serve(slot, send, recv, spec.maxtasks, (spec.timed, spec.soft_timeout), watch_later)
     except OSError:
