@@ -353,6 +353,7 @@ class Engine(EngineBase):
         if unit is None:
             return   # the job was already failed (terminate)
         self._postmortem.task_finished()
+        worker.items_done += 1   # now: its caller may have its value before the unit ends
         ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, offset)),
                                  shared=shared)
         try:

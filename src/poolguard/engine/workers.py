@@ -19,7 +19,7 @@ from ..errors import TaskInfo
 from ..wire.channels import FrameReader, Spiller, WatchSet
 from ..wire import private_fds
 from ..wire.framing import frame
-from ..wire.messages import STOP, TASK_HEADER
+from ..wire.messages import EACH_APPLY, STOP, TASK_HEADER
 from ..wire.slots import INITIALIZING, SharedSlots, Slot
 from ..worker.loop import worker_main
 from .jobs import Unit
@@ -175,7 +175,8 @@ class Worker:
         if unit is None:
             return None
         self.inflight.remove(unit)
-        self.items_done += len(unit.items)
+        if unit.job.kind != EACH_APPLY:   # those count each call as it ends
+            self.items_done += len(unit.items)
         if not self.inflight:
             self.backlog, self.blind = 0.0, 0
         elif unit.expected is None:
