@@ -83,6 +83,39 @@ def test_async_for_over_imap_with_a_crash_in_the_middle(call):
     assert (seen if call == "imap" else sorted(seen)) == expected
 
 
+@pytest.mark.parametrize("call", ["imap", "imap_unordered"])
+def test_async_for_goes_on_after_the_caller_caught_a_failed_item(call):
+    """As with a synchronous imap: the failed item raises at its place, the
+    caller catches it, and the same iterator gives the rest, whether taken
+    again with ``async for`` or with ``anext()``."""
+    async def main(pool):
+        results = getattr(pool, call)(functools.partial(tasks.die_at, at=2), range(8))
+        seen, errors = [], []
+        while True:
+            try:
+                async for value in results:
+                    seen.append(value)
+                break
+            except poolguard.WorkerCrashedError as exc:
+                errors.append(exc.task.item)
+        raising = getattr(pool, call)(functools.partial(tasks.raise_at, at=0), range(4))
+        rest = []
+        while True:
+            try:
+                rest.append(await anext(raising))
+            except StopAsyncIteration:
+                break
+            except ValueError:
+                rest.append("raised")
+        return seen, errors, rest
+
+    with poolguard.Pool(2) as pool:
+        seen, errors, rest = asyncio.run(main(pool))
+    assert errors == [2] and sorted(map(str, rest)) == ["1", "2", "3", "raised"]
+    expected = [x * 2 for x in range(8) if x != 2]
+    assert (seen if call == "imap" else sorted(seen)) == expected
+
+
 def test_async_for_over_a_lazy_iterable():
     async def main(pool):
         return [x async for x in pool.imap(tasks.square, (i for i in range(300)), 7)]
