@@ -24,6 +24,7 @@ from .errors import (PoolguardError, PoolTerminatedError, PoolThrottledError,
                      WorkerMemoryError, WorkerStoppedWarning, HelperDiedWarning)
 from .engine.reports import PoolStats, WorkerStats, WorkerStatus
 from .fronts.executor import ProcessPoolExecutor
+from .fronts.call_future import StoppableFuture
 from .fronts.executor_options import ExecutorOptions
 from .fronts.pool import Pool
 from .fronts.pool_calls import ApplyResult, AsyncResult, IMapIterator, MapResult
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
     from .checkpoint import Checkpoint, CheckpointKeyError, CheckpointWarning
 
 __all__ = [
-    "Pool", "ProcessPoolExecutor", "get_executor", "ExecutorOptions", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
+    "Pool", "ProcessPoolExecutor", "get_executor", "ExecutorOptions", "StoppableFuture",
+    "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
     "PoolguardError", "WorkerCrashedError", "WorkerInitError", "UnpicklableTaskError",
     "PoolTerminatedError", "PoolThrottledError", "TaskTimeoutError", "WorkerMemoryError",
     "ResultEncodingError", "ResultDecodingError", "TaskDecodeError", "TaskStoppedError",

@@ -15,9 +15,10 @@ a second, and every one of them still every 0.1 s up to 100 busy workers.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 import warnings
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from ..diagnosis import process_state
 from ..errors import WorkerStoppedWarning
@@ -33,6 +34,30 @@ MEMORY_CHECKS_PER_SECOND = 4000  # RSS reads for max_worker_memory at most
 STACK_GRACE = 0.05              # seconds for a worker past its timeout to write its stacks
 TIMEOUT_GRACE = 0.2             # seconds between SIGTERM and SIGKILL past a timeout
 STOPPED_WARNING = 5.0           # seconds a busy worker may stay stopped before a warning
+
+# Does this unit, at this item offset (None: outside the item loop), run a
+# call someone asked to stop?
+StopMatch = Callable[[Unit, Optional[int]], bool]
+
+
+class StopRequests:
+    """Calls to stop (``AsyncResult.stop()``, ``future.stop()``), from any
+    thread; the supervisor takes them on its next turn."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._matches: List[StopMatch] = []
+
+    def add(self, match: StopMatch) -> None:
+        with self._lock:
+            self._matches.append(match)
+
+    def take(self) -> List[StopMatch]:
+        if not self._matches:   # the lock only when one came
+            return []
+        with self._lock:
+            matches, self._matches = self._matches, []
+        return matches
 
 
 class Rotation:
@@ -71,6 +96,7 @@ class GuardKeeper:
         self._memory_checks = Rotation(workers.busy)
         # Memory is checked while the pool has a cap, or once a call had one.
         self._memory_capped = guards.max_worker_memory is not None
+        self.stops = StopRequests()
 
     def guards_of(self, unit: Unit) -> Guards:
         """The guards of *unit*: its call's own, or the pool's."""
@@ -109,6 +135,9 @@ class GuardKeeper:
 
     def check(self) -> None:
         now = time.monotonic()
+        matches = self.stops.take()
+        if matches:
+            self._stop_calls(matches)
         self._workers.timers.run_due(now)
         if not self._workers.busy:
             return
@@ -188,6 +217,19 @@ class GuardKeeper:
                           f"debugger or a freezer) for {now - worker.stopped_since:.0f} s"
                           f"{task}; its task waits until it is resumed (SIGCONT)",
                           WorkerStoppedWarning, stacklevel=1)
+
+    def _stop_calls(self, matches: List[StopMatch]) -> None:
+        """Kill each worker that runs a call asked to stop; its call fails
+        with TaskStoppedError (postmortem.py), the other units it held run
+        elsewhere.  A call not running now was failed by its front."""
+        for worker in list(self._workers.busy.values()):
+            if worker.gone or worker.guard is not None:
+                continue
+            unit, offset = worker.running(self._slots.read(worker.index))
+            if unit is not None and any(match(unit, offset) for match in matches):
+                worker.stop_by_guard(GuardStop(
+                    "stopped", "was killed by poolguard to stop its call, as asked,"))
+                signal_process(worker.process, signal.SIGKILL)
 
     @staticmethod
     def _check_memory(worker: Worker, cap: int) -> None:

@@ -14,15 +14,16 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .. import diagnosis
 from ..diagnosis import KernelLog, diagnose
-from ..errors import (PoolThrottledError, TaskTimeoutError, WorkerCrashedError,
-                      WorkerMemoryError, signal_name)
+from ..errors import (PoolThrottledError, TaskStoppedError, TaskTimeoutError,
+                      WorkerCrashedError, WorkerMemoryError, signal_name)
 from ..options import Guards
 from ..wire.messages import PER_ITEM
 from ..wire.slots import DECODING, INITIALIZING, SENDING, Slot
 from .jobs import Unit
 from .workers import Worker
 
-_ERRORS = {"timeout": TaskTimeoutError, "memory": WorkerMemoryError}
+_ERRORS = {"timeout": TaskTimeoutError, "memory": WorkerMemoryError,
+           "stopped": TaskStoppedError}
 _PHASES: Dict[int, str] = {DECODING: "decoding", SENDING: "sending"}
 # Signals that say the process itself failed, not that someone stopped it.
 _OWN_FAULT_SIGNALS = {"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT"}
@@ -124,7 +125,10 @@ class Postmortem:
                         diagnosis.SOURCES, slot.sent)
 
     def _may_retry(self, culprit: Unit, error: WorkerCrashedError) -> bool:
-        """Only the culprit's own item counts an attempt (Unit.split)."""
+        """Only the culprit's own item counts an attempt (Unit.split); a
+        stopped call is never run again."""
+        if isinstance(error, TaskStoppedError):
+            return False
         kind = ("timeout" if isinstance(error, TaskTimeoutError) else
                 "memory" if isinstance(error, WorkerMemoryError) else
                 "oom" if error.oom else "crash")

@@ -128,7 +128,7 @@ class Engine(EngineBase):
         self.remote_reads = False
         self._remote_refused = False
         self._kernel_log = KernelLog(diagnosis.SOURCES)
-        self.guard_keeper = GuardKeeper(guards, self._slots, self._workers)
+        self.guard_keeper: GuardKeeper = GuardKeeper(guards, self._slots, self._workers)
         self._postmortem = Postmortem(guards, self._kernel_log, processes, initializer)
         # Units may go to a worker still starting, after the ready ones had
         # their turn, when that cannot take long: forked, no initializer.  The

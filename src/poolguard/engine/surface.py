@@ -10,6 +10,7 @@ from ..options import Guards
 from ..wire.messages import encode_function
 from . import at_exit
 from .callbacks import CallbackThread
+from .guards import GuardKeeper, StopMatch
 from .inbox import Inbox
 from .jobs import Job
 from .reports import PoolStats, WorkerStatus
@@ -54,6 +55,8 @@ class EngineSurface(Protocol):
 
     def dump_stacks(self) -> None: ...
 
+    def stop_calls(self, match: StopMatch) -> None: ...
+
 
 class EngineBase:
     """What both engines share: callers change the inbox's state, the
@@ -64,6 +67,7 @@ class EngineBase:
     _thread: threading.Thread
     _callbacks: CallbackThread
     _last_function: Tuple[Any, bytes] = (None, b"")
+    guard_keeper: Optional[GuardKeeper] = None   # the local engine's; not on a cluster
 
     def main_by_value(self, func: Callable[..., Any]) -> bool:
         raise NotImplementedError
@@ -97,6 +101,14 @@ class EngineBase:
         # wait for ourselves.
         if threading.current_thread() not in (self._thread, self._callbacks.thread):
             self._thread.join(timeout)
+
+    def stop_calls(self, match: StopMatch) -> None:
+        """Kill the workers running a call that *match* names (the call's
+        front has failed it already).  ValueError on a cluster."""
+        if self.guard_keeper is None:
+            raise ValueError("stopping a running call is not available on a cluster")
+        self.guard_keeper.stops.add(match)
+        self.inbox.wakeup.wake()
 
     def call_soon(self, func: Callable[..., Any], *args: Any) -> None:
         """Run a user callback on the callback thread, in order."""

@@ -7,6 +7,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional
                     Sequence, Tuple, TypeVar, Union)
 
 from .executor_maps import ExecutorMaps
+from .call_future import StoppableFuture
 from .executor_options import ExecutorOptions
 from .shared import WorkerReports, guards_for_call, start_engine
 from ..engine import EngineSurface, Job, Unit
@@ -84,7 +85,7 @@ class ProcessPoolExecutor(ExecutorMaps, Executor, WorkerReports):
                                     maxtasks, mp_context, True, guards, cluster)
         self._max_workers = self._engine.processes
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "Future[T]":
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "StoppableFuture[T]":
         """Run ``fn(*args, **kwargs)`` in a worker; return its future at once.
 
         As the standard library's, but a function or argument that does not
@@ -98,7 +99,9 @@ class ProcessPoolExecutor(ExecutorMaps, Executor, WorkerReports):
             **kwargs: Its keyword arguments.
 
         Returns:
-            A ``concurrent.futures.Future`` of the value.
+            A :class:`~poolguard.StoppableFuture` of the value: a
+            ``concurrent.futures.Future`` whose ``stop()`` ends the call
+            even while it runs (``cancel()`` does not).
 
         Raises:
             RuntimeError: The executor is shut down, or the interpreter is
@@ -130,8 +133,9 @@ class ProcessPoolExecutor(ExecutorMaps, Executor, WorkerReports):
         return ExecutorOptions(self, guards_for_call(engine, guards))
 
     def _submit(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: Dict[str, Any],
-                guards: Optional[Guards]) -> "Future[T]":
-        future: Future[T] = Future()
+                guards: Optional[Guards]) -> "StoppableFuture[T]":
+        future: StoppableFuture[T] = StoppableFuture()
+        future._engine = self._engine
         if self._engine is not None and not self._engine.batches_submits:   # the cluster's
             self._queue(future, lambda engine: (
                 FutureJob(engine, fn, APPLY, "submit", future, guards=guards),
@@ -202,9 +206,12 @@ class ProcessPoolExecutor(ExecutorMaps, Executor, WorkerReports):
 
     def terminate_workers(self) -> None:
         """Stop at once, as Python 3.14's executor does (on every version):
-        each worker gets SIGTERM (SIGKILL 1 s later if still alive), futures
-        not finished fail with ``PoolTerminatedError``, and the executor is
-        shut down."""
+        the executor is shut down, the futures no worker has started are
+        cancelled, each worker gets SIGTERM, and the futures of the calls
+        that were running fail with :class:`~poolguard.PoolTerminatedError`.
+        Where it differs from 3.14's: a worker still alive 1 s after SIGTERM
+        gets SIGKILL, and this returns once the workers are gone (3.14's
+        returns at once, and fails running calls with ``BrokenProcessPool``)."""
         self._stop_workers(kill=False)
 
     def kill_workers(self) -> None:
@@ -217,15 +224,18 @@ class ProcessPoolExecutor(ExecutorMaps, Executor, WorkerReports):
             engine = self._engine
             if engine is None:
                 return
+            self._cancel_pending(engine, 0)
             engine.terminate(kill)
         engine.join()
 
-    def _cancel_pending(self, engine: EngineSurface) -> None:
-        """Cancel what no worker has taken, but for one unit per idle worker:
-        the standard executor has already handed that many to its call queue
-        when shutdown() comes right after submit(), and runs them."""
+    def _cancel_pending(self, engine: EngineSurface, keep: Optional[int] = None) -> None:
+        """Cancel what no worker has taken, but for *keep* units (None: one
+        per idle worker: the standard executor has already handed that many
+        to its call queue when shutdown() comes right after submit(), and
+        runs them)."""
         units = engine.inbox.take_pending()
-        keep = max(0, self._max_workers - engine.units_in_flight())
+        if keep is None:
+            keep = max(0, self._max_workers - engine.units_in_flight())
         kept: List[Unit] = []
         for unit in units:
             if unit.job.started(unit):   # queued again after a death: it runs

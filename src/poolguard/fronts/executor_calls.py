@@ -63,9 +63,9 @@ class FutureJob(Job):
         # Called when the unit is about to be sent; a unit sent again after its
         # worker died before starting it is already running.  A part of a
         # chunk split by a retry is not wanted once another part failed it.
-        if self._settled:
+        if self._settled or self.future.done():   # done: stopped
             return False
-        return self.future.running() or self.future.set_running_or_notify_cancel()
+        return self.future.running() or start(self.future)
 
     def unit_done(self, unit: Unit, values: list[Any]) -> None:
         if self._settled:
@@ -165,6 +165,15 @@ class MapJob(Job):
             return self._by_start.pop(position)
 
 
+def start(future: Future[Any]) -> bool:
+    """Set *future* running if it is pending; False if it is not: cancelled,
+    or stopped (``StoppableFuture.stop()``) before it was sent."""
+    try:
+        return future.set_running_or_notify_cancel()
+    except RuntimeError:   # stopped: running (for a moment) or failed already
+        return False
+
+
 def set_quietly(setter: Callable[[Any], None], value: Any) -> None:
     try:
         setter(value)
@@ -221,10 +230,10 @@ class SubmitBatch(Job):
                 self.futures.extendleft(reversed(futures))
                 self._one_by_one = len(items)
                 return None, None
-            if not futures[0].set_running_or_notify_cancel():
+            if not start(futures[0]):
                 return None, None
             return Unit.placeholder(part, 0, items), exc
-        running = [future.set_running_or_notify_cancel() for future in futures]
+        running = [start(future) for future in futures]
         if all(running):
             return head, None
         head.release()   # some were cancelled meanwhile: send the others only
@@ -250,7 +259,7 @@ class SubmitBatch(Job):
         while self.futures:
             future = self.futures.popleft()
             self.items.popleft()
-            if future.set_running_or_notify_cancel():
+            if start(future):
                 settle(self.engine, future, future.set_exception, exc)
 
     def unit_done(self, unit: Unit, values: Any) -> None:

@@ -3,13 +3,13 @@ have guards of their own.  ``submit``'s keyword arguments belong to the
 function, so a call's guards cannot be arguments of ``submit`` itself."""
 from __future__ import annotations
 
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 from ..options import Guards
 
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointArg
+    from .call_future import StoppableFuture
     from .executor import ProcessPoolExecutor
     from ..progress import ProgressArg
 
@@ -26,7 +26,7 @@ class ExecutorOptions:
         self.executor = executor
         self.guards = guards
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "Future[T]":
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> StoppableFuture[T]:
         """As :meth:`ProcessPoolExecutor.submit`, with this view's guards."""
         return self.executor._submit(fn, args, kwargs, self.guards)
 

@@ -2,22 +2,23 @@
 ``MapResult`` (``map_async``), ``IMapIterator`` (``imap``).  Each is the job
 the supervisor reports to (engine/jobs.py).  Each can also be awaited
 (``await result``, ``async for x in pool.imap(...)``) without blocking the
-event loop: see :class:`LoopWaiters`."""
+event loop: see awaiting.py's :class:`LoopWaiters`."""
 from __future__ import annotations
 
 import collections
 import threading
 from multiprocessing import TimeoutError
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Dict, Generator,
-                    Generic, Iterator, List, Optional, Protocol, Tuple, TypeVar, cast)
+                    Generic, Iterator, List, Optional, Protocol, TypeVar, cast)
 
 from ..engine import EngineSurface, Job, Unit, report_callback_error
+from ..errors import TaskStoppedError
 from ..progress import Progress, finish_progress
+from .awaiting import LoopWaiters
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    import asyncio
     # For type checkers, each result class is also the standard library's
     # (see pool.py); at run time they are not subclasses of them.
     from multiprocessing.pool import ApplyResult as _StdlibApplyResult
@@ -34,39 +35,6 @@ class Owner(Protocol):
     result is waited for: its engine runs the result's callbacks."""
 
     _engine: Optional[EngineSurface]
-
-
-class LoopWaiters:
-    """asyncio futures waiting for something a thread of ours will do (a
-    result arriving); woken from that thread with ``call_soon_threadsafe``.
-    The owner calls both methods under its own lock."""
-
-    __slots__ = ("_waiting",)
-
-    def __init__(self) -> None:
-        self._waiting: List[Tuple[Any, Any]] = []
-
-    def new(self) -> "asyncio.Future[None]":
-        import asyncio   # only where someone awaits, who has imported it already
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._waiting.append((loop, future))
-        return future
-
-    def wake(self) -> None:
-        if not self._waiting:
-            return
-        waiting, self._waiting = self._waiting, []
-        for loop, future in waiting:
-            try:
-                loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:   # that loop is closed: nobody waits any more
-                pass
-
-
-def _resolve(future: Any) -> None:
-    if not future.done():   # not cancelled meanwhile
-        future.set_result(None)
 
 
 class ApplyResult(Job, _StdlibApplyResult[T]):
@@ -148,6 +116,30 @@ class ApplyResult(Job, _StdlibApplyResult[T]):
             yield from waiter.__await__()
         return self.get(0)
 
+    def stop(self) -> bool:
+        """End the call (a map: all its items) now, running or not: it fails
+        with :class:`~poolguard.TaskStoppedError`, each worker running it is
+        killed and replaced, what of it has not started is dropped; no other
+        call is touched.  True if stopped, False if it had finished already.
+
+        Raises:
+            ValueError: On a cluster (``cluster=``): it cannot kill a worker.
+        """
+        pool = self._pool
+        engine = pool._engine if pool is not None else None
+        if engine is None or self._settled:
+            return False
+        engine.stop_calls(lambda unit, offset: unit.job is self)
+        # At once, for what no worker runs; a worker's death after the kill
+        # may come first, with the same type and the worker named.
+        self._set(False, TaskStoppedError(f"{self.call} stopped on request (stop())"))
+        return True
+
+    def wanted(self, unit: Unit) -> bool:
+        """Engine hook (not for users): a unit of a call already failed or
+        stopped is not sent."""
+        return not self._settled
+
     def unit_done(self, unit: Unit, values: list[Any]) -> None:
         """Engine hook (not for users): the call's unit finished with *values*."""
         self._set(True, values[0])
@@ -156,10 +148,11 @@ class ApplyResult(Job, _StdlibApplyResult[T]):
         """Engine hook (not for users): the call's unit failed with *exc*."""
         self._set(False, exc)
 
-    def _set(self, success: bool, value: Any) -> None:
+    def _set(self, success: bool, value: Any) -> bool:
+        """Finish the call with *value*; False if it had finished already."""
         with self._lock:
             if self._settled:
-                return
+                return False
             self._settled = True
             self._success, self._value = success, value
         callback = self._callback if success else self._error_callback
@@ -174,6 +167,7 @@ class ApplyResult(Job, _StdlibApplyResult[T]):
             pool._engine.call_soon(self._finish, callback, value)
         else:
             self._finish(None, value)
+        return True
 
     def _finish(self, callback: Callback, value: Any) -> None:
         try:
