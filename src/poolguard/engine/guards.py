@@ -187,7 +187,7 @@ class GuardKeeper:
         if worker.item_deadline is not None and now >= worker.item_deadline:
             worker.stop_by_guard(GuardStop(
                 "timeout", f"was stopped by poolguard after the task ran past "
-                           f"task_timeout={timeout:g} s", limit=timeout))
+                           f"task_timeout={timeout:g} s"))
             worker.item_deadline = None
             # First its stacks (faulthandler, to the crash pipe), then the
             # end: a SIGTERM arriving during the dump would cut it short.
@@ -227,7 +227,7 @@ class GuardKeeper:
                 continue
             unit, offset = worker.running(self._slots.read(worker.index))
             if unit is not None and any(match(unit, offset) for match in matches):
-                worker.stop_by_guard(GuardStop(
+                worker.stop_by_guard(GuardStop(   # kind "stopped": postmortem.py
                     "stopped", "was killed by poolguard to stop its call, as asked,"))
                 signal_process(worker.process, signal.SIGKILL)
 
@@ -237,5 +237,5 @@ class GuardKeeper:
         if rss is not None and rss > cap:
             worker.stop_by_guard(GuardStop(
                 "memory", f"was killed by poolguard: its RSS reached {rss / 2**20:.0f} MiB, "
-                          f"over max_worker_memory={cap / 2**20:.0f} MiB,", rss, cap))
+                          f"over max_worker_memory={cap / 2**20:.0f} MiB,", rss))
             signal_process(worker.process, signal.SIGKILL)

@@ -102,10 +102,11 @@ class Postmortem:
             task=culprit.job.describe(culprit, offset), phase=phase, diagnosis=verdict,
             peak_rss=worker.watch.task_peak, last_rss=worker.watch.rss_last,
             crash_stack=crash_stack, guard=guard.text if guard else None)
-        if isinstance(error, TaskTimeoutError) and guard is not None:
-            error.limit = guard.limit
-        elif isinstance(error, WorkerMemoryError) and guard is not None:
-            error.limit, error.rss = int(guard.limit or 0) or None, guard.rss
+        guards = culprit.job.guards or self.guards   # the limits of the culprit's call
+        if isinstance(error, TaskTimeoutError):
+            error.limit = guards.task_timeout
+        elif isinstance(error, WorkerMemoryError):
+            error.limit, error.rss = guards.max_worker_memory, guard.rss if guard else None
         return error
 
     def _verdict(self, worker: Worker, slot: Slot,

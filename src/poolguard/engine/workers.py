@@ -49,10 +49,9 @@ class State(enum.IntEnum):
 class GuardStop:
     """Why a guard stopped a worker, for its task's error."""
 
-    kind: str                   # "timeout", "memory" or "stopped" (a stop() call)
+    kind: str                   # "timeout" or "memory"
     text: str                   # how it was stopped, said in the error's first line
     rss: Optional[int] = None   # what the memory guard saw
-    limit: Optional[float] = None   # the task_timeout or max_worker_memory it went past
 
 
 class Worker:
