@@ -97,3 +97,29 @@ def test_stop_on_an_options_view_and_a_stopped_call_is_not_retried(front, method
         # Not run again, whatever retries= says: a retry would be queued
         # first, and hold the one worker for 30 s.
         assert pool.get(pool.submit(tasks.square, 3), 10) == 9
+
+
+def test_repeated_stops_leak_no_process_nor_descriptor(front, method, tmp_path):
+    with front(1, method) as pool:
+        def stop_one(i):
+            path = tmp_path / f"pid{i}"
+            handle = pool.submit(tasks.announce_and_sleep, str(path), 30)
+            wait_until(path.exists, 10)
+            pid = int(path.read_text())
+            assert handle.stop() is True
+            with pytest.raises(TaskStoppedError):
+                pool.get(handle, PROMPT)
+            wait_until(lambda: not psutil.pid_exists(pid), PROMPT)
+            wait_until(lambda: len(pool.pids) == 1, PROMPT)
+
+        stop_one(0)   # the first replacement may open what later ones reuse
+        fds = len(os.listdir("/proc/self/fd"))
+        for i in range(1, 11):
+            stop_one(i)
+        # A new worker's files (its /proc readers) open as it starts: what
+        # leaks never comes back to the count after one replacement.
+        wait_until(lambda: len(os.listdir("/proc/self/fd")) <= fds, PROMPT,
+                   message="descriptors leaked by stopped calls")
+        children = psutil.Process().children(recursive=True)
+        assert [p.pid for p in children if p.pid in pool.pids] == pool.pids
+        assert pool.get(pool.submit(tasks.square, 9)) == 81

@@ -33,12 +33,15 @@ class SoftTimer:
         self._inside = False      # that call has not returned yet
         self._fired = -1          # the call the thread signalled for
         self._seconds = 0.0
-        self._main = threading.main_thread().ident
+        self._main: Optional[int] = None   # the thread that runs the calls
         self._thread: Optional[threading.Thread] = None
 
     def limited(self, func: Callable[..., Any], seconds: float) -> Callable[..., Any]:
         """*func*, each of whose calls gets SoftTimeoutError after *seconds*."""
         if self._thread is None:   # first use: the handler, then the thread
+            # Not at import: the zygote and the fork server import this
+            # module in a process whose threads the worker does not have.
+            self._main = threading.get_ident()
             signal.signal(SIGNAL, self._on_signal)
             self._thread = threading.Thread(target=self._watch, daemon=True,
                                             name="poolguard-soft-timeout")
