@@ -125,3 +125,23 @@ def test_a_forked_child_makes_its_own(tmp_path):
         parent.shutdown(wait=True)
     """, "spawn")
     assert out.split() == ["child", "0", "parent", "True"]
+
+
+def test_eight_threads_at_once_as_the_first_use_in_a_fresh_interpreter(tmp_path, method):
+    """Import state: the first executor of the process, made while seven
+    other threads wait for it, with a lambda as the first call."""
+    out = run_script(tmp_path, """
+        import concurrent.futures as cf
+        barrier = threading.Barrier(8)
+
+        def ask(i):
+            barrier.wait(timeout=20)
+            executor = poolguard.get_executor(2, mp_context=METHOD)
+            return id(executor), executor.submit(lambda x: x * x, i).result(timeout=20)
+
+        with cf.ThreadPoolExecutor(8) as threads:
+            answers = list(threads.map(ask, range(8)))
+        print(len({ident for ident, _ in answers}), [value for _, value in answers])
+        poolguard.get_executor().shutdown(wait=True)
+    """, method)
+    assert out.split(" ", 1) == ["1", str([i * i for i in range(8)]) + "\n"]
