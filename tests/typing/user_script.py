@@ -53,6 +53,16 @@ async def awaiting(pool: poolguard.Pool) -> int:
     return value + sum(values) + total
 
 
+def shared_and_reports() -> str:
+    executor: poolguard.ProcessPoolExecutor = poolguard.get_executor(2, task_timeout=5.0)
+    lazy: Iterator[int] = executor.map(square, iter(range(10)), buffersize=4)
+    stats: poolguard.PoolStats = executor.stats()
+    slots: List[poolguard.WorkerStats] = list(stats.workers)
+    busy: float = stats.busy + sum(w.busy for w in slots)
+    peak: int | None = stats.peak_rss
+    return f"{sum(lazy)} {busy} {peak} {stats.since(stats).tasks}"
+
+
 def errors(exc: BaseException) -> str:
     if isinstance(exc, poolguard.WorkerCrashedError) and exc.task is not None:
         item: int | None = exc.task.item
@@ -69,3 +79,4 @@ def main() -> None:
         print(pool_calls(on_a_cluster))
     with poolguard.ProcessPoolExecutor(2, max_worker_memory="1GiB") as executor:
         print(executor_calls(executor))
+    print(shared_and_reports())
