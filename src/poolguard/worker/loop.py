@@ -7,6 +7,7 @@ which item was running without any lock a dying worker could hold.
 """
 from __future__ import annotations
 
+import itertools
 import pickle
 import reprlib
 import time
@@ -220,15 +221,19 @@ def _run_each(slot: memoryview, func: Callable[..., Any], items: Sequence[Any], 
     leaves None in the results and its encoded exception under its offset."""
     out: list[Any] = []
     errors: Dict[int, Any] = {}
-    for i, item in enumerate(items):
-        if timed:
+    if timed:
+        for i, item in enumerate(items):
             slot[2] = clock()
-        slot[1] = i
-        try:
-            out.append(func(item) if kind == EACH else func(*item))
-        except BaseException as exc:   # SystemExit too: that item's error
-            out.append(None)
-            errors[i] = encode_exception(exc)
+            slot[1] = i
+            try:
+                out.append(func(item) if kind == EACH else func(*item))
+            except BaseException as exc:   # SystemExit too: that item's error
+                out.append(None)
+                errors[i] = encode_exception(exc)
+    else:
+        start = 0
+        while start < len(items):
+            start = _each_until_error(slot, func, items, kind == EACH, start, out, errors)
     slot[1] = SENDING
     try:
         body, outgoing = result_buffers.encode(out, errors, with_extra=True)
@@ -238,6 +243,28 @@ def _run_each(slot: memoryview, func: Callable[..., Any], items: Sequence[Any], 
         return OK, body
     except BaseException:   # some result does not pickle: find which, fail those alone
         return OK, pickle.dumps(_encodable_only(out, errors), PROTOCOL)
+
+
+def _each_until_error(slot: memoryview, func: Callable[..., Any], items: Sequence[Any],
+                      plain: bool, start: int, out: list[Any], errors: Dict[int, Any]) -> int:
+    """Run items from *start* on until one raises (its error noted under its
+    offset, None in *out*); where to go on.  One try around the loop, not
+    one an item: a tiny item costs a third less (the executor's map)."""
+    append = out.append
+    rest = items if start == 0 else itertools.islice(items, start, None)
+    try:
+        if plain:
+            for slot[1], item in enumerate(rest, start):
+                append(func(item))
+        else:
+            for slot[1], item in enumerate(rest, start):
+                append(func(*item))
+        return len(items)
+    except BaseException as exc:   # SystemExit too: that item's error
+        failed = len(out)
+        append(None)
+        errors[failed] = encode_exception(exc)
+        return failed + 1
 
 
 def _encodable_only(out: list[Any], errors: Dict[int, Any]) -> tuple[Any, ...]:
