@@ -190,8 +190,8 @@ def _dispatch(seconds_an_item: float, units: int, workers: int):
         def send(self, worker, frames):
             sends.append(worker.index)
 
-    class Keeper:
-        def took_first(self, worker):
+    class Keeper:   # the guards: no timeout, no memory cap
+        def took(self, worker, unit):
             pass
 
     inbox = Inbox()
