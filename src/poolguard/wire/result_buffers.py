@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-from typing import Any, List, Optional, Sequence, Tuple, cast
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 from . import buffers
 
@@ -69,26 +69,39 @@ class _Large:
         return rebuild, (pickle.PickleBuffer(self.data),)
 
 
-def _wrap(value: Any, depth: int = 1) -> Any:
-    """*value* with its large bytes and bytearrays wrapped, looking into
-    tuples, lists and dicts *depth* levels down; *value* itself if none."""
+def _wrap_all(out: List[Any], depth: int) -> Tuple[List[Any], int]:
+    """*out* with its large bytes and bytearrays wrapped, looking into
+    tuples, lists and dicts of up to _SEARCH_LIMIT members, *depth* levels
+    down; and how many were (*out* itself if none).  One wrapper an object:
+    an object found twice comes back once, as pickle's memo would have it."""
+    memo: Dict[int, _Large] = {}
+    wrapped = [_wrap(v, depth, memo) for v in out]
+    return (wrapped, len(memo)) if memo else (out, 0)
+
+
+def _wrap(value: Any, depth: int, memo: Dict[int, _Large]) -> Any:
     kind = type(value)
     if kind is bytes or kind is bytearray:
-        return _Large(value) if len(value) >= MIN_SIZE else value
-    if depth <= 0 or kind not in _CONTAINERS:
-        return value
+        if len(value) < MIN_SIZE:
+            return value
+        wrapper = memo.get(id(value))
+        if wrapper is None:
+            wrapper = memo[id(value)] = _Large(value)
+        return wrapper
+    if depth <= 0 or kind not in _CONTAINERS or len(value) > _SEARCH_LIMIT:
+        return value   # a long one is not searched: that would cost more than it saves
     if kind is dict:
-        new = {k: _wrap(v, depth - 1) for k, v in value.items()}
+        new = {k: _wrap(v, depth - 1, memo) for k, v in value.items()}
         changed = any(new[k] is not v for k, v in value.items())
         return new if changed else value
-    items = [_wrap(v, depth - 1) for v in value]
+    items = [_wrap(v, depth - 1, memo) for v in value]
     if all(a is b for a, b in zip(items, value, strict=True)):
         return value
     return tuple(items) if kind is tuple else items
 
 
 _CONTAINERS = (tuple, list, dict)
-_LOOK = frozenset((bytes, bytearray, tuple, list, dict))
+_BYTES = (bytes, bytearray)
 
 
 class _Collector(buffers.Collector):
@@ -177,18 +190,19 @@ def encode(out: List[Any], extra: Any = None,
         return pickle.dumps((out, extra) if with_extra else out, buffers.PROTOCOL5), None
     collector = _COLLECTOR   # one per process: tiny results make no object for it
     try:
-        wrapped = out
-        if len(out) <= _SEARCH_LIMIT:
+        wrapped, found = out, 0
+        if len(out) <= _SEARCH_LIMIT:   # the cheap look: the results themselves
             for value in out:
-                if type(value) in _LOOK:
-                    wrapped = [_wrap(v) for v in out]
+                if type(value) in _BYTES and len(value) >= MIN_SIZE:
+                    wrapped, found = _wrap_all(out, 0)
                     break
         body = pickle.dumps((wrapped, extra) if with_extra else wrapped, 5,
                             buffer_callback=collector)
-        if len(body) >= MIN_SIZE and wrapped is out:   # a long list, or large bytes deeper
-            wrapped = [_wrap(v, 2) for v in out]
-            collector.clear()
-            body = _dumps(wrapped, extra, with_extra, collector)
+        if len(body) >= MIN_SIZE:   # something large stayed in the pickle: look deeper
+            deeper, more = _wrap_all(out, 2)
+            if more > found:
+                collector.clear()
+                body = _dumps(deeper, extra, with_extra, collector)
         if not collector.taken:
             return body, None
         try:
