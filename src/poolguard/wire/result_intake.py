@@ -41,7 +41,11 @@ def take_shared(pid: int, death_fd: int, body: memoryview,
             fd_number, inode, size, layout = pickle.loads(body[HANDLE_SIZE.size:][:n])
             fd = _open(pid, fd_number, inode) if fd_number >= 0 else -1
             try:
-                return rest, _rebuild(pid, fd, size, layout)
+                shared = _rebuild(pid, fd, size, layout)
+                if any(kind == REMOTE for _, _, kind in layout) and _dead(death_fd, 0):
+                    # Read from a pid that may have been reused since.
+                    raise Lost(f"worker {pid} died while we read its results")
+                return rest, shared
             finally:
                 if fd >= 0:
                     private_fds.close(fd)
@@ -55,12 +59,12 @@ def take_shared(pid: int, death_fd: int, body: memoryview,
         return rest, None
 
 
-def _dead(death_fd: int) -> bool:
+def _dead(death_fd: int, wait_ms: int = _DEATH_WAIT_MS) -> bool:
     """Has the process exited, or is it exiting (its descriptors are closed
     a moment before its death fd says so)?"""
     poller = select.poll()
     poller.register(death_fd, select.POLLIN)
-    return bool(poller.poll(_DEATH_WAIT_MS))
+    return bool(poller.poll(wait_ms))
 
 
 def _open(pid: int, fd_number: int, inode: int) -> int:
