@@ -27,7 +27,7 @@ STATS: "collections.Counter[str]" = collections.Counter()
 
 def pytest_addoption(parser):
     parser.addoption("--soak", type=float, default=0.0, metavar="SECONDS",
-                     help="run the chaos matrix (tests/test_chaos.py) for this long "
+                     help="run the chaos matrix (tests/outside/test_chaos.py) for this long "
                           "per case instead of one short round")
 
 

@@ -3,7 +3,7 @@
     python tests/cpython_suite.py DIR METHOD
 
 DIR is a ``test`` directory holding this Python's test_concurrent_futures, a
-module up to 3.11 and a package from 3.12 (tests/test_cpython_suite.py finds
+module up to 3.11 and a package from 3.12 (tests/outside/test_cpython_suite.py finds
 or fetches it; CPython's code is not kept in this tree).  The suite
 starts interpreters of its own, some isolated (``python -I``), so the swap
 of ``concurrent.futures.ProcessPoolExecutor`` for ``poolguard.ProcessPoolExecutor``

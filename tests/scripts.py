@@ -21,6 +21,7 @@ from warnings_policy import SCRIPT_WARNINGS, offending_lines
 # package, or the checkout's src/): scripts import the very same one.
 ROOT = str(Path(poolguard.__file__).resolve().parent.parent)
 CHECKOUT = Path(__file__).resolve().parent.parent   # examples/, benchmarks/
+TESTS = str(Path(__file__).resolve().parent)   # tasks.py and the other helpers
 SCRIPT_LIMIT = 45      # seconds a script may run before it dumps its stacks and exits
 
 PRELUDE = f"""

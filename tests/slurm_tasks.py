@@ -1,4 +1,4 @@
-"""Tasks for the tests on SLURM (tests/test_slurm.py), in a light module:
+"""Tasks for the tests on SLURM (tests/features/test_slurm.py), in a light module:
 the dask workers in the SLURM jobs import it, and so do the task processes
 (importing the test module would bring pytest along)."""
 from __future__ import annotations

@@ -13,7 +13,7 @@ delivered once; the pool shuts down; and no descriptor, thread or child
 process is left.  A violation names the seed and the round:
 ``python benchmarks/long_soak.py --seed S --round R`` replays that round.
 
-Used by tests/test_soak.py (a few minutes in CI) and benchmarks/long_soak.py.
+Used by tests/outside/test_soak.py (a few minutes in CI) and benchmarks/long_soak.py.
 """
 from __future__ import annotations
 

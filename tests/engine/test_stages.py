@@ -11,7 +11,7 @@ import poolguard
 from poolguard import WorkerCrashedError
 
 import tasks
-from scripts import ROOT
+from scripts import ROOT, TESTS
 
 
 def test_death_while_decoding_the_arguments(method):
@@ -104,11 +104,9 @@ def test_resource_tracker_stays_silent(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
     script = tmp_path / "resources.py"
     script.write_text(RESOURCE_SCRIPT)
-    here = Path(__file__).resolve().parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here), ROOT]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=60, env=env)
     assert done.returncode == 0 and "done" in done.stdout, done.stderr

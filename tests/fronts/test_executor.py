@@ -18,7 +18,7 @@ from poolguard.engine import jobs
 
 import tasks
 from conftest import PROMPT, wait_until
-from scripts import ROOT
+from scripts import ROOT, TESTS
 
 
 def test_eight_tasks_one_kills_its_worker(method):
@@ -138,7 +138,6 @@ def test_unshut_executor_at_interpreter_exit(tmp_path, method):
     executor never shut down finishes its work at exit, silently."""
     import subprocess
     import sys
-    from pathlib import Path
     script = tmp_path / "unshut.py"
     script.write_text(
         "import sys, poolguard, tasks\n"
@@ -150,7 +149,7 @@ def test_unshut_executor_at_interpreter_exit(tmp_path, method):
         "    while len(ex.pids) < 2: time.sleep(0.01)\n"
         "    print('pids', *ex.pids, flush=True)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(Path(__file__).parent), ROOT]))
+        [TESTS, ROOT]))
     done = subprocess.run([sys.executable, str(script), method], capture_output=True,
                           text=True, timeout=30, env=env)
     assert done.returncode == 0, done.stderr

@@ -17,14 +17,14 @@ from typing import Optional
 
 import pytest
 
-from scripts import ROOT
+from scripts import ROOT, TESTS
 
 import poolguard
 from poolguard import Checkpoint, CheckpointWarning, checkpoint as store_module
 
 import tasks
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = TESTS
 
 
 def entries(root) -> list:

@@ -17,11 +17,11 @@ import threading
 
 import pytest
 
-from scripts import ROOT
+from scripts import ROOT, TESTS
 
 from poolguard import checkpoint as store_module
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = TESTS
 # Several fresh interpreters a test, each bounded on its own.
 pytestmark = pytest.mark.timeout(150)
 

@@ -13,9 +13,9 @@ import poolguard
 
 import tasks
 from conftest import wait_until
-from scripts import ROOT
+from scripts import ROOT, TESTS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = TESTS
 
 
 def test_sigusr1_prints_a_worker_stack_and_the_worker_goes_on(capfd):

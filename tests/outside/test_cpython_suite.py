@@ -22,10 +22,10 @@ from typing import Optional
 
 import pytest
 
-from scripts import ROOT
+from scripts import ROOT, TESTS
 from warnings_policy import SCRIPT_WARNINGS, offending_lines
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(TESTS)
 VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
 PACKAGE = f"libpython{VERSION}-testsuite"
 CACHE = Path(tempfile.gettempdir()) / f"poolguard-cpython-{VERSION}-tests"

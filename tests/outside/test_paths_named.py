@@ -28,7 +28,7 @@ def _texts() -> dict[str, str]:
     texts = {str(p.relative_to(CHECKOUT)): p.read_text()
              for p in [*CHECKOUT.glob("src/poolguard/**/*.py"), CHECKOUT / "README.md",
                        *CHECKOUT.glob("docs/*.md")]}
-    for p in CHECKOUT.glob("tests/test_*.py"):
+    for p in CHECKOUT.glob("tests/**/test_*.py"):
         texts[str(p.relative_to(CHECKOUT))] = ast.get_docstring(ast.parse(p.read_text())) or ""
     return texts
 
@@ -41,4 +41,35 @@ def test_every_file_named_exists():
                      for name in set(PATH.findall(text))
                      if name not in OTHERS
                      and not any(path == name or path.endswith("/" + name) for path in ours))
+    assert not missing, "\n".join(missing)
+
+
+# A dotted name in poolguard's namespace: a module, or an attribute of one.
+DOTTED = re.compile(r"(?<![\w.])poolguard(?:\.[A-Za-z_]\w*)+")
+
+
+def _resolves(name: str) -> bool:
+    import importlib
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def test_every_module_named_by_its_dotted_name_exists():
+    """``poolguard.wire.buffers`` or ``poolguard.progress.ProgressInfo`` in a
+    docstring, the README or the guide names a module or attribute that is
+    there (``poolguard.py`` and other file names are the test above's)."""
+    pytest.importorskip("dask")   # poolguard.cluster names it
+    missing = sorted(f"{where}: {name}" for where, text in _texts().items()
+                     for name in set(DOTTED.findall(text))
+                     if not name.endswith((".py", ".md")) and not _resolves(name))
     assert not missing, "\n".join(missing)

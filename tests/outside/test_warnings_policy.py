@@ -11,10 +11,10 @@ import textwrap
 
 import pytest
 
-from scripts import ROOT, run_script
+from scripts import ROOT, TESTS, run_script
 from warnings_policy import PACKAGE
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = TESTS
 
 # Code run as if it were a module of the tested poolguard package.
 AS_POOLGUARD = """
