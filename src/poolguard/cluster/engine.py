@@ -52,10 +52,11 @@ from ..engine.inbox import CLOSING, TERMINATING, Inbox
 from ..engine.jobs import Job, Unit, deliver, function_name
 from ..engine.surface import EngineBase
 from ..engine.reports import WorkerStatus
-from ..errors import PoolguardError, PoolTerminatedError, TaskDecodeError, WorkerCrashedError
+from ..errors import PoolTerminatedError
 from ..options import Guards
 from ..wire.messages import PROTOCOL
 from . import on_worker, parts
+from .outcomes import no_workers, outcome_of, task_failure
 from .watch import WorkerWatch, configured_timeout
 
 DROP_TIMEOUT = 10.0   # seconds to wait for the workers to end a closed pool's sub-pools
@@ -222,12 +223,12 @@ class ClusterEngine(EngineBase):
             try:
                 outcomes = self._client.gather(done)
             except Exception:   # one was lost meanwhile: each on its own
-                outcomes = [_outcome(f) for f in done]
+                outcomes = [outcome_of(f) for f in done]
         for future, outcome in zip(done, outcomes, strict=True):
             self._finish(future, outcome)
         for future in finished:
             if future.status != "finished":
-                self._finish(future, _outcome(future))
+                self._finish(future, outcome_of(future))
 
     def _finish(self, future: Any, outcome: Any) -> None:
         entry = self._running.pop(future.key, None)
@@ -237,7 +238,7 @@ class ClusterEngine(EngineBase):
         self._in_flight -= len(bundle)
         if isinstance(outcome, BaseException):
             for unit in bundle:
-                deliver(unit, False, _task_failure(unit, outcome))
+                deliver(unit, False, task_failure(unit, outcome))
             return
         for unit, (found, retried) in zip(bundle, outcome, strict=True):
             parts.deliver_parts(unit, found, retried)
@@ -261,7 +262,7 @@ class ClusterEngine(EngineBase):
         except Exception:
             pass
         for unit in units:
-            deliver(unit, False, _no_workers(unit, waited, self._watch.timeout))
+            deliver(unit, False, no_workers(unit, waited, self._watch.timeout))
 
     # ---- the end --------------------------------------------------------------------
 
@@ -334,53 +335,3 @@ def _bundle_size(count: int, processes: int) -> int:
     few (each result comes back as soon as it is ready); from a backlog, up
     to BUNDLE units, so tiny tasks do not each pay dask's cost of a task."""
     return max(1, min(BUNDLE, count // (4 * processes)))
-
-
-def _outcome(future: Any) -> Any:
-    """What a dask task left: its result, or the exception that ended it."""
-    try:
-        if future.status == "cancelled":
-            return PoolTerminatedError("the dask task was cancelled: the client was "
-                                       "closed, or lost its scheduler (the cluster closed)")
-        if future.status == "error":
-            return future.exception()
-        return future.result()
-    except BaseException as exc:
-        return exc
-
-
-def _no_workers(unit: Unit, waited: float, timeout: float) -> WorkerCrashedError:
-    task = unit.job.describe(unit, None)
-    return WorkerCrashedError(
-        f"the dask cluster has had no worker for {waited:.0f} s while {task} waited "
-        f"(no-workers timeout: {timeout:g} s): every dask worker left and none came back. "
-        f"On a batch system: the jobs ended (their walltime, scancel, preemption); the "
-        f"scheduler's logs and the jobs' say which. Tasks that had finished on those "
-        f"workers were delivered; the others ran again on the workers left, until none "
-        f"was left.\nWhat to do: give the jobs a longer walltime, or let the cluster "
-        f"submit new jobs (dask-jobqueue's cluster.adapt()); set "
-        f"distributed.scheduler.no-workers-timeout in dask's config to wait longer for "
-        f"them.", task=task)
-
-
-def _task_failure(unit: Unit, exc: BaseException) -> BaseException:
-    """A dask task that did not return: the dask worker running it died or
-    was lost (``KilledWorker``), the task was cancelled, or it failed there."""
-    if isinstance(exc, PoolTerminatedError):
-        return exc
-    task = unit.job.describe(unit, None)
-    from distributed import KilledWorker
-    if type(exc).__name__ == "NoWorkerError":   # dask's own no-workers-timeout
-        error: PoolguardError = _no_workers(unit, float(getattr(exc, "timeout", 0.0)),
-                                            float(getattr(exc, "timeout", 0.0)))
-    elif not isinstance(exc, KilledWorker):
-        error = TaskDecodeError(
-            f"the dask task running {task} failed on its dask worker: "
-            f"{type(exc).__name__}: {exc}", exc=exc)
-    else:
-        error = WorkerCrashedError(
-            f"the dask task running {task} failed: {type(exc).__name__}: {exc}. The dask "
-            f"worker itself died or was lost (poolguard's own processes on it would have "
-            f"reported a death of theirs); the scheduler's logs say why.", task=task)
-    error.__cause__ = exc
-    return error
