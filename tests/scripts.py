@@ -3,13 +3,15 @@
 tested there, never only inside the warm pytest process."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import time
 import sys
 import textwrap
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -58,3 +60,65 @@ def run_script(tmp_path: Path, body: str, method: str, timeout: float = SCRIPT_L
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
     assert not offending_lines(err), f"DeprecationWarning from poolguard:\n{err}"
     return out
+
+
+# Task functions of the tests on the pool's helper processes, a module
+# their scripts import as tasks_mod.
+HELPER_TASKS = """
+import os, time
+
+def square(x):
+    return x * x
+
+def pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+def exit_once(marker):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
+    return "ran again"
+"""
+
+
+def run_helper_script(tmp_path: Path, body: str, method: str,
+                      timeout: float = SCRIPT_LIMIT + 15, modules: Optional[dict] = None) -> str:
+    """run_script with HELPER_TASKS importable as tasks_mod."""
+    return run_script(tmp_path, body, method, timeout,
+                      {"tasks_mod": HELPER_TASKS, **(modules or {})})
+
+
+OWNER_PRELUDE = """import os as _os
+def report(pids):
+    with open({path!r} + ".tmp", "w") as f:
+        f.write(" ".join(map(str, pids)))
+    _os.replace({path!r} + ".tmp", {path!r})
+"""
+
+
+@contextlib.contextmanager
+def owner_script(tmp_path: Path, text: str, method: str,
+                 start_timeout: float = 30) -> Iterator[Tuple[subprocess.Popen, List[int]]]:
+    """Start *text* as a pool's owner, in a session of its own, with
+    *method* as its argument; it calls ``report(pids)`` once its pool is as
+    the test needs it.  Yields (the owner's process, those pids); at the end
+    the session (owner, zygote, workers, what they started) is killed."""
+    pids_file = tmp_path / "pids"
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER_PRELUDE.format(path=str(pids_file)) + textwrap.dedent(text))
+    owner = subprocess.Popen([sys.executable, str(script), method],
+                             env=dict(os.environ, PYTHONPATH=ROOT), start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while not pids_file.exists():
+            assert owner.poll() is None, f"the owner exited with {owner.returncode}"
+            assert time.monotonic() < deadline, "the owner did not start its pool"
+            time.sleep(0.05)
+        yield owner, [int(x) for x in pids_file.read_text().split()]
+    finally:
+        try:
+            os.killpg(owner.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        owner.wait(10)

@@ -20,10 +20,10 @@ def helpers(p, method):
     # The zygote, not its standby, which takes over (fork); multiprocessing's
     # fork server and resource tracker; every worker's guardian (its child).
     if method == "fork":
-        found = [p._engine._launcher._zygote.pid]
+        found = [p.helper_pids()["zygote"]]
     else:
         found = [pid for pid in (resource_tracker._resource_tracker._pid,
-                                 forkserver._forkserver._forkserver_pid) if pid]
+                                 p.helper_pids().get("fork server")) if pid]
     for pid in p.pids:
         try:
             found += [c.pid for c in psutil.Process(pid).children()]

@@ -77,7 +77,9 @@ def test_outside_kill_says_so_and_what_was_checked(tmp_path):
         marker = str(tmp_path / "pid")
         result = pool.apply_async(tasks.announce_and_sleep, (marker,))
         pid = int(wait_until(lambda: os.path.exists(marker) and open(marker).read(), 10))
-        time.sleep(0.25)   # let the supervisor take a memory sample
+        # Busy once its READY was read, which takes the memory sample the
+        # error reports (a dead worker's /proc can no longer give one).
+        wait_until(lambda: [s for s in pool.status() if s.state == "busy"], 10)
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(WorkerCrashedError) as info:
             result.get(10)

@@ -11,6 +11,7 @@ import poolguard
 from poolguard import WorkerCrashedError
 
 import tasks
+from conftest import wait_until
 from scripts import ROOT, TESTS
 
 
@@ -148,7 +149,7 @@ def test_terminate_while_workers_are_dying(method):
     import time
     pool = poolguard.Pool(2, context=method)
     dying = [pool.apply_async(tasks.sleep_then_die, (0.05,)) for _ in range(4)]
-    time.sleep(0.06)
+    wait_until(lambda: pool.stats().crashes >= 1, 10)   # the others die next
     start = time.monotonic()
     pool.terminate()
     pool.join()

@@ -8,7 +8,7 @@ import pytest
 
 from poolguard.diagnosis import CgroupUnavailable, create_pids_cgroup
 from scripts import run_script
-from test_helpers import run
+from scripts import run_helper_script as run
 
 # multiprocessing's Process replaced by a mock, as CPython's own
 # test_force_shutdown_workers_not_started_yet does (3.14 on): start() starts

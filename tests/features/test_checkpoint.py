@@ -11,12 +11,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 from typing import Optional
 
 import pytest
 
+from conftest import wait_until
 from scripts import ROOT, TESTS
 
 import poolguard
@@ -209,7 +209,7 @@ def test_racing_writers_never_give_a_corrupt_read(tmp_path):
     for p in writers:
         p.start()
     victims = writers[:4]
-    time.sleep(0.2)
+    wait_until(lambda: len(entries(tmp_path)) >= 4, 30)   # writing under way
     for p in victims:
         os.kill(p.pid, signal.SIGKILL)
     for p in writers:

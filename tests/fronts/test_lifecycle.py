@@ -89,9 +89,11 @@ CTRL_C = """
     if __name__ == "__main__":
         try:
             with poolguard.Pool(2, context=sys.argv[1]) as pool:
-                pool.apply(time.sleep, (0,))
-                print("ready", flush=True)
-                pool.map(time.sleep, [30] * 4, chunksize=1)
+                result = pool.map_async(time.sleep, [30] * 4, chunksize=1)
+                while sum(w.task is not None for w in pool.status()) < 2:
+                    time.sleep(0.01)
+                print("ready", flush=True)   # both workers run a task
+                result.get()
         except KeyboardInterrupt:
             print("interrupted", time.time(), flush=True)
             left = [c for c in psutil.Process().children(recursive=True)
@@ -107,7 +109,6 @@ def test_ctrl_c_during_map(method, tmp_path):
     read_line(proc, "ready")
     descendants = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
     try:
-        time.sleep(0.3)   # let map hand out its tasks
         sent = time.time()
         os.killpg(proc.pid, signal.SIGINT)   # the group, as a terminal does
         interrupted = float(read_line(proc, "interrupted "))

@@ -8,17 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
 from conftest import wait_until
-from scripts import ROOT, SCRIPT_LIMIT, run_script
+from scripts import SCRIPT_LIMIT, owner_script, run_script
 
 SLOW_MODULE = "import time\ntime.sleep({delay})\nVALUE = {value}\n"
 
@@ -276,7 +272,7 @@ def test_workers_forked_with_the_zygote_hold_only_their_own_pipes(tmp_path, meth
                 ends = {w.pid: [os.readlink(f"/proc/self/fd/{fd}")
                                 for fd in (w.task_fd, w.reader.fd, w.crash_fd)]
                         for w in p._engine._workers}
-                zygote = tasks_mod.open_files(p._engine._launcher.pid)
+                zygote = tasks_mod.open_files(p.helper_pids()["zygote"])
             print(json.dumps({"seen": seen, "ends": ends, "zygote": zygote,
                               "held": held.get(30)}))
     """, method)
@@ -351,7 +347,7 @@ def test_the_zygote_killed_is_no_hang_and_later_calls_work(tmp_path, method):
         p = poolguard.Pool(2, context=METHOD)
         print(p.map(tasks_mod.square, range(4)))
         time.sleep(0.3)   # the standby is ready
-        zygote = p._engine._launcher.pid
+        zygote = p.helper_pids()["zygote"]
         os.kill(zygote, signal.SIGKILL)
         for attempt in range(2):
             try:
@@ -380,7 +376,7 @@ def test_the_zygote_killed_at_once_gives_a_clear_error_and_no_busy_loop(tmp_path
         import tasks_mod
         for pause in [0.3, 0, 0, 0, 0]:
             p = poolguard.Pool(2, context=METHOD)
-            os.kill(p._engine._launcher.pid, signal.SIGKILL)
+            os.kill(p.helper_pids()["zygote"], signal.SIGKILL)
             time.sleep(pause)
             try:
                 print(p.map(tasks_mod.square, range(4)))
@@ -406,9 +402,7 @@ def test_nothing_of_the_pool_outlives_a_killed_owner(tmp_path, method):
     within 2 s, and so is a grandchild a task started that ignores SIGTERM
     (killed with its worker's group: by the zygote, or by the worker's
     guardian under spawn and forkserver)."""
-    pids_file = tmp_path / "pids"
-    script = tmp_path / "owner.py"
-    script.write_text(textwrap.dedent(f"""
+    with owner_script(tmp_path, """
         import os, subprocess, sys, time
         import poolguard
         def spawn_grandchild(_):
@@ -422,31 +416,14 @@ def test_nothing_of_the_pool_outlives_a_killed_owner(tmp_path, method):
             # as soon as it gets going, which a loaded machine may delay).
             while [s for s in p.status() if s.state == "starting"]:
                 time.sleep(0.01)
-            zygote = getattr(p._engine._launcher, "pid", None)
-            with open({str(pids_file)!r}, "w") as f:
-                f.write(" ".join(map(str, [*p.pids, grandchild] + ([zygote] if zygote else []))))
+            report([*p.pids, grandchild, *p.helper_pids().values()])
             time.sleep(120)
-    """))
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    owner = subprocess.Popen([sys.executable, str(script), method], env=env,
-                             start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not (pids_file.exists() and pids_file.read_text()):
-            assert time.monotonic() < deadline, "owner did not start its pool"
-            time.sleep(0.05)
-        pids = [int(x) for x in pids_file.read_text().split()]
+    """, method) as (owner, pids):
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(10)
         wait_until(lambda: not [pid for pid in pids if _alive(pid)], 2.0, 0.02,
                    f"left alive 2 s after the owner's death: "
                    f"{[pid for pid in pids if _alive(pid)]}")
-    finally:
-        try:
-            os.killpg(owner.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        owner.wait(10)
 
 
 @pytest.mark.parametrize("method", ["fork"])
@@ -454,9 +431,7 @@ def test_a_busy_worker_dies_with_its_owner_even_when_the_zygote_is_stopped(tmp_p
     """The zygote kills the workers when the pool's process dies; a zygote
     that cannot act (stopped) leaves it to each worker's own watch on the
     pool's process, which runs from the end of its first task."""
-    pids_file = tmp_path / "pids"
-    script = tmp_path / "owner.py"
-    script.write_text(textwrap.dedent(f"""
+    with owner_script(tmp_path, """
         import os, sys, time
         import poolguard
         if __name__ == "__main__":
@@ -465,38 +440,21 @@ def test_a_busy_worker_dies_with_its_owner_even_when_the_zygote_is_stopped(tmp_p
             busy = p.apply_async(time.sleep, (120,))
             while not [s for s in p.status() if s.state == "busy"]:
                 time.sleep(0.01)
-            with open({str(pids_file)!r} + ".tmp", "w") as f:
-                f.write(f"{{p.pids[0]}} {{p._engine._launcher.pid}}")
-            os.replace({str(pids_file)!r} + ".tmp", {str(pids_file)!r})
+            report([p.pids[0], p.helper_pids()["zygote"]])
             time.sleep(120)
-    """))
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    owner = subprocess.Popen([sys.executable, str(script), method], env=env,
-                             start_new_session=True)
-    zygote = None
-    try:
-        deadline = time.monotonic() + 30
-        while not pids_file.exists():
-            assert time.monotonic() < deadline, "owner did not start its pool"
-            time.sleep(0.05)
-        worker, zygote = (int(x) for x in pids_file.read_text().split())
-        os.kill(zygote, signal.SIGSTOP)
-        os.kill(owner.pid, signal.SIGKILL)
-        owner.wait(10)
-        wait_until(lambda: not _alive(worker), 2.0, 0.02,
-                   "the worker outlived its owner by 2 s while the zygote was stopped")
-    finally:
-        if zygote is not None:
+    """, method) as (owner, (worker, zygote)):
+        try:
+            os.kill(zygote, signal.SIGSTOP)
+            os.kill(owner.pid, signal.SIGKILL)
+            owner.wait(10)
+            wait_until(lambda: not _alive(worker), 2.0, 0.02,
+                       "the worker outlived its owner by 2 s while the zygote was stopped")
+        finally:
             for sig in (signal.SIGKILL, signal.SIGCONT):
                 try:
-                    os.kill(zygote, sig)   # its group is the owner's: gone with it below
+                    os.kill(zygote, sig)   # its group is the owner's: gone with it too
                 except ProcessLookupError:
                     pass
-        try:
-            os.killpg(owner.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        owner.wait(10)
 
 
 def _alive(pid: int) -> bool:

@@ -7,34 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
-from typing import Optional
 
 import pytest
 
-from scripts import ROOT, SCRIPT_LIMIT, run_script
+from scripts import ROOT, SCRIPT_LIMIT, run_helper_script as run
 
-TASKS = """
-import os, time
-
-def square(x):
-    return x * x
-
-def pid_after(seconds):
-    time.sleep(seconds)
-    return os.getpid()
-
-def exit_once(marker):
-    if not os.path.exists(marker):
-        open(marker, "w").close()
-        os._exit(3)
-    return "ran again"
-"""
-
-
-def run(tmp_path: Path, body: str, method: str, timeout: float = SCRIPT_LIMIT + 15,
-        modules: Optional[dict] = None) -> str:
-    return run_script(tmp_path, body, method, timeout, {"tasks_mod": TASKS, **(modules or {})})
 
 
 @pytest.mark.parametrize("method", ["fork"])
@@ -58,7 +35,7 @@ def test_the_zygote_killed_while_a_worker_it_forked_still_starts_never_hangs(tmp
         for pause in [0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0]:
             p = poolguard.Pool(2, context=METHOD)
             time.sleep(pause)
-            os.kill(p._engine._launcher.pid, signal.SIGKILL)
+            os.kill(p.helper_pids()["zygote"], signal.SIGKILL)
             result = p.map_async(tasks_mod.square, range(4))
             result.wait(4.0)
             if not result.ready():
@@ -158,7 +135,7 @@ def test_a_task_lost_with_the_zygote_names_it(tmp_path, method):
         running = p.apply_async(tasks_mod.pid_after, (60,))
         while [w.state for w in p.status()] != ["busy"]:
             time.sleep(0.01)
-        os.kill(p._engine._launcher.pid, signal.SIGKILL)
+        os.kill(p.helper_pids()["zygote"], signal.SIGKILL)
         try:
             running.get(30)
         except poolguard.WorkerCrashedError as exc:

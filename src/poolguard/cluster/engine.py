@@ -126,6 +126,10 @@ class ClusterEngine(EngineBase):
             return []
         return [s for statuses in found.values() for s in statuses]
 
+    def helper_pids(self) -> Dict[str, int]:
+        """None here: the cluster's processes are dask's."""
+        return {}
+
     def dump_stacks(self) -> None:
         try:
             self._client.run(on_worker.dump_stacks, self._token)

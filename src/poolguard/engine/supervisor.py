@@ -49,7 +49,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from typing import Any, Callable, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from .. import diagnosis
 from ..diagnosis import KernelLog
@@ -187,6 +187,10 @@ class Engine(EngineBase):
         """What each worker slot did since the pool began; from any thread.
         *sample*: read the live workers' RSS now too."""
         return self._workers.stats(sample)
+
+    def helper_pids(self) -> Dict[str, int]:
+        """The pool's own helper processes now: name -> pid."""
+        return self._launcher.helper_pids()
 
     def dump_stacks(self) -> None:
         """Make every worker print the stack of each of its threads to its

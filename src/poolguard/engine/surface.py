@@ -4,7 +4,7 @@ share :class:`EngineBase` for the part that is the same."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from ..options import Guards
 from ..wire.messages import encode_function
@@ -56,6 +56,8 @@ class EngineSurface(Protocol):
     def dump_stacks(self) -> None: ...
 
     def stop_calls(self, match: StopMatch) -> None: ...
+
+    def helper_pids(self) -> Dict[str, int]: ...
 
 
 class EngineBase:

@@ -2,7 +2,7 @@
 made, and the reports on their workers."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from ..engine import Engine, EngineSurface
 from ..engine.reports import PoolStats, WorkerStatus
@@ -61,6 +61,13 @@ class WorkerReports:
         (``print(pool.stats())`` for one line of totals).  On a cluster
         (``cluster=``) there are no figures: ``workers`` is empty."""
         return self._engine.stats() if self._engine is not None else PoolStats((), 0.0)
+
+    def helper_pids(self) -> Dict[str, int]:
+        """The pool's own helper processes, by name: under fork its
+        ``"zygote"`` (which forks the workers) and that one's ``"standby"``;
+        under forkserver the ``"fork server"`` (one per process, shared by
+        its pools); none under spawn or on a cluster.  Those exist now."""
+        return self._engine.helper_pids() if self._engine is not None else {}
 
     def dump_stacks(self) -> None:
         """Make each worker print every thread's Python stack to its stderr

@@ -8,7 +8,7 @@ import os
 import threading
 from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
-from typing import Any, Callable, FrozenSet, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 from ... import diagnosis
 from ...diagnosis import zombie_exit_status
@@ -115,6 +115,15 @@ class ContextLauncher:
     # watch, nothing pending.  Under forkserver the starter's thread makes
     # the starts, and they are taken as the zygote's answers are.
     broken: Optional[str] = None
+
+    def helper_pids(self) -> Dict[str, int]:
+        """The fork server's pid under forkserver, once it runs (one per
+        process, shared by every pool made with forkserver)."""
+        if self._method != "forkserver":
+            return {}
+        from multiprocessing import forkserver
+        pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+        return {"fork server": pid} if isinstance(pid, int) else {}
 
     def fds(self) -> List[int]:
         return [self._starter.wake_fd] if self._starter is not None else []

@@ -65,7 +65,6 @@ class ZygoteLauncher:
             spec.slots.write(index, INITIALIZING, 0)
         pid, ours, s_ours = self._fork_zygote(spec)
         self._pair = ZygotePair(Helper(ours, pid, child=True), Helper(s_ours))
-        self.pid = pid   # the first zygote's (tests and reports)
         # Workers have the __main__ of this moment (the zygote's).
         self._main = {k: v for k, v in vars(sys.modules["__main__"]).items() if callable(v)}
 
@@ -96,10 +95,9 @@ class ZygoteLauncher:
                 pipes.close_child_ends()
         return pid, ours, s_ours
 
-    @property
-    def _zygote(self) -> Optional[Helper]:
-        """The zygote now (tests read its pid)."""
-        return self._pair.zygote
+    def helper_pids(self) -> Dict[str, int]:
+        """The zygote's and its standby's pids, those there are now."""
+        return self._pair.pids()
 
     def _rid(self) -> int:
         self._next_rid += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import time
 import warnings
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from ...errors import HelperDiedWarning
 from ...wire import private_fds
@@ -38,6 +38,12 @@ class ZygotePair:
     def replacing(self) -> bool:
         """Is the zygote dead, its standby about to take over?"""
         return self.zygote is None and self.standby is not None
+
+    def pids(self) -> Dict[str, int]:
+        """The pids of the zygote and the standby there are now."""
+        return {name: helper.pid for name, helper in (("zygote", self.zygote),
+                                                      ("standby", self.standby))
+                if helper is not None and helper.pid is not None}
 
     def fds(self) -> List[int]:
         """The descriptors the supervisor's loop must watch for them now."""
