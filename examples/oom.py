@@ -6,7 +6,7 @@ import sys
 import time
 
 import poolguard
-from poolguard.diagnosis import CgroupUnavailable, create_memory_cgroup, join_cgroup
+from poolguard.diagnosis.cgroup_tools import CgroupUnavailable, create_memory_cgroup, join_cgroup
 
 
 def grow():

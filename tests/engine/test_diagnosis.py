@@ -11,7 +11,8 @@ import pytest
 
 import poolguard
 from poolguard import WorkerCrashedError, diagnosis
-from poolguard.diagnosis import CgroupUnavailable, Sources, create_memory_cgroup, join_cgroup
+from poolguard.diagnosis import Sources
+from poolguard.diagnosis.cgroup_tools import CgroupUnavailable, create_memory_cgroup, join_cgroup
 
 import tasks
 from conftest import PROMPT, wait_until

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from poolguard.diagnosis import CgroupUnavailable, create_pids_cgroup
+from poolguard.diagnosis.cgroup_tools import CgroupUnavailable, create_pids_cgroup
 from scripts import run_script
 from scripts import run_helper_script as run
 
@@ -64,7 +64,8 @@ import signal, warnings
 import tasks_mod
 said = []
 warnings.showwarning = lambda message, category, *_: said.append(str(message))
-poolguard.diagnosis.join_cgroup(os.path.join(CGROUP, "cgroup.procs"))
+from poolguard.diagnosis.cgroup_tools import join_cgroup
+join_cgroup(os.path.join(CGROUP, "cgroup.procs"))
 def limit(value):
     with open(os.path.join(CGROUP, "pids.max"), "w") as f:
         f.write(value)

@@ -9,7 +9,8 @@ import sys
 from typing import List, Optional, Tuple
 
 from .. import __version__, diagnosis
-from ..diagnosis import CgroupUnavailable, KernelLog, MemoryCgroup, create_memory_cgroup
+from ..diagnosis import KernelLog, MemoryCgroup
+from ..diagnosis.cgroup_tools import CgroupUnavailable, create_memory_cgroup
 
 _PDEATHSIG_PROBE = """
 import ctypes, signal

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
-from ..engine import Engine, Job, Unit
+from ..engine import Engine, Job, PoolState, Unit
 from ..errors import PoolTerminatedError, TaskDecodeError, WorkerCrashedError, WorkerMemoryError
 from ..options import Guards, resolve_context
 from . import parts
@@ -212,7 +212,7 @@ def _take(token: str, config: bytes) -> Optional[_SubPool]:
         if token in _dropped:
             return None
         subpool = _subpools.get(token)
-        if subpool is None or subpool.engine.state != "running":
+        if subpool is None or subpool.engine.state is not PoolState.RUNNING:
             subpool = _subpools[token] = _SubPool(pickle.loads(config))
         subpool.running += 1
         if _reaper is None:

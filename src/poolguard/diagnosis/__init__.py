@@ -10,17 +10,15 @@ The engine calls three things here:
 * :func:`diagnose` (verdict.py), at a death: a verdict on OOM with its evidence.
 
 proc.py reads /proc for the engine and the launchers (a process's state,
-its RSS, a zombie's exit status).  cgroup_tools.py makes a memory cgroup
-with a limit, for ``doctor``, the OOM example and the tests, and a pids
-cgroup for the tests of fork failing.
+its RSS, a zombie's exit status).  Not imported here: cgroup_tools.py
+makes a memory cgroup with a limit, for ``doctor``, the OOM example and the
+tests, and a pids cgroup for the tests of fork failing.
 
 Every source may be missing or unreadable (no cgroup, no permission on
 ``/dev/kmsg``, a container, another OS).  Then the verdict degrades to
 "unknown"; nothing here raises or blocks.  The engine reads ``SOURCES``
 from this package (``diagnosis.SOURCES``) at each use: a test replaces it here.
 """
-from .cgroup_tools import (CgroupUnavailable, create_memory_cgroup, create_pids_cgroup,
-                           join_cgroup)
 from .cgroups import MemoryCgroup, pids_limit_reached
 from .kernel_log import KernelLog
 from .proc import (SOURCES, Sources, process_state, read_int, read_text, rss_of,
@@ -29,8 +27,7 @@ from .verdict import (CONFIRMED, CRASH_SIGNALS, LIKELY, NEAR_LIMIT, POSSIBLE, RU
                       UNKNOWN, Diagnosis, diagnose, mib)
 from .watch import WorkerWatch
 
-__all__ = ["CgroupUnavailable", "create_memory_cgroup", "create_pids_cgroup",
-           "join_cgroup", "MemoryCgroup", "pids_limit_reached",
+__all__ = ["MemoryCgroup", "pids_limit_reached",
            "KernelLog", "SOURCES", "Sources", "process_state", "read_int", "read_text",
            "rss_of", "zombie_exit_status", "CONFIRMED", "CRASH_SIGNALS", "LIKELY",
            "NEAR_LIMIT", "POSSIBLE", "RULED_OUT", "UNKNOWN", "Diagnosis", "diagnose", "mib",

@@ -14,9 +14,10 @@
 * :mod:`.callbacks` -- the thread user callbacks run on;
 * :mod:`.at_exit` -- what happens to live pools when the interpreter ends.
 """
+from .inbox import PoolState
 from .jobs import Job, Unit
 from .callbacks import report_callback_error
 from .supervisor import Engine
 from .surface import EngineSurface
 
-__all__ = ["Engine", "EngineSurface", "Job", "Unit", "report_callback_error"]
+__all__ = ["Engine", "EngineSurface", "Job", "PoolState", "Unit", "report_callback_error"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Deque, List, Optional, Sequence, Tuple
 
+from ..wire.messages import PICKLING_ERRORS
 from .guards import GuardKeeper
 from .inbox import Inbox
 from .jobs import Unit
@@ -142,7 +143,7 @@ class Dispatcher:
             if not unit.frame:   # lazy (see cut_units)
                 try:
                     unit.encode()
-                except (Exception, SystemExit) as exc:   # a __reduce__ may even call exit()
+                except PICKLING_ERRORS as exc:
                     failed.append((unit, exc))
                     return None
             return unit

@@ -10,19 +10,32 @@ from __future__ import annotations
 import collections
 import os
 import threading
+from enum import Enum
 from typing import Any, Callable, Deque, Iterable, List, Sequence
 
 from ..wire.channels import WakePipe
 from .jobs import Unit
 
-RUNNING, CLOSING, TERMINATING, FINISHED = "running", "closing", "terminating", "finished"
+
+
+class PoolState(str, Enum):
+    """A pool's state; it only moves forward.  A ``str`` too: ``engine.state``
+    reads as "running", "closing", "terminating" or "finished"."""
+    RUNNING = "running"
+    CLOSING = "closing"            # close(): no new call, the work goes on
+    TERMINATING = "terminating"    # terminate(): the work is dropped
+    FINISHED = "finished"          # the supervisor has ended
+
+
+RUNNING, CLOSING, TERMINATING, FINISHED = (PoolState.RUNNING, PoolState.CLOSING,
+                                           PoolState.TERMINATING, PoolState.FINISHED)
 
 
 class Inbox:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.pending: Deque[Unit] = collections.deque()
-        self.state = RUNNING
+        self.state: PoolState = RUNNING
         self.open_calls = 0           # calls still producing units (lazy imap)
         self.kill = False             # terminate with SIGKILL at once (kill_workers)
         self.new_call = False         # set by submit: retry starting workers
@@ -103,7 +116,7 @@ class Inbox:
         with self.lock:
             self.state = FINISHED
 
-    def _move(self, old: str, new: str) -> None:
+    def _move(self, old: PoolState, new: PoolState) -> None:
         with self.lock:
             if self.state == old:
                 self.state = new

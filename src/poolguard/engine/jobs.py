@@ -15,7 +15,8 @@ from ..errors import TaskInfo
 from ..options import Guards
 from .callbacks import report_callback_error
 from .naming import short_repr
-from ..wire.messages import (APPLY, EACH_APPLY, EACH_STAR, PER_ITEM, STARMAP, Timing,
+from ..wire.messages import (APPLY, EACH_APPLY, EACH_STAR, PER_ITEM, PICKLING_ERRORS, STARMAP,
+                             Timing,
                              encode_task)
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class Unit:
         self.start += count
         try:
             return Unit(self.job, start, chunk, self.func_bytes, remote=self.remote), None
-        except (Exception, SystemExit) as exc:   # a __reduce__ may even call exit()
+        except PICKLING_ERRORS as exc:
             if count > 1:   # fail only the item that does not pickle
                 self.items, self.start = items, start
                 return self.cut(1)
@@ -310,7 +311,7 @@ def make_unit(job: Job, start: int, items: Sequence[Any], func_bytes: bytes,
     been failed with the pickling error, as in the standard library."""
     try:
         return Unit(job, start, items, func_bytes, remote=remote)
-    except (Exception, SystemExit) as exc:   # a __reduce__ may even call exit()
+    except PICKLING_ERRORS as exc:
         job.unit_failed(Unit.placeholder(job, start, items), exc)
         return None
 

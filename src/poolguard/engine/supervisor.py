@@ -56,7 +56,7 @@ from ..diagnosis import KernelLog
 from ..errors import PoolTerminatedError, WorkerInitError
 from ..options import Guards
 from ..wire import buffers
-from ..wire.channels import Spiller, WatchSet
+from ..wire.channels import Read, Spiller, WatchSet, Watched
 from ..wire.messages import (CONTROL, INIT_FAILED, ITEM, PER_ITEM, READY, REPLY_HEADER,
                              RETIRING, SHARED, decode_exception, decode_reply)
 from ..wire.result_intake import take_shared
@@ -244,9 +244,9 @@ class Engine(EngineBase):
             if entry is None:   # dropped earlier in this turn (the zygote's death)
                 continue
             worker, what = entry
-            if what == "launcher":
+            if what is Watched.LAUNCHER:
                 self._on_launcher_event(fd)   # the next turn takes the workers answered
-            elif what == "result":
+            elif what is Watched.RESULT:
                 self._read_replies(worker)
             else:
                 deaths.append(worker)
@@ -315,16 +315,16 @@ class Engine(EngineBase):
 
     # ---- replies -------------------------------------------------------------------
 
-    def _read_replies(self, worker: Worker) -> str:
+    def _read_replies(self, worker: Worker) -> Read:
         frames, state = worker.reader.read()
         for data in frames:
             self._on_reply(worker, data)
-        if state == "eof":  # keep the pipe out of the wait set; the death fd says the rest
+        if state is Read.EOF:  # keep the pipe out of the wait set; the death fd says the rest
             self._watch.discard(worker.reader.fd)
-        return str(state)
+        return state
 
     def _on_reply(self, worker: Worker, data: bytes) -> None:
-        task_id, status, micros = REPLY_HEADER.unpack_from(data)
+        task_id, status, micros_or_offset = REPLY_HEADER.unpack_from(data)
         body = memoryview(data)[REPLY_HEADER.size:]
         if task_id == CONTROL:
             self._on_control(worker, status, body)
@@ -338,14 +338,14 @@ class Engine(EngineBase):
                 return   # the worker died holding them: its death fails the task
             body, shared = got
         if status & ITEM:
-            self._on_call_reply(worker, task_id, status & ~ITEM, micros, body, shared)
+            self._on_call_reply(worker, task_id, status & ~ITEM, micros_or_offset, body, shared)
             return
         unit = worker.pop_unit(task_id)
         worker.watch.task_done()
         self._postmortem.task_finished()
         if unit is None:
             return  # the job was already failed (terminate)
-        self._pacer.learn(unit, micros / 1e6)
+        self._pacer.learn(unit, micros_or_offset / 1e6)
         ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, None)),
                                  unit.job.kind in PER_ITEM, shared)
         deliver(unit, ok, value)
@@ -397,7 +397,7 @@ class Engine(EngineBase):
         kill_group(worker.pid)   # what the task started dies with it
         # Everything it wrote before dying.  Not "until EOF": a grandchild may
         # hold the write end open for as long as it lives.
-        while self._read_replies(worker) == "more":
+        while self._read_replies(worker) is Read.MORE:
             pass
         exitcode = worker.process.reap()
         death = self._postmortem.examine(worker, self._slots.read(worker.index), exitcode,
@@ -442,7 +442,7 @@ class Engine(EngineBase):
             self._watch.discard(fd)
         self._launcher_fds = self._launcher.fds()
         for fd in self._launcher_fds:
-            self._watch.add(fd, self._launcher, "launcher")
+            self._watch.add(fd, self._launcher, Watched.LAUNCHER)
 
     # ---- the end -------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from ..wire.messages import encode_function
 from . import at_exit
 from .callbacks import CallbackThread
 from .guards import GuardKeeper, StopMatch
-from .inbox import Inbox
+from .inbox import Inbox, PoolState
 from .jobs import Job
 from .reports import PoolStats, WorkerStatus
 
@@ -42,7 +42,7 @@ class EngineSurface(Protocol):
     def call_soon(self, func: Callable[..., Any], *args: Any) -> None: ...
 
     @property
-    def state(self) -> str: ...
+    def state(self) -> PoolState: ...
 
     @property
     def pids(self) -> List[int]: ...
@@ -117,7 +117,7 @@ class EngineBase:
         self._callbacks.call_soon(func, *args)
 
     @property
-    def state(self) -> str:
+    def state(self) -> PoolState:
         return self.inbox.state
 
     def stats(self, sample: bool = True) -> PoolStats:

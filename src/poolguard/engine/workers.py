@@ -16,7 +16,7 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequenc
 from .. import diagnosis
 from ..diagnosis import WorkerWatch
 from ..errors import TaskInfo
-from ..wire.channels import FrameReader, Spiller, WatchSet
+from ..wire.channels import FrameReader, Spiller, WatchSet, Watched
 from ..wire import private_fds
 from ..wire.framing import frame
 from ..wire.messages import EACH_APPLY, STOP, TASK_HEADER
@@ -325,8 +325,8 @@ class WorkerSet:
         if not self._never_started:
             self.first_round.set()
         self._changed(worker)
-        self._watch.add(worker.reader.fd, worker, "result")
-        self._watch.add(worker.death_fd, worker, "death")
+        self._watch.add(worker.reader.fd, worker, Watched.RESULT)
+        self._watch.add(worker.death_fd, worker, Watched.DEATH)
         return worker
 
     def send(self, worker: Worker, parts: Sequence[bytes]) -> None:

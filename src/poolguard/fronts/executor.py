@@ -10,7 +10,7 @@ from .executor_maps import ExecutorMaps
 from .call_future import StoppableFuture
 from .executor_options import ExecutorOptions
 from .shared import WorkerReports, guards_for_call, start_engine
-from ..engine import EngineSurface, Job, Unit
+from ..engine import EngineSurface, Job, PoolState, Unit
 from ..engine.at_exit import interpreter_exiting
 from ..wire.messages import APPLY
 from .executor_calls import FutureJob, SubmitBatch
@@ -180,7 +180,7 @@ class ProcessPoolExecutor(ExecutorMaps, Executor, WorkerReports):
         engine = self._engine
         if interpreter_exiting():
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-        if engine is None or engine.state != "running":
+        if engine is None or engine.state is not PoolState.RUNNING:
             raise RuntimeError("cannot schedule new futures after shutdown")
         return engine
 
@@ -257,5 +257,5 @@ class ProcessPoolExecutor(ExecutorMaps, Executor, WorkerReports):
 
     def __del__(self) -> None:
         engine = getattr(self, "_engine", None)
-        if engine is not None and engine.state == "running":
+        if engine is not None and engine.state is PoolState.RUNNING:
             engine.close()   # the standard executor finishes queued work too

@@ -30,7 +30,7 @@ from ..engine.jobs import arguments_text, function_name
 from ..errors import TaskInfo
 from ..options import Guards
 from ..progress import Progress, finish_progress
-from ..wire.messages import APPLY, EACH_APPLY
+from ..wire.messages import APPLY, EACH_APPLY, PICKLING_ERRORS
 
 
 def settle(engine: EngineSurface, future: Future[Any], setter: Callable[[Any], None],
@@ -224,7 +224,7 @@ class SubmitBatch(Job):
         part.guards = self.guards
         try:
             head = Unit(part, 0, items, unit.func_bytes, remote=unit.remote)
-        except (Exception, SystemExit) as exc:   # a __reduce__ may even call exit()
+        except PICKLING_ERRORS as exc:
             if len(items) > 1:   # again one by one, to fail only what does not pickle
                 self.items.extendleft(reversed(items))
                 self.futures.extendleft(reversed(futures))
@@ -243,7 +243,7 @@ class SubmitBatch(Job):
             return None, None
         try:
             return Unit(part, 0, items, unit.func_bytes, remote=unit.remote), None
-        except (Exception, SystemExit) as exc:
+        except PICKLING_ERRORS as exc:
             return Unit.placeholder(part, 0, items), exc
 
     def keep_first(self, count: int) -> int:

@@ -9,7 +9,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, TypeVar, Union
 
 from .shared import WorkerReports, guards_for_call, start_engine
-from ..engine import EngineSurface
+from ..engine import EngineSurface, PoolState
 from ..options import CallGuards, check_initializer, check_max_tasks, make_guards
 from .pool_maps import PoolMaps
 from .pool_calls import ApplyResult, AsyncResult, Callback, IMapIterator, MapResult
@@ -179,7 +179,7 @@ class Pool(WorkerReports, PoolMaps, _StdlibPool):
     def join(self) -> None:
         """Wait for the workers to exit; call close() or terminate() first."""
         engine = self._engine
-        if engine is None or engine.state == "running":
+        if engine is None or engine.state is PoolState.RUNNING:
             raise ValueError("Pool is still running; call close() or terminate() first")
         engine.join()
 
@@ -196,7 +196,7 @@ class Pool(WorkerReports, PoolMaps, _StdlibPool):
 
     def __del__(self) -> None:
         engine = getattr(self, "_engine", None)
-        if engine is not None and engine.state == "running":
+        if engine is not None and engine.state is PoolState.RUNNING:
             warnings.warn(f"unclosed running pool {self!r}", ResourceWarning, stacklevel=2,
                           source=self)
             engine.terminate()

@@ -11,7 +11,7 @@ from multiprocessing import TimeoutError
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Dict, Generator,
                     Generic, Iterator, List, Optional, Protocol, TypeVar, cast)
 
-from ..engine import EngineSurface, Job, Unit, report_callback_error
+from ..engine import EngineSurface, Job, PoolState, Unit, report_callback_error
 from ..errors import TaskStoppedError
 from ..progress import Progress, finish_progress
 from .awaiting import LoopWaiters
@@ -332,7 +332,7 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
         memory.  False once the pool stops."""
         with self._cond:
             while produced - self._position >= ahead:
-                if engine.state not in ("running", "closing"):
+                if engine.state not in (PoolState.RUNNING, PoolState.CLOSING):
                     return False
                 # Also woken by each result; the timeout only notices terminate().
                 self._cond.wait(0.2)

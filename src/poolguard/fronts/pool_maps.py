@@ -9,7 +9,7 @@ import threading
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Mapping, Optional,
                     TypeVar)
 
-from ..engine import EngineSurface, Unit
+from ..engine import EngineSurface, PoolState, Unit
 from ..errors import PoolTerminatedError
 from .shared import guards_for_call
 from ..options import CallGuards, checkpointed
@@ -290,7 +290,7 @@ class PoolMaps:
     def _running(self) -> EngineSurface:
         """The engine, if the pool still takes calls; ValueError if not."""
         engine = self._engine
-        if engine is None or engine.state != "running":
+        if engine is None or engine.state is not PoolState.RUNNING:
             raise ValueError("Pool not running")
         return engine
 

@@ -24,6 +24,7 @@ import os
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..engine import PoolState
 from ..engine.at_exit import interpreter_exiting
 from .executor import ProcessPoolExecutor
 
@@ -90,7 +91,7 @@ def _serves(kept: Tuple[ProcessPoolExecutor, int, Dict[str, Any]],
 
 def _running(executor: ProcessPoolExecutor) -> bool:
     engine = executor._engine
-    return engine is not None and engine.state == "running"
+    return engine is not None and engine.state is PoolState.RUNNING
 
 
 def _same_options(old: Dict[str, Any], new: Dict[str, Any]) -> bool:

@@ -14,12 +14,27 @@ import math
 import os
 import select
 import threading
+from enum import Enum
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 from . import private_fds
 from .framing import split_frames
 
 PIPE_SIZE = 1 << 20         # asked for; Linux caps it at /proc/sys/fs/pipe-max-size
+
+
+class Read(Enum):
+    """Where a read of a pipe stopped."""
+    MORE = "more"          # at its limit of reads: more may be there
+    DRAINED = "drained"    # nothing more for now
+    EOF = "eof"            # the writer's end is closed (or the pipe broke)
+
+
+class Watched(Enum):
+    """What a descriptor the supervisor waits on is, for its owner."""
+    RESULT = "result"      # a worker's result pipe: replies to read
+    DEATH = "death"        # a worker's pidfd (or sentinel): it died
+    LAUNCHER = "launcher"  # a launcher's helper: an answer, or its death
 
 
 class FrameReader:
@@ -31,25 +46,24 @@ class FrameReader:
         self.buf = bytearray()
         os.set_blocking(fd, False)
 
-    def read(self, max_reads: int = 64) -> Tuple[List[bytes], str]:
-        """Read what is there now: (complete frames, state), state being
-        "eof", "drained" (nothing more for now) or "more" (stopped at max_reads)."""
-        state = "more"
+    def read(self, max_reads: int = 64) -> Tuple[List[bytes], Read]:
+        """Read what is there now: (complete frames, where it stopped)."""
+        state = Read.MORE
         for _ in range(max_reads):
             try:
                 data = os.read(self.fd, PIPE_SIZE)
             except BlockingIOError:
-                state = "drained"
+                state = Read.DRAINED
                 break
             except OSError:
-                state = "eof"
+                state = Read.EOF
                 break
             if not data:
-                state = "eof"
+                state = Read.EOF
                 break
             self.buf += data
             if len(data) < PIPE_SIZE:   # it was all there: spare a read that would
-                state = "drained"       # only say so (and a wait for the GIL after it)
+                state = Read.DRAINED    # only say so (and a wait for the GIL after it)
                 break
         frames, pos = split_frames(self.buf)
         if pos:
@@ -215,7 +229,7 @@ _JOIN_BELOW = 1 << 16   # bytes: small frames are joined before writing
 
 
 class WatchSet:
-    """What the supervisor waits on: fd -> (worker, "result" | "death").
+    """What the supervisor waits on: fd -> (its owner, :class:`Watched`).
 
     An epoll set kept between turns: a turn costs what is ready, not what is
     watched (poll() hands the kernel every descriptor on every call: 3,000
@@ -224,7 +238,7 @@ class WatchSet:
     """
 
     def __init__(self, wake_fd: int):
-        self.owner: Dict[int, tuple[Any, ...]] = {}
+        self.owner: Dict[int, Tuple[Any, Watched]] = {}
         self._wake_fd = wake_fd
         self._epoll = hasattr(select, "epoll")
         self._poller: Any = None
@@ -246,8 +260,8 @@ class WatchSet:
         for fd in (self._wake_fd, *self.owner):
             self._poller.register(fd, select.EPOLLIN if self._epoll else select.POLLIN)
 
-    def add(self, fd: int, worker: Any, what: str) -> None:
-        self.owner[fd] = (worker, what)
+    def add(self, fd: int, owner: Any, what: Watched) -> None:
+        self.owner[fd] = (owner, what)
         try:
             self._poller.register(fd, select.EPOLLIN if self._epoll else select.POLLIN)
         except FileExistsError:   # the number of a file closed while still in the set

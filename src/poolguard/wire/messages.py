@@ -33,6 +33,10 @@ from . import buffers
 from .framing import frame
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+# What pickling a user's object may raise that is that object's fault, in
+# the pool's process: any Exception, and SystemExit from a __reduce__ that
+# calls exit().  Not KeyboardInterrupt: that one is the user's, and goes on.
+PICKLING_ERRORS = (Exception, SystemExit)
 
 class Kind(IntEnum):
     """What a task frame asks the worker to do with its items."""
@@ -82,7 +86,9 @@ STOP, CONTROL, RELEASE = Control
 # time (task_timeout), and the soft timeout in seconds (None: none).
 Timing = Tuple[bool, Optional[float]]
 TASK_HEADER = struct.Struct("!qI")     # task id | size of the shared-buffer handle
-REPLY_HEADER = struct.Struct("!qBI")   # task id | status | microseconds the unit ran
+# task id | status | microseconds the unit ran; in an ITEM reply, the offset of
+# the call it answers in its unit instead
+REPLY_HEADER = struct.Struct("!qBI")
 STOP_CONTENT = TASK_HEADER.pack(STOP, 0)         # the whole of those frames (unprefixed)
 RELEASE_CONTENT = TASK_HEADER.pack(RELEASE, 0)
 

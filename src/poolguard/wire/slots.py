@@ -33,6 +33,9 @@ class ItemWord(IntEnum):
 IDLE, INITIALIZING = TaskWord.IDLE, TaskWord.INITIALIZING
 DECODING, SENDING = ItemWord.DECODING, ItemWord.SENDING
 SENT_BY_COMMAND = -1   # fourth word: a command the task started named our pid with "kill"
+# The words of a slot, as the worker writes them (a slot is written in place:
+# a memoryview of four int64).  Slot below names them for reading.
+TASK_WORD, ITEM_WORD, START_WORD, SENT_WORD = 0, 1, 2, 3
 
 _SLOT = struct.Struct("qqqq")
 # Slots sit this many bytes apart, so that no two workers write to one cache

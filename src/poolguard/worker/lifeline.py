@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Optional, Sequence
 
 from ..wire import buffers
-from ..wire.slots import SENT_BY_COMMAND
+from ..wire.slots import SENT_BY_COMMAND, SENT_WORD
 
 _PR_SET_PDEATHSIG = 1
 
@@ -100,14 +100,14 @@ def watch_own_signals(slot: memoryview) -> None:
             return
         try:
             if event in ("os.kill", "os.killpg") and args[0] in mine:
-                slot[3] = int(args[1])
+                slot[SENT_WORD] = int(args[1])
             elif event in ("os.system", "subprocess.Popen"):
                 command = args[0] if event == "os.system" else args[1]
                 if isinstance(command, (bytes, str)):
                     command = [command]
                 words = " ".join(os.fsdecode(word) for word in command).replace(";", " ").split()
                 if me in words and any(word.endswith("kill") for word in words):
-                    slot[3] = SENT_BY_COMMAND
+                    slot[SENT_WORD] = SENT_BY_COMMAND
         except Exception:   # an audit hook must never fail the call it watches
             pass
 

@@ -23,7 +23,8 @@ from ..wire.messages import (APPLY, CONTROL, EACH, EACH_APPLY, INIT_FAILED, ITEM
                              MAP, OK, PER_ITEM, PROTOCOL, RAISED, READY, RELEASE_CONTENT,
                              REPLY_HEADER, RETIRING, SHARED, STARMAP, STOP, STOP_CONTENT,
                              TASK_HEADER, UNENCODABLE, Timing, decode_task, encode_exception)
-from ..wire.slots import DECODING, IDLE, SENDING
+from ..wire.slots import (DECODING, IDLE, ITEM_WORD, SENDING, SENT_WORD, START_WORD,
+                          TASK_WORD)
 
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = _short_repr.maxother = 200
@@ -56,7 +57,7 @@ def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Conne
             except BaseException as exc:
                 send(REPLY_HEADER.pack(CONTROL, INIT_FAILED, 0) + encode_exception(exc))
                 return
-        slot[0] = IDLE
+        slot[TASK_WORD] = IDLE
         # READY says whether we may read large arguments from the parent's memory.
         readable = b"\x01" if buffers.can_read_parent(spec.probe) else b"\x00"
         result_buffers.allow_remote(readable == b"\x01")
@@ -86,8 +87,8 @@ def _serve(slot: memoryview, send: Callable[[bytes], None], recv: Callable[[], A
             if task_id == STOP:
                 return
             continue   # a RELEASE nothing waits for
-        slot[2] = started = clock()   # before the item word: the parent reads them in that order
-        slot[0], slot[1], slot[3] = task_id, DECODING, 0
+        slot[START_WORD] = started = clock()   # before the item word: the parent reads them in that order
+        slot[TASK_WORD], slot[ITEM_WORD], slot[SENT_WORD] = task_id, DECODING, 0
         status, body = _run_unit(slot, data, task_id, handle_size, cache, timing, clock, send)
         del data
         took = min((clock() - started) // 1000, 0xFFFFFFFF)
@@ -97,7 +98,7 @@ def _serve(slot: memoryview, send: Callable[[bytes], None], recv: Callable[[], A
         if after_first is not None:   # the parent-watching thread (lifeline.py)
             after_first()
             after_first = None
-        slot[0] = IDLE
+        slot[TASK_WORD] = IDLE
         done += 1
     send(REPLY_HEADER.pack(CONTROL, RETIRING, 0))
 
@@ -127,14 +128,14 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
         if timed and kind != APPLY:
             out = _run_timed(slot, clock, func, items, kind == STARMAP)
         elif kind == MAP:
-            out = [func(item) for slot[1], item in enumerate(items)]
+            out = [func(item) for slot[ITEM_WORD], item in enumerate(items)]
         elif kind == STARMAP:
-            out = [func(*item) for slot[1], item in enumerate(items)]
+            out = [func(*item) for slot[ITEM_WORD], item in enumerate(items)]
         else:
             out = [_call(slot, func, items[0], timed, clock)]
     except BaseException as exc:  # SystemExit too: the task's error, not ours
         return RAISED, encode_exception(exc)
-    slot[1] = SENDING
+    slot[ITEM_WORD] = SENDING
     return _encode_results(out)
 
 
@@ -184,8 +185,8 @@ def _run_calls(slot: memoryview, func: Callable[..., Any], items: Tuple[Any, ...
     status: int
     for i, part in enumerate(parts):
         if timed:
-            slot[2] = clock()
-        slot[1] = i
+            slot[START_WORD] = clock()
+        slot[ITEM_WORD] = i
         try:
             args, kwds = pickle.loads(part, buffers=views[used:used + counts[i]])
         except BaseException as exc:   # SystemExit from a __reduce__ too
@@ -201,7 +202,7 @@ def _run_calls(slot: memoryview, func: Callable[..., Any], items: Tuple[Any, ...
         used += counts[i]
         send(REPLY_HEADER.pack(task_id, status | ITEM, i) + body)
         _release_held()
-    slot[1] = SENDING
+    slot[ITEM_WORD] = SENDING
     return OK, _NO_RESULTS
 
 
@@ -210,8 +211,8 @@ def _call(slot: memoryview, func: Callable[..., Any], item: Tuple[Any, Any], tim
     """An APPLY unit's one call: ``item`` is (args, kwds)."""
     args, kwds = item
     if timed:   # task_timeout counts the call, as for the items of a map
-        slot[2] = clock()
-    slot[1] = 0
+        slot[START_WORD] = clock()
+    slot[ITEM_WORD] = 0
     return func(*args, **kwds)
 
 
@@ -223,8 +224,8 @@ def _run_each(slot: memoryview, func: Callable[..., Any], items: Sequence[Any], 
     errors: Dict[int, Any] = {}
     if timed:
         for i, item in enumerate(items):
-            slot[2] = clock()
-            slot[1] = i
+            slot[START_WORD] = clock()
+            slot[ITEM_WORD] = i
             try:
                 out.append(func(item) if kind == EACH else func(*item))
             except BaseException as exc:   # SystemExit too: that item's error
@@ -234,7 +235,7 @@ def _run_each(slot: memoryview, func: Callable[..., Any], items: Sequence[Any], 
         start = 0
         while start < len(items):
             start = _each_until_error(slot, func, items, kind == EACH, start, out, errors)
-    slot[1] = SENDING
+    slot[ITEM_WORD] = SENDING
     try:
         body, outgoing = result_buffers.encode(out, errors, with_extra=True)
         if outgoing is not None:
@@ -254,10 +255,10 @@ def _each_until_error(slot: memoryview, func: Callable[..., Any], items: Sequenc
     rest = items if start == 0 else itertools.islice(items, start, None)
     try:
         if plain:
-            for slot[1], item in enumerate(rest, start):
+            for slot[ITEM_WORD], item in enumerate(rest, start):
                 append(func(item))
         else:
-            for slot[1], item in enumerate(rest, start):
+            for slot[ITEM_WORD], item in enumerate(rest, start):
                 append(func(*item))
         return len(items)
     except BaseException as exc:   # SystemExit too: that item's error
@@ -288,7 +289,7 @@ def _run_timed(slot: memoryview, clock: Callable[[], int], func: Callable[..., A
     goes to the slot, before its index."""
     out = []
     for i, item in enumerate(items):
-        slot[2] = clock()
-        slot[1] = i
+        slot[START_WORD] = clock()
+        slot[ITEM_WORD] = i
         out.append(func(*item) if star else func(item))
     return out
