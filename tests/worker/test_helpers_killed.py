@@ -9,7 +9,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from test_helpers import run
+from scripts import run_helper_script as run
 
 HELPERS = """
 import time
