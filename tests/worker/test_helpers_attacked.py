@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_helpers import TASKS, run
+from scripts import HELPER_TASKS as TASKS, run_helper_script as run
 from test_helpers_killed import HELPERS
 
 
