@@ -109,13 +109,14 @@ def _read_remote(pid: int, address: int, length: int) -> bytes:
 class _Mapping:
     """Unmaps its pages when the last object built on them is gone."""
 
-    __slots__ = ("address", "size")
+    __slots__ = ("address", "size", "_munmap")
 
     def __init__(self, address: int, size: int):
         self.address, self.size = address, size
+        self._munmap = _libc().munmap   # held: at exit our module's globals may be gone
 
     def __del__(self) -> None:
-        _libc().munmap(self.address, self.size)
+        self._munmap(self.address, self.size)
 
 
 def _map(fd: int, size: int) -> memoryview:
