@@ -6,7 +6,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 import poolguard
+from poolguard.diagnosis.cgroup_tools import CgroupUnavailable, create_memory_cgroup
 
 from scripts import CHECKOUT, ROOT
 from warnings_policy import SCRIPT_WARNINGS, offending_lines
@@ -78,9 +81,6 @@ def test_segfault_example_prints_the_stack():
 
 
 def test_oom_example():
-    from poolguard.diagnosis import CgroupUnavailable, create_memory_cgroup
-    import os
-    import pytest
     try:
         probe = create_memory_cgroup(64 << 20, f"poolguard-probe-{os.getpid()}")
         os.rmdir(probe.directory)
