@@ -27,7 +27,8 @@ from .fronts.executor import ProcessPoolExecutor
 from .fronts.call_future import StoppableFuture
 from .fronts.executor_options import ExecutorOptions
 from .fronts.pool import Pool
-from .fronts.pool_calls import ApplyResult, AsyncResult, IMapIterator, MapResult
+from .fronts.pool_calls import ApplyResult, AsyncResult, MapResult
+from .fronts.pool_imap import IMapIterator
 from .fronts.reusable import get_executor
 
 if TYPE_CHECKING:

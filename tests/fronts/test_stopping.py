@@ -123,3 +123,25 @@ def test_repeated_stops_leak_no_process_nor_descriptor(front, method, tmp_path):
         children = psutil.Process().children(recursive=True)
         assert [p.pid for p in children if p.pid in pool.pids] == pool.pids
         assert pool.get(pool.submit(tasks.square, 9)) == 81
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_stopping_an_imap_ends_it_after_one_error(method, ordered, tmp_path):
+    with poolguard.Pool(2, context=method) as pool:
+        call = pool.imap if ordered else pool.imap_unordered
+        items = iter([0.01, 30, 30, 30, 30])   # lazy: read by the producer thread
+        it = call(tasks.sleep_then, items)
+        assert next(it) is None   # the quick first item
+        # (The pacer may queue the long items behind one another: a worker
+        # busy is enough.)
+        busy = wait_until(lambda: {s.pid for s in pool.status() if s.state == "busy"}, 10)
+        assert it.stop() is True and it.stop() is False
+        with pytest.raises(TaskStoppedError):
+            next(it)
+        with pytest.raises(StopIteration):
+            next(it)
+        wait_until(lambda: not busy & set(pool.pids) and len(pool.pids) == 2, PROMPT)
+        assert not any(psutil.pid_exists(pid) for pid in busy)
+        # An item that waited in a worker's pipe is stopped when it starts.
+        wait_until(lambda: not any(s.state == "busy" for s in pool.status()), PROMPT)
+        assert pool.map(tasks.square, range(3)) == [0, 1, 4]

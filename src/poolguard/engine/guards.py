@@ -34,6 +34,7 @@ MEMORY_CHECKS_PER_SECOND = 4000  # RSS reads for max_worker_memory at most
 STACK_GRACE = 0.05              # seconds for a worker past its timeout to write its stacks
 TIMEOUT_GRACE = 0.2             # seconds between SIGTERM and SIGKILL past a timeout
 STOPPED_WARNING = 5.0           # seconds a busy worker may stay stopped before a warning
+STOP_LOOK = 0.02                # seconds between looks for a call to stop that waits in a pipe
 
 # Does this unit, at this item offset (None: outside the item loop), run a
 # call someone asked to stop?
@@ -97,6 +98,7 @@ class GuardKeeper:
         # Memory is checked while the pool has a cap, or once a call had one.
         self._memory_capped = guards.max_worker_memory is not None
         self.stops = StopRequests()
+        self._stopping: List[StopMatch] = []   # until no worker holds a unit they name
 
     def guards_of(self, unit: Unit) -> Guards:
         """The guards of *unit*: its call's own, or the pool's."""
@@ -108,6 +110,8 @@ class GuardKeeper:
         due = self._workers.timers.next_at()
         if due is not None:
             times.append(due)
+        if self._stopping:   # a unit held back may start any moment
+            times.append(time.monotonic() + STOP_LOOK)
         if self._workers.busy:
             if self.sample_interval is not None:
                 times.append(self._next_sample)
@@ -135,9 +139,9 @@ class GuardKeeper:
 
     def check(self) -> None:
         now = time.monotonic()
-        matches = self.stops.take()
-        if matches:
-            self._stop_calls(matches)
+        self._stopping += self.stops.take()
+        if self._stopping:
+            self._stop_calls()
         self._workers.timers.run_due(now)
         if not self._workers.busy:
             return
@@ -218,18 +222,25 @@ class GuardKeeper:
                           f"{task}; its task waits until it is resumed (SIGCONT)",
                           WorkerStoppedWarning, stacklevel=1)
 
-    def _stop_calls(self, matches: List[StopMatch]) -> None:
+    def _stop_calls(self) -> None:
         """Kill each worker that runs a call asked to stop; its call fails
         with TaskStoppedError (postmortem.py), the other units it held run
-        elsewhere.  A call not running now was failed by its front."""
+        elsewhere.  The front has failed the call already, so what is not
+        sent is dropped; but a unit in a worker's pipe behind another one
+        starts later: its request is kept until no worker holds it."""
+        held: List[Unit] = []
         for worker in list(self._workers.busy.values()):
             if worker.gone or worker.guard is not None:
                 continue
             unit, offset = worker.running(self._slots.read(worker.index))
-            if unit is not None and any(match(unit, offset) for match in matches):
+            if unit is not None and any(match(unit, offset) for match in self._stopping):
                 worker.stop_by_guard(GuardStop(   # kind "stopped": postmortem.py
                     "stopped", "was killed by poolguard to stop its call, as asked,"))
                 signal_process(worker.process, signal.SIGKILL)
+            else:   # the running unit too: it may reach the call at a later item
+                held.extend(worker.inflight)
+        self._stopping = [match for match in self._stopping
+                          if any(match(u, i) for u in held for i in range(len(u.items)))]
 
     @staticmethod
     def _check_memory(worker: Worker, cap: int) -> None:

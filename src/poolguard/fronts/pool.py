@@ -12,7 +12,8 @@ from .shared import WorkerReports, guards_for_call, start_engine
 from ..engine import EngineSurface, PoolState
 from ..options import CallGuards, check_initializer, check_max_tasks, make_guards
 from .pool_maps import PoolMaps
-from .pool_calls import ApplyResult, AsyncResult, Callback, IMapIterator, MapResult
+from .pool_calls import ApplyResult, AsyncResult, Callback, MapResult
+from .pool_imap import IMapIterator
 from ..wire.messages import APPLY
 
 __all__ = ["Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator"]

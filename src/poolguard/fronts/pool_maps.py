@@ -14,7 +14,8 @@ from ..errors import PoolTerminatedError
 from .shared import guards_for_call
 from ..options import CallGuards, checkpointed
 from ..progress import ProgressArg, check_progress, make_progress
-from .pool_calls import Callback, IMapIterator, MapResult
+from .pool_calls import Callback, MapResult
+from .pool_imap import IMapIterator
 from ..wire.messages import MAP, STARMAP
 
 if TYPE_CHECKING:

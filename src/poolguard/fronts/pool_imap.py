@@ -1,0 +1,197 @@
+"""What ``imap`` and ``imap_unordered`` return: ``IMapIterator``, the job
+their units report to, iterated with ``for`` or ``async for`` (see
+awaiting.py), or stopped."""
+from __future__ import annotations
+
+import collections
+import threading
+from multiprocessing import TimeoutError
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Dict, Iterator,
+                    Optional, TypeVar)
+
+from ..engine import EngineSurface, Job, PoolState, Unit
+from ..errors import TaskStoppedError
+from ..progress import Progress, finish_progress
+from .awaiting import LoopWaiters
+from .pool_calls import Owner
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    # For type checkers it is also the standard library's (see pool.py).
+    from multiprocessing.pool import IMapIterator as _StdlibIMapIterator
+else:
+    _StdlibIMapIterator = Iterator
+
+
+class IMapIterator(Job, _StdlibIMapIterator[T]):
+    """Results of ``imap`` (in input order) or ``imap_unordered`` (as they come).
+
+    A failed chunk raises its error once, where its items would have been, and
+    iteration then goes on with the next chunk.  Iterate it with ``for`` or
+    ``async for`` (which does not block the event loop), call :meth:`next`
+    with a timeout, or :meth:`stop` what is left.
+    """
+
+    progress: Optional[Progress]
+
+    def __init__(self, pool: "Owner", func: Callable[..., Any], kind: int, call: str, ordered: bool,
+                 progress: Optional[Progress] = None):
+        super().__init__(func, kind, call)
+        self.progress = progress
+        self._pool: Optional[Owner] = pool
+        self._ordered = ordered
+        self._cond = threading.Condition(threading.Lock())
+        self._by_start: Dict[int, tuple[Any, ...]] = {}     # ordered: start -> (ok, payload, n)
+        self._arrived: Deque[tuple[Any, ...]] = collections.deque()   # unordered
+        self._buffer: Deque[T] = collections.deque()
+        self._position = 0                # input positions accounted for
+        self._length: Optional[int] = None
+        self._waiters = LoopWaiters()
+        self._stopped = False                          # stop(): nothing more comes
+        self._stop_error: Optional[BaseException] = None   # raised once, then the end
+
+    def __iter__(self) -> "IMapIterator[T]":
+        """The iterator itself."""
+        return self
+
+    def next(self, timeout: Optional[float] = None) -> T:
+        """The next value (``next(it)`` waits without a limit).
+
+        Args:
+            timeout: Seconds to wait at most; ``None`` waits until a value
+                comes.
+
+        Returns:
+            The next value, in input order for ``imap``, as done for
+            ``imap_unordered``.
+
+        Raises:
+            StopIteration: No value is left.
+            multiprocessing.TimeoutError: None came within *timeout*.
+            WorkerCrashedError: The worker running this chunk died.
+            Exception: What the chunk's call raised.
+        """
+        with self._cond:
+            while True:
+                try:
+                    if self._ready():
+                        return self._buffer.popleft()
+                except StopIteration:
+                    break
+                if not self._cond.wait(timeout):
+                    raise TimeoutError
+        finish_progress(self.progress)   # its last line before the caller's next one
+        raise StopIteration
+
+    __next__ = next
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        """``async for x in pool.imap(...)``: as ``next()``, without blocking the loop."""
+        while True:
+            with self._cond:
+                try:
+                    if self._ready():
+                        return self._buffer.popleft()
+                except StopIteration:
+                    if self.progress is not None:
+                        self.progress.finish()
+                    raise StopAsyncIteration from None
+                waiter = self._waiters.new()
+            await waiter
+
+    def stop(self) -> bool:
+        """End the calls of this map not done yet: each worker running one is
+        killed and replaced, the items not started are dropped, no other
+        call is touched.  The values already taken out stay; the next one
+        taken raises :class:`~poolguard.TaskStoppedError`, and iteration
+        then ends.  True if stopped, False if it had ended already.
+
+        Raises:
+            ValueError: On a cluster (``cluster=``): it cannot kill a worker.
+        """
+        pool = self._pool
+        engine = pool._engine if pool is not None else None
+        with self._cond:
+            if engine is None or self._stopped or (
+                    self._length is not None and self._position >= self._length):
+                return False
+            engine.stop_calls(lambda unit, offset: unit.job is self)
+            self._stopped = True
+            self._stop_error = TaskStoppedError(f"{self.call} stopped on request (stop())")
+            self._buffer.clear()
+            self._cond.notify_all()
+            self._waiters.wake()
+        return True
+
+    def wanted(self, unit: Unit) -> bool:
+        """Engine hook (not for users): after stop(), no unit is sent."""
+        return not self._stopped
+
+    def _ready(self) -> bool:
+        """True when a value is in the buffer; raises StopIteration at the end
+        and a failed chunk's error at its place.  Under the condition's lock."""
+        while not self._buffer:
+            if self._stopped:
+                self._pool = None
+                error, self._stop_error = self._stop_error, None
+                if error is not None:
+                    raise error
+                raise StopIteration
+            if self._length is not None and self._position >= self._length:
+                self._pool = None
+                raise StopIteration
+            entry = self._take()
+            if entry is None:
+                return False
+            ok, payload, n = entry
+            self._position += n
+            if not ok:
+                raise payload
+            self._buffer.extend(payload)
+        return True
+
+    def _take(self) -> Optional[tuple[Any, ...]]:
+        if self._ordered:
+            return self._by_start.pop(self._position, None)
+        return self._arrived.popleft() if self._arrived else None
+
+    def _put(self, start: int, entry: tuple[Any, ...]) -> None:
+        with self._cond:
+            if self._ordered:
+                self._by_start[start] = entry
+            else:
+                self._arrived.append(entry)
+            self._cond.notify_all()
+            self._waiters.wake()
+
+    def unit_done(self, unit: Unit, values: list[Any]) -> None:
+        """Engine hook (not for users): a chunk finished with *values*."""
+        self._put(unit.start, (True, values, len(values)))
+
+    def unit_failed(self, unit: Unit, exc: BaseException) -> None:
+        """Engine hook (not for users): a chunk failed with *exc*."""
+        self._put(unit.start, (False, exc, len(unit.items)))
+
+    def wait_for_room(self, produced: int, ahead: int, engine: EngineSurface) -> bool:
+        """Engine hook (not for users): hold a lazy producer back while *ahead*
+        items wait to be consumed, so an endless iterable does not fill
+        memory.  False once the pool stops."""
+        with self._cond:
+            while produced - self._position >= ahead or self._stopped:
+                if engine.state not in (PoolState.RUNNING, PoolState.CLOSING) or self._stopped:
+                    return False
+                # Also woken by each result; the timeout only notices terminate().
+                self._cond.wait(0.2)
+        return True
+
+    def _set_length(self, length: int) -> None:
+        with self._cond:
+            self._length = length
+            if self.progress is not None:
+                self.progress.set_total(length)
+            self._cond.notify_all()
+            self._waiters.wake()
