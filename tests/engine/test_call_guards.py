@@ -67,6 +67,18 @@ def test_a_calls_retries(front, method, tmp_path):
         assert len(log.read_text().split()) == 1 and not info.value.attempts
 
 
+def test_a_maps_retries(front, method, tmp_path):
+    marker = str(tmp_path / "killed-once")
+    with front(2, method) as pool:
+        args = [(marker, i) for i in range(6)]
+        if pool.name == "pool":
+            out = pool.pool.starmap(tasks.die_first_time, args, chunksize=2, retries=1)
+        else:
+            out = list(pool.pool.with_options(retries=1).map(
+                tasks.die_first_time, [marker] * 6, range(6)))
+        assert out == list(range(6))
+
+
 @pytest.mark.parametrize("guards, error", [
     ({"task_timeout": 0}, ValueError),
     ({"task_timeout": "1"}, TypeError),
@@ -128,6 +140,9 @@ def test_a_soft_timeout_reaches_no_later_item(method):
     # Items about as long as the soft timeout, back to back on one worker:
     # each may get its SoftTimeoutError (and catches it), but a signal for
     # one never fails the next one's first steps, outside its own try.
+    # Every tenth item is ten times longer: it surely gets its error.
+    seconds = [0.2 if i % 10 == 9 else 0.02 for i in range(50)]
     with poolguard.Pool(1, soft_timeout=0.02, context=method) as pool:
-        out = pool.map(tasks.sleep_catching_soft, [0.02] * 100, chunksize=5)
-        assert set(out) <= {"soft", "done"} and "soft" in out
+        out = pool.map(tasks.sleep_catching_soft, seconds, chunksize=5)
+        assert set(out) <= {"soft", "done"}
+        assert [out[i] for i in range(9, 50, 10)] == ["soft"] * 5
