@@ -63,6 +63,26 @@ def shared_and_reports() -> str:
     return f"{sum(lazy)} {busy} {peak} {stats.since(stats).tasks}"
 
 
+def guards_and_stopping(pool: poolguard.Pool,
+                        executor: poolguard.ProcessPoolExecutor) -> str:
+    one: int = pool.apply(square, (3,), task_timeout=5.0, retries=2, retry_on=["crash"])
+    values: List[int] = pool.map(square, range(4), soft_timeout=1.0, task_timeout=2.0)
+    result: poolguard.ApplyResult[int] = pool.apply_async(square, (2,),
+                                                          max_worker_memory="1GiB")
+    stopped: bool = result.stop() or pool.imap(square, range(3), task_timeout=None).stop()
+    careful: poolguard.ExecutorOptions = executor.with_options(task_timeout=5.0)
+    future: poolguard.StoppableFuture[int] = careful.submit(square, 4)
+    more: Iterator[int] = careful.map(square, range(3))
+    stopped = stopped or future.stop() or executor.submit(square, 5).stop()
+    try:
+        future.result()
+    except poolguard.TaskStoppedError as exc:
+        return f"{exc.pid} {one} {values} {list(more)} {stopped}"
+    except poolguard.SoftTimeoutError as exc:
+        return str(exc.limit)
+    return ""
+
+
 def errors(exc: BaseException) -> str:
     if isinstance(exc, poolguard.WorkerCrashedError) and exc.task is not None:
         item: int | None = exc.task.item
@@ -79,4 +99,6 @@ def main() -> None:
         print(pool_calls(on_a_cluster))
     with poolguard.ProcessPoolExecutor(2, max_worker_memory="1GiB") as executor:
         print(executor_calls(executor))
+        with poolguard.Pool(2, soft_timeout=1.0, task_timeout=5.0) as pool:
+            print(guards_and_stopping(pool, executor))
     print(shared_and_reports())
