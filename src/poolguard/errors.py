@@ -6,11 +6,13 @@ process boundaries again (a pool inside a worker, a result stored to disk).
 from __future__ import annotations
 
 import pickle
-import signal as _signal
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from typing import Any, List, Optional, Sequence, Tuple
+
+from .advice import ADVICE, PHASES, explain
+from .naming import signal_name
 
 
 class PoolguardError(Exception):
@@ -47,56 +49,6 @@ class TaskInfo:
         if self.item is not None:
             text += f" (item {self.item} of {self.call})"
         return text
-
-
-def signal_name(signum: Optional[int]) -> Optional[str]:
-    if signum is None:
-        return None
-    try:
-        return _signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-_HINTS = {
-    "SIGKILL": "SIGKILL comes from the kernel OOM killer (see `dmesg`) or from "
-               "outside the process: a job scheduler's time or memory limit, a "
-               "user, a container runtime",
-    "SIGTERM": "SIGTERM comes from outside the process: a job scheduler, a user "
-               "or a container runtime stopping it",
-    "SIGSEGV": "a crash in native code (a C extension, ctypes, a corrupted buffer)",
-    "SIGBUS": "a crash in native code, or a memory-mapped file that shrank",
-    "SIGILL": "a crash in native code (or code built for another CPU)",
-    "SIGFPE": "an arithmetic fault in native code",
-    "SIGABRT": "native code called abort() (a failed assertion in a C library)",
-}
-
-
-# The last line of a crash message, by verdict.
-_ADVICE = {
-    "oom": "give each task more memory (fewer processes=, a larger memory limit for the "
-           "job or container), or set max_worker_memory= so poolguard stops the task "
-           "before the kernel does; retries= runs it again if the peak was passing.",
-    "outside": "check the limits of the job scheduler (time, memory: `sacct`, `qstat`) and "
-               "of the container, and what else may signal this process; retries= runs "
-               "the task again.",
-    "crash": "the stack above shows the call that crashed; run the task on this input "
-             "alone to reproduce it.",
-    "native": "run the task on this input alone to reproduce it; a C extension or ctypes "
-              "call is the usual culprit.",
-    "self": "the task's own code signalled its process: look for os.kill or a kill "
-            "command in it.",
-    "exit": "look for os._exit() in the task, or a C library calling exit(); run the task "
-            "on this input alone to reproduce it.",
-    "unknown": "the exit status could not be read; retries= runs the task again.",
-}
-
-_PHASES = {
-    "running": "while running",
-    "decoding": "while decoding the arguments of",
-    "sending": "while sending the result of",
-    "starting": "while starting",
-}
 
 
 class WorkerCrashedError(PoolguardError, BrokenProcessPool):
@@ -193,16 +145,16 @@ class WorkerCrashedError(PoolguardError, BrokenProcessPool):
         how = guard or (f"was killed by {signame}" if signame else
                         f"exited with code {exitcode}" if exitcode is not None else
                         "died (exit status unknown)")
-        what = _PHASES.get(phase, f"while {phase}")
+        what = PHASES.get(phase, f"while {phase}")
         message = f"worker {pid} {how} {what}" + (f" {task}" if task is not None else "")
-        cause, advice = _explain(diagnosis, signame, exitcode, crash_stack)
+        cause, advice = explain(diagnosis, signame, exitcode, crash_stack)
         if guard is None:   # poolguard stopped it itself: no guessing at other causes
             message += cause
         if peak_rss is not None and "RSS peaked" not in message:
             message += f" (RSS peaked at {peak_rss / 2**20:.0f} MiB during the task)"
         if crash_stack:
             message += f"\n{cls.stack_title}:\n{crash_stack}"
-        message += "\nWhat to do: " + (cls.advice or _ADVICE[advice])
+        message += "\nWhat to do: " + (cls.advice or ADVICE[advice])
         oom = diagnosis.oom if diagnosis is not None else (
             False if signame in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT") else None)
         return cls(message, pid=pid, exitcode=exitcode, signal=signame, task=task, oom=oom,
@@ -210,27 +162,6 @@ class WorkerCrashedError(PoolguardError, BrokenProcessPool):
                    oom_verdict=diagnosis.verdict if diagnosis is not None else "unknown",
                    oom_evidence=diagnosis.evidence if diagnosis is not None else "",
                    last_rss=last_rss, crash_stack=crash_stack)
-
-
-def _explain(diagnosis: Any, signame: Optional[str], exitcode: Optional[int],
-             crash_stack: Optional[str]) -> Tuple[str, str]:
-    """The sentence after "worker N was killed by S while running f(x)", and
-    the key of its advice in _ADVICE."""
-    if diagnosis is not None and diagnosis.self_kill:
-        return f". Not an OOM kill: {diagnosis.evidence}", "self"
-    if diagnosis is not None and diagnosis.verdict in ("confirmed", "likely", "possible"):
-        return f". OOM {diagnosis.verdict}: {diagnosis.evidence}", "oom"
-    crashed = signame in _HINTS and signame not in ("SIGKILL", "SIGTERM")
-    advice = ("crash" if crash_stack else "native") if crashed else \
-        "outside" if signame is not None else "exit" if exitcode is not None else "unknown"
-    if diagnosis is not None and diagnosis.outside_kill:
-        return f". {diagnosis.evidence[0].upper()}{diagnosis.evidence[1:]}", advice
-    if signame in _HINTS:
-        return f". Likely cause: {_HINTS[signame]}", advice
-    if signame is None and exitcode is not None:
-        return (". The process ended itself (os._exit, or native code calling exit()) "
-                "without reporting an error", advice)
-    return "", advice
 
 
 class TaskTimeoutError(WorkerCrashedError, TimeoutError):

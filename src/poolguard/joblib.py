@@ -29,8 +29,8 @@ from joblib._parallel_backends import (AutoBatchingMixin, FallbackToBackend,
 from joblib.parallel import BatchedCalls, register_parallel_backend
 
 from .engine import EngineSurface
-from .engine.jobs import function_name
-from .engine.naming import call_text
+from .naming import function_name
+from .naming import call_text
 from .errors import TaskInfo
 from .fronts.executor import ProcessPoolExecutor
 from .fronts.executor_calls import FutureJob

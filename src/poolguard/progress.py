@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Callable, NamedTuple, Optional, Union
 
-from .engine.jobs import function_name
+from .naming import function_name
 from .engine.reports import PoolStats
 from .errors import TaskTimeoutError, WorkerCrashedError
 

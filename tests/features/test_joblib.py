@@ -242,7 +242,7 @@ def test_a_grid_search_crash_shows_the_candidates_parameters_and_arrays_by_shape
 
 def test_arrays_are_named_by_type_shape_and_dtype_at_any_depth():
     import numpy as np
-    from poolguard.engine.naming import short_repr
+    from poolguard.naming import short_repr
     assert short_repr(np.zeros((150, 4))) == "<ndarray (150, 4) float64>"
     assert short_repr((np.arange(100), {"w": np.ones(7, dtype=np.float32)})) == \
         "(<ndarray (100,) int64>, {'w': <ndarray (7,) float32>})"
@@ -260,5 +260,5 @@ class DataFrame:
 
 
 def test_a_frame_is_named_by_its_shape_and_column_types():
-    from poolguard.engine.naming import short_repr
+    from poolguard.naming import short_repr
     assert short_repr([DataFrame()]) == "[<DataFrame (10, 2) mixed>]"

@@ -73,3 +73,21 @@ def test_every_module_named_by_its_dotted_name_exists():
                      for name in set(DOTTED.findall(text))
                      if not name.endswith((".py", ".md")) and not _resolves(name))
     assert not missing, "\n".join(missing)
+
+
+def test_the_readme_maps_every_module_and_every_test_file():
+    """The README's map of the code names each module of the package in its
+    folder's block, and its table of the tests names each test file."""
+    if not (CHECKOUT / "src" / "poolguard").is_dir():
+        pytest.skip("no checkout beside the tests")
+    readme = (CHECKOUT / "README.md").read_text()
+    start = readme.index("```\nsrc/poolguard/")
+    code_map = readme[start:readme.index("```\n", start + 4)]
+    listed = set(re.findall(r"^\s+([\w/]+(?:\.py)?)\s", code_map, re.M))
+    package = CHECKOUT / "src" / "poolguard"
+    missing = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py"))
+               if p.name not in ("__init__.py", "__main__.py") and p.name not in listed]
+    tests = readme[readme.index("| folder | file | what |"):]
+    missing += [str(p.relative_to(CHECKOUT)) for p in sorted(CHECKOUT.glob("tests/*/test_*.py"))
+                if f"`{p.name}`" not in tests]
+    assert not missing, "not in the README's maps: " + ", ".join(missing)

@@ -106,8 +106,8 @@ def test_content_arrives_exact_both_ways(method, remote):
         engine = pool._engine
         assert pool.map(tasks.square, [1, 2]) == [1, 4]    # workers up and checked
         if not remote:
-            engine._remote_refused = True       # as if a worker could not read us
-            engine.remote_reads = False
+            replies = engine._supervisor.replies   # as if a worker could not read us
+            replies.remote_refused, replies.remote_reads = True, False
         elif not engine.remote_reads:
             pytest.skip("this system does not let a worker read its parent's memory")
         digests = pool.map(tasks.digest, blobs, chunksize=2)

@@ -49,22 +49,33 @@ def _cpu_quota() -> Optional[str]:
     return None
 
 
-def report() -> List[Tuple[str, str]]:
-    rows: List[Tuple[str, str]] = []
+Rows = List[Tuple[str, str]]
+
+
+def report() -> Rows:
+    """What this machine lets poolguard see and do, as (what, finding) rows."""
+    rows: Rows = []
     rows.append(("poolguard", f"{__version__} on Python {platform.python_version()}, "
                               f"{platform.system()} {platform.release()}"))
     methods = multiprocessing.get_all_start_methods()
     rows.append(("start methods", f"{', '.join(methods)}; default "
                                   f"{multiprocessing.get_start_method(allow_none=True) or methods[0]}"))
+    rows += _cpu_rows() + _memory_rows() + _process_rows()
+    return rows
 
+
+def _cpu_rows() -> Rows:
     from loky import cpu_count
     why = [f"{os.cpu_count()} on the machine"]
     if hasattr(os, "sched_getaffinity"):
         why.append(f"{len(os.sched_getaffinity(0))} in the affinity mask")
     quota = _cpu_quota()
     why.append(quota or "no cgroup CPU quota")
-    rows.append(("workers by default", f"{cpu_count()} ({'; '.join(why)})"))
+    return [("workers by default", f"{cpu_count()} ({'; '.join(why)})")]
 
+
+def _memory_rows() -> Rows:
+    rows: Rows = []
     cgroup = MemoryCgroup.of_pid(os.getpid())
     if cgroup is None:
         rows.append(("memory cgroup", "none found (no OOM-kill counter, no limit to compare)"))
@@ -81,12 +92,15 @@ def report() -> List[Tuple[str, str]]:
         rows.append(("memory cgroups for tests", "can be created (the OOM tests run)"))
     except CgroupUnavailable as exc:
         rows.append(("memory cgroups for tests", f"cannot be created: {exc}"))
-
     log = KernelLog()
     rows.append(("kernel log", "readable: OOM kills can be confirmed" if log.readable
                  else f"{log.problem}: OOM verdicts rest on cgroup counters and RSS"))
     log.close()
+    return rows
 
+
+def _process_rows() -> Rows:
+    rows: Rows = []
     if hasattr(os, "pidfd_open"):
         try:
             os.close(os.pidfd_open(os.getpid()))
@@ -95,18 +109,17 @@ def report() -> List[Tuple[str, str]]:
             rows.append(("pidfd", f"unavailable ({exc.strerror}); using process sentinels"))
     else:
         rows.append(("pidfd", "not in this Python/OS; using process sentinels"))
-
-    if sys.platform.startswith("linux"):
-        try:
-            out = subprocess.run([sys.executable, "-c", _PDEATHSIG_PROBE], capture_output=True,
-                                 text=True, timeout=10)
-            ok = out.returncode == 0 and out.stdout.strip() == "9"
-            rows.append(("parent-death signal", "works (PR_SET_PDEATHSIG)" if ok
-                         else f"does not work here: {out.stderr.strip() or out.stdout.strip()}"))
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            rows.append(("parent-death signal", f"could not be checked: {exc}"))
-    else:
+    if not sys.platform.startswith("linux"):
         rows.append(("parent-death signal", "not on this OS; workers watch a pipe instead"))
+        return rows
+    try:
+        out = subprocess.run([sys.executable, "-c", _PDEATHSIG_PROBE], capture_output=True,
+                             text=True, timeout=10)
+        ok = out.returncode == 0 and out.stdout.strip() == "9"
+        rows.append(("parent-death signal", "works (PR_SET_PDEATHSIG)" if ok
+                     else f"does not work here: {out.stderr.strip() or out.stdout.strip()}"))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        rows.append(("parent-death signal", f"could not be checked: {exc}"))
     return rows
 
 

@@ -49,7 +49,8 @@ import cloudpickle
 
 from ..engine import at_exit
 from ..engine.inbox import CLOSING, TERMINATING, Inbox
-from ..engine.jobs import Job, Unit, deliver, function_name
+from ..engine.jobs import Job, Unit, deliver
+from ..naming import function_name
 from ..engine.surface import EngineBase
 from ..engine.reports import WorkerStatus
 from ..errors import PoolTerminatedError

@@ -29,7 +29,8 @@ import pickle
 from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
 from typing import Any, Dict, List, Tuple
 
-from ..engine.jobs import Unit, deliver, function_name
+from ..engine.jobs import Unit, deliver
+from ..naming import function_name
 from ..errors import ResultDecodingError, UnpicklableTaskError
 from ..wire.messages import (PER_ITEM, PROTOCOL, decode_exception, encode_exception,
                              encoding_error)

@@ -23,12 +23,12 @@ from .cgroups import MemoryCgroup, pids_limit_reached
 from .kernel_log import KernelLog
 from .proc import (SOURCES, Sources, process_state, read_int, read_text, rss_of,
                    zombie_exit_status)
-from .verdict import (CONFIRMED, CRASH_SIGNALS, LIKELY, NEAR_LIMIT, POSSIBLE, RULED_OUT,
+from .verdict import (CONFIRMED, LIKELY, NEAR_LIMIT, POSSIBLE, RULED_OUT,
                       UNKNOWN, Diagnosis, diagnose, mib)
 from .watch import WorkerWatch
 
 __all__ = ["MemoryCgroup", "pids_limit_reached",
            "KernelLog", "SOURCES", "Sources", "process_state", "read_int", "read_text",
-           "rss_of", "zombie_exit_status", "CONFIRMED", "CRASH_SIGNALS", "LIKELY",
+           "rss_of", "zombie_exit_status", "CONFIRMED", "LIKELY",
            "NEAR_LIMIT", "POSSIBLE", "RULED_OUT", "UNKNOWN", "Diagnosis", "diagnose", "mib",
            "WorkerWatch"]

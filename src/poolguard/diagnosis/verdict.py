@@ -5,10 +5,10 @@ kill the task sent itself; else unknown.  Each comes with its evidence.
 """
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass
 from typing import List, Optional
 
+from ..naming import CRASH_SIGNALS, signal_name
 from ..wire.slots import SENT_BY_COMMAND
 from .cgroups import MemoryCgroup
 from .kernel_log import KernelLog
@@ -17,7 +17,6 @@ from .watch import WorkerWatch
 
 CONFIRMED, LIKELY, POSSIBLE, RULED_OUT, UNKNOWN = (
     "confirmed", "likely", "possible", "ruled out", "unknown")
-CRASH_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT")
 NEAR_LIMIT = 0.9   # an RSS above this share of the limit counts as "near"
 
 
@@ -60,16 +59,9 @@ def _sent_by_task(sent: int, signame: Optional[str]) -> Optional[str]:
     if sent == SENT_BY_COMMAND and signame is not None:
         return ("the task killed its own process: a command it started (os.system or "
                 "subprocess) named its pid with kill")
-    if sent > 0 and signame is not None and signame == _signal_name(sent):
+    if sent > 0 and signame is not None and signame == signal_name(sent):
         return f"the task sent {signame} to its own process (os.kill)"
     return None
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _diagnose(signame: Optional[str], watch: Optional[WorkerWatch],

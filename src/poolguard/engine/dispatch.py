@@ -26,7 +26,8 @@ from .guards import GuardKeeper
 from .inbox import Inbox
 from .jobs import Unit
 from .pacing import Pacer
-from .workers import State, Worker, WorkerSet
+from .worker_set import WorkerSet
+from .workers import State, Worker
 
 # Seconds a turn of the loop may spend handing out units before it reads
 # replies: the workers served first must not wait for the last one's batch.

@@ -25,7 +25,8 @@ from ..errors import WorkerStoppedWarning
 from ..options import Guards
 from ..wire.slots import SharedSlots
 from .jobs import Unit
-from .workers import GuardStop, Worker, WorkerSet, signal_process
+from .worker_set import WorkerSet
+from .workers import GuardStop, Worker, signal_process
 
 RSS_SAMPLE_INTERVAL = 0.1       # seconds between memory samples of busy workers
 SAMPLES_PER_SECOND = 1000       # RSS samples (and stop checks) at most, all workers together

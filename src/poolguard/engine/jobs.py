@@ -6,7 +6,6 @@ answered by one reply.  The job is the sink its units report to.
 """
 from __future__ import annotations
 
-import functools
 import itertools
 from collections import abc
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Protocol, Sequence, Tuple
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Protocol, Seque
 from ..errors import TaskInfo
 from ..options import Guards
 from .callbacks import report_callback_error
-from .naming import short_repr
+from ..naming import arguments_text, clip, function_name, short_repr
 from ..wire.messages import (APPLY, EACH_APPLY, EACH_STAR, PER_ITEM, PICKLING_ERRORS, STARMAP,
                              Timing,
                              encode_task)
@@ -122,11 +121,11 @@ class Job:
             return TaskInfo(name, arguments_text(args, kwds), None, self.call)
         if self.kind in (STARMAP, EACH_STAR):
             try:
-                text = ", ".join(_short(a) for a in item)
+                text = ", ".join(short_repr(a) for a in item)
             except TypeError:
-                text = _short(item)
-            return TaskInfo(name, _clip(text), index, self.call)
-        return TaskInfo(name, _short(item), index, self.call)
+                text = short_repr(item)
+            return TaskInfo(name, clip(text), index, self.call)
+        return TaskInfo(name, short_repr(item), index, self.call)
 
 
 def timing_of(guards: Optional[Guards]) -> Optional[Timing]:
@@ -134,35 +133,6 @@ def timing_of(guards: Optional[Guards]) -> Optional[Timing]:
     if guards is None:
         return None
     return (guards.task_timeout is not None, guards.soft_timeout)
-
-
-def function_name(func: Any) -> str:
-    """The user's function behind wrappers: checkpoint's, ``functools.partial``,
-    scikit-learn's ``delayed``."""
-    for _ in range(5):
-        if isinstance(func, functools.partial):
-            func = func.func
-        elif hasattr(func, "__wrapped__"):
-            func = func.__wrapped__
-        elif callable(getattr(func, "function", None)):   # scikit-learn's _FuncWrapper
-            func = func.function
-        else:
-            break
-    return getattr(func, "__qualname__", None) or repr(func)
-
-
-def arguments_text(args: Sequence[Any], kwds: dict[Any, Any]) -> str:
-    """``1, 'a', x=3``: the arguments of a call as a crash message shows them."""
-    parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwds.items()]
-    return _clip(", ".join(parts))
-
-
-def _short(obj: Any) -> str:
-    return short_repr(obj)   # arrays by shape and dtype (naming.py)
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class Unit:

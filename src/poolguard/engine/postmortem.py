@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, List, Optional
 from .. import diagnosis
 from ..diagnosis import KernelLog, diagnose
 from ..errors import (PoolThrottledError, TaskStoppedError, TaskTimeoutError,
-                      WorkerCrashedError, WorkerMemoryError, signal_name)
+                      WorkerCrashedError, WorkerMemoryError)
+from ..naming import function_name, signal_name
 from ..options import Guards
 from ..wire.messages import PER_ITEM
 from ..wire.slots import DECODING, INITIALIZING, SENDING, Slot
@@ -158,7 +159,7 @@ class Postmortem:
         how = WorkerCrashedError.from_death(pid=worker.pid, exitcode=exitcode,
                                             exit_status_known=exitcode is not None, task=None,
                                             phase="starting" if starting else "idle")
-        where = (f" while running the initializer {name_of(self._initializer)}"
+        where = (f" while running the initializer {function_name(self._initializer)}"
                  if starting and self._initializer else "")
         error = PoolThrottledError(
             f"{self._fruitless} workers died{where} without finishing a task; "
@@ -173,5 +174,3 @@ def _signal(exitcode: Optional[int]) -> Optional[str]:
     return signal_name(-exitcode) if exitcode is not None and exitcode < 0 else None
 
 
-def name_of(func: Optional[Callable[..., Any]]) -> str:
-    return getattr(func, "__qualname__", None) or repr(func)

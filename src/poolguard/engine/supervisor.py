@@ -1,79 +1,86 @@
-"""The supervisor: one thread per pool that owns all state.
+"""The supervisor: the loop of the one thread per pool that owns all state.
 
-Data flow::
+Data flow (local.py's Engine builds the parts and answers the fronts)::
 
-  caller threads                 supervisor thread (owns all state)        worker processes
-  --------------                 ----------------------------------        ----------------
-  Pool() / ProcessPoolExecutor()
-    | fork start method: fork the zygote (launch/) ------------> zygote: forks and
-    |   before any thread of ours exists                                 reaps workers on
-    | Engine.submit_items(job)                                          request
-    |   jobs.cut_units -> units
+  caller threads                 supervisor thread (Supervisor.run)          processes
+  --------------                 ----------------------------------          ---------
+  Engine() (local.py)
+    | makes the Parts; under fork the launcher forks the zygote ----> zygote (worker/
+    |   before any thread of ours exists                               zygote_main.py):
+    | Engine.submit_items(job): jobs.cut_units -> units                forks, reaps
     v
-  Inbox (inbox.py): pending units, pool state, wake pipe
-    |  ------wake pipe----------> wait(wake pipe, result pipes, death fds, zygote's pidfd;
-    |                                  timeout: GuardKeeper.next_wake)
-    |                                 |
-    |                                 | WorkerSet.start: a worker per empty slot
-    |                                 | dispatch.py: as many units a worker as Pacer
-    |                                 |   allows (pacing.py: none ahead of a long one)
-    |                                 |   non-blocking write ---- task pipe ---> worker_main
-    |                                 |   (Spiller thread: what a full pipe        | writes [unit, item,
-    |                                 |    cannot take now; large arguments        |  start] to its slot
-    |                                 |    outside the pipe, wire/buffers.py)      |  (wire/slots.py)
-    |                                 | <---------------------- result pipe -------+
-    |                                 | decode_reply (never raises) -> job.unit_done / unit_failed
-    |                                 |   (user callbacks: callbacks.py thread)
-    |                                 |
-    |                                 | death fd readable: drain the result pipe, reap,
-    |                                 |   Postmortem.examine(slot, exit status, crash stack,
-    |                                 |   RSS samples, guard) -> Death: the culprit's error
-    |                                 |   or its retry, the units to run elsewhere, a
-    |                                 |   throttle; applied here; a replacement starts
-    |                                 |
-    |                                 | GuardKeeper.check: a unit past task_timeout ->
-    |                                 |   SIGUSR2 (stacks to the crash pipe), SIGTERM, SIGKILL;
-    |                                 |   RSS over max_worker_memory -> SIGKILL
+  Inbox (inbox.py): pending units, PoolState, open calls; its lock
+    |  ---- wake pipe ---->  WatchSet.wait (epoll), the loop's only blocking point
+    |                          | maintain: a start per empty slot (launch/, START_BUDGET)
+    |                          | dispatch.py: units to the workers pacing.py allows
+    |                          |   frames on each task pipe, non-blocking ----> worker/loop.py
+    |                          |   (the Spiller thread writes what a full pipe     | writes the
+    |                          |    cannot take now; large arguments outside the  | unit and item
+    |                          |    pipe: wire/buffers.py)                         | it runs to its
+    |                          |                                                   | slot (wire/
+    |                          | <------------- result pipe (large results: a memfd) slots.py)
+    |                          | replies.py: decode (never raises) -> deliver to the job
+    |                          |   (user callbacks: the callbacks.py thread)
+    |                          | <------------- pidfd readable: a death
+    |                          | postmortem.py: the culprit (its slot), its error or its
+    |                          |   retry, the units to run elsewhere, a throttle
+    |                          | <------------- launcher's descriptors: an answer, a death
+    |                          | guards.py: task_timeout -> SIGUSR2 (stacks), SIGTERM,
+    |                          |   SIGKILL; RSS over max_worker_memory -> SIGKILL; stops asked
 
-Every state change happens in the supervisor loop, whose only blocking point
-is the epoll wait in ``WatchSet.wait`` (wire/channels.py).  No turn scans
-every worker: the worker set keeps who is idle, busy or may take a unit
-(workers.py, pacing.py's Offers), deadlines are in a heap (timers.py), RSS
-is sampled within a budget (guards.py).  Other threads talk to it only through the inbox (inbox.py):
-they queue units or change the pool's state under its lock, and wake it.
-No lock is shared with a worker: each has its own pipes and its own slot, so
-a worker killed at any instant cannot block anyone else.
+What the loop waits on (WatchSet, tagged ``Watched``):
+
+* the inbox's wake pipe: a caller queued units or changed the state, or
+  asked to stop a call;
+* each worker's result pipe (RESULT) and its pidfd, or its sentinel where
+  pidfds are missing (DEATH);
+* the launcher's descriptors (LAUNCHER): under fork the zygote's and its
+  standby's sockets and pidfds, under forkserver the starter thread's pipe;
+* a timeout: the next deadline of the guards (timers.py: signals due,
+  task timeouts, RSS samples), of a unit waiting for a worker whose queue
+  ends soon (pacing.py's Offers), or none.
+
+What another thread touches:
+
+* the inbox, under its lock (callers: submit, close, terminate; the
+  executor's shutdown takes the units not yet sent);
+* ``GuardKeeper.stops``, under its own lock (a call stopped from a caller);
+* ``Replies.remote_reads``, written here and read by callers as they cut
+  units (a bool);
+* the worker set's snapshots (``status()``, ``stats()``, ``pids``): read
+  from callers' threads as copies; ``stats()``'s accounts under their lock;
+* the jobs: the loop delivers results, callers wait on them under each
+  job's lock; user callbacks run on the callbacks thread, never here;
+* the Spiller's queue (its thread) and the starter's (forkserver's thread).
+
+No turn scans every worker: the worker set keeps who is idle, busy or may
+take a unit (workers.py, pacing.py's Offers), deadlines are in a heap, RSS
+is sampled within a budget.  No lock is shared with a worker: each has its
+own pipes and slot, so a worker killed at any instant cannot block anyone.
 """
 from __future__ import annotations
 
 import sys
 import time
 import traceback
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional
 
-from .. import diagnosis
 from ..diagnosis import KernelLog
 from ..errors import PoolTerminatedError, WorkerInitError
-from ..options import Guards
-from ..wire import buffers
 from ..wire.channels import Read, Spiller, WatchSet, Watched
-from ..wire.messages import (CONTROL, INIT_FAILED, ITEM, PER_ITEM, READY, REPLY_HEADER,
-                             RETIRING, SHARED, decode_exception, decode_reply)
-from ..wire.result_intake import take_shared
 from ..wire.slots import SharedSlots
-from . import at_exit, limits
-from .guards import GuardKeeper
-from .callbacks import report_callback_error
 from .dispatch import Dispatcher
+from .guards import GuardKeeper
 from .inbox import CLOSING, RUNNING, TERMINATING, Inbox
-from .jobs import Job, Unit, cut_units, deliver, make_unit
+from .jobs import Unit, deliver
+from .launch import Launcher, ParentAlive, StartError, ZygoteLauncher
 from .pacing import Pacer
-from .launch import ParentAlive, StartError, WorkerSpec, ZygoteLauncher, make_launcher
-from .launch.zygote import can_use_zygote
-from .postmortem import Postmortem, name_of
-from .surface import EngineBase
-from .reports import PoolStats, WorkerStatus
-from .workers import State, Worker, WorkerSet, kill_group
+from ..naming import function_name
+from .postmortem import Postmortem
+from .replies import Replies
+from .worker_set import WorkerSet
+from .workers import Worker, kill_group
 
 TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
 # Seconds of worker starts per turn of the loop.  A start through
@@ -81,125 +88,58 @@ TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
 # machine): the workers already up take tasks between two rounds of starts
 # instead of after the last of a thousand.
 START_BUDGET = 0.02
-# Seconds pids and status() wait at most for the pool's first workers to be
-# started (they are, in the background, after Pool() returns): far above a
-# start even on a loaded machine, and a bound if one never comes.
-FIRST_ROUND_WAIT = 10.0
 
 
-class Engine(EngineBase):
-    """Worker processes plus the supervisor thread that watches them."""
+@dataclass
+class Parts:
+    """A pool's parts, made by its Engine before the supervisor starts."""
 
-    batches_submits = True
-    per_call_guards = True
+    inbox: Inbox
+    alive: ParentAlive
+    slots: SharedSlots
+    launcher: Launcher
+    watch: WatchSet
+    spiller: Spiller
+    pacer: Pacer
+    workers: WorkerSet
+    kernel_log: KernelLog
+    guard_keeper: GuardKeeper
+    postmortem: Postmortem
 
-    def __init__(self, processes: int, initializer: Optional[Callable[..., Any]] = None,
-                 initargs: Iterable[Any] = (), maxtasks: Optional[int] = None, context: Any = None,
-                 finish_at_exit: bool = False, guards: Optional[Guards] = None) -> None:
-        guards = guards or Guards()
-        self.processes = processes
-        self.guards = guards
-        # At interpreter exit: finish the submitted work (executors, as the
-        # standard library's do) or terminate (pools, as multiprocessing's do).
-        self.finish_at_exit = finish_at_exit
+
+class Supervisor:
+    """The loop of the pool's one supervisor thread, the only one that acts
+    on the parts; *ended* is called on that thread when it finishes."""
+
+    def __init__(self, parts: Parts, initializer: Optional[Callable[..., Any]],
+                 ended: Callable[[], None]) -> None:
+        self.inbox = parts.inbox
+        self._alive, self._slots = parts.alive, parts.slots
+        self._launcher, self._watch = parts.launcher, parts.watch
+        self._spiller, self._pacer, self._workers = parts.spiller, parts.pacer, parts.workers
+        self._kernel_log, self.guard_keeper = parts.kernel_log, parts.guard_keeper
+        self._postmortem = parts.postmortem
         self._initializer = initializer
-        self.inbox = inbox = Inbox()
-        self._alive = ParentAlive()
-        self._slots = SharedSlots(processes)
-        zygote = context.get_start_method() == "fork" and can_use_zygote()
-        limits.make_room(processes, "zygote" if zygote else "multiprocessing")
-        # Before any thread of ours exists: under fork this forks the zygote.
-        launcher = make_launcher(context, WorkerSpec(
-            self._alive.conn, self._slots, initializer, tuple(initargs), maxtasks,
-            guards.task_timeout is not None, buffers.probe_handle(),
-            soft_timeout=guards.soft_timeout), processes)
-        self._launcher = launcher
-        self._watch = WatchSet(inbox.wakeup.fd)
+        self._ended = ended
+        self.replies = Replies(self._watch, self._workers, self._pacer, self._postmortem,
+                               self._init_failed)
         self._launcher_fds: List[int] = []   # its helpers' sockets and pidfds
         self._sync_launcher_fds()
-        self._spiller = Spiller()
-        self._pacer = Pacer(maxtasks)
-        self._workers = WorkerSet(processes, self._slots, launcher, self._watch, self._spiller,
-                                  self._pacer)
         # Workers cannot start (initializer failed, throttle, zygote gone):
         self._init_error: Optional[WorkerInitError] = None
-        # May workers read large bytes from our memory?  Not until the first
-        # has checked; never again once one could not.
-        self.remote_reads = False
-        self._remote_refused = False
-        self._kernel_log = KernelLog(diagnosis.SOURCES)
-        self.guard_keeper: GuardKeeper = GuardKeeper(guards, self._slots, self._workers)
-        self._postmortem = Postmortem(guards, self._kernel_log, processes, initializer)
         # Units may go to a worker still starting, after the ready ones had
         # their turn, when that cannot take long: forked, no initializer.  The
         # pool's first result then does not wait for a READY round trip.
-        early = initializer is None and isinstance(launcher, ZygoteLauncher)
-        self._dispatcher = Dispatcher(inbox, self._workers, self._pacer, self.guard_keeper,
+        early = initializer is None and isinstance(self._launcher, ZygoteLauncher)
+        self._dispatcher = Dispatcher(self.inbox, self._workers, self._pacer, self.guard_keeper,
                                       early, self._deliver_failure)
         self._more_to_start = False   # the start budget ran out: the next turn goes on
         self._vacancies_changed = True   # a slot may be started that could not be before
         self._terminating: Optional[bool] = None   # terminate() applied, with kill or not
-        self._start(self._run, "poolguard-supervisor")
-
-    # ---- called from other threads -------------------------------------------------
-
-    def main_by_value(self, func: Callable[..., Any]) -> bool:
-        """Must *func*, of ``__main__``, go to the workers by value?  A
-        wrapper (checkpoint's) is judged by the function it wraps."""
-        return self._launcher.main_by_value(getattr(func, "__wrapped__", func))
-
-    def submit_items(self, job: Job, items: Sequence[Any], chunksize: int, start: int = 0,
-                     func_bytes: Optional[bytes] = None, open_call: bool = False) -> None:
-        """Cut *items* into units (jobs.py) and queue them batch by batch."""
-        if func_bytes is None:
-            func_bytes = self.encode_function(job.func)
-        if len(items) == 1:   # submit, apply_async: no batching to do
-            unit = make_unit(job, start, items, func_bytes, self.remote_reads)
-            if unit is not None:
-                self.inbox.submit((unit,), open_call)
-            return
-        self.inbox.submit(cut_units(job, items, chunksize, start, func_bytes, self.remote_reads),
-                          open_call)
-
-    def submit_elastic(self, job: Job, items: Sequence[Any]) -> None:
-        """Queue *items* as one elastic unit, which dispatch cuts as it goes."""
-        func_bytes = self.encode_function(job.func)
-        self.inbox.submit([Unit(job, 0, items, func_bytes, remote=self.remote_reads,
-                                elastic=True)])
-
-    @property
-    def pids(self) -> List[int]:
-        """Pids of the live workers (a snapshot), once the first are started."""
-        self._workers.first_round.wait(FIRST_ROUND_WAIT)
-        return self._workers.pids()
-
-    def units_in_flight(self) -> int:
-        """Units sent to workers and not yet answered (a snapshot)."""
-        return sum(len(w.inflight) for w in self._workers)
-
-    def status(self) -> List[WorkerStatus]:
-        """What each worker is doing now, once the first are started; safe
-        from any thread."""
-        self._workers.first_round.wait(FIRST_ROUND_WAIT)
-        return self._workers.status()
-
-    def stats(self, sample: bool = True) -> PoolStats:
-        """What each worker slot did since the pool began; from any thread.
-        *sample*: read the live workers' RSS now too."""
-        return self._workers.stats(sample)
-
-    def helper_pids(self) -> Dict[str, int]:
-        """The pool's own helper processes now: name -> pid."""
-        return self._launcher.helper_pids()
-
-    def dump_stacks(self) -> None:
-        """Make every worker print the stack of each of its threads to its
-        stderr (SIGUSR1, handled by faulthandler); the tasks go on."""
-        self._workers.dump_stacks()
 
     # ---- the supervisor loop -------------------------------------------------------
 
-    def _run(self) -> None:
+    def run(self) -> None:
         error: Optional[BaseException] = None
         try:
             while self._step():
@@ -247,7 +187,7 @@ class Engine(EngineBase):
             if what is Watched.LAUNCHER:
                 self._on_launcher_event(fd)   # the next turn takes the workers answered
             elif what is Watched.RESULT:
-                self._read_replies(worker)
+                self.replies.read(worker)
             else:
                 deaths.append(worker)
         for worker in deaths:   # after the replies, which may finish its task
@@ -313,75 +253,12 @@ class Engine(EngineBase):
             self._terminating = self.inbox.kill
             self._workers.terminate(0.0 if self.inbox.kill else TERMINATE_GRACE)
 
-    # ---- replies -------------------------------------------------------------------
-
-    def _read_replies(self, worker: Worker) -> Read:
-        frames, state = worker.reader.read()
-        for data in frames:
-            self._on_reply(worker, data)
-        if state is Read.EOF:  # keep the pipe out of the wait set; the death fd says the rest
-            self._watch.discard(worker.reader.fd)
-        return state
-
-    def _on_reply(self, worker: Worker, data: bytes) -> None:
-        task_id, status, micros_or_offset = REPLY_HEADER.unpack_from(data)
-        body = memoryview(data)[REPLY_HEADER.size:]
-        if task_id == CONTROL:
-            self._on_control(worker, status, body)
-            return
-        shared: Optional[Sequence[Any]] = ()
-        if status & SHARED:   # its large buffers wait in a memfd of the worker's
-            status &= ~SHARED
-            got = take_shared(worker.pid, worker.death_fd, body,
-                              lambda parts: self._workers.send(worker, parts))
-            if got is None:
-                return   # the worker died holding them: its death fails the task
-            body, shared = got
-        if status & ITEM:
-            self._on_call_reply(worker, task_id, status & ~ITEM, micros_or_offset, body, shared)
-            return
-        unit = worker.pop_unit(task_id)
-        worker.watch.task_done()
-        self._postmortem.task_finished()
-        if unit is None:
-            return  # the job was already failed (terminate)
-        self._pacer.learn(unit, micros_or_offset / 1e6)
-        ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, None)),
-                                 unit.job.kind in PER_ITEM, shared)
-        deliver(unit, ok, value)
-
-    def _on_call_reply(self, worker: Worker, task_id: int, status: int, offset: int,
-                       body: memoryview, shared: Optional[Sequence[Any]]) -> None:
-        """One call of an EACH_APPLY unit ended; the unit goes on."""
-        unit = worker.find_unit(task_id)
-        if unit is None:
-            return   # the job was already failed (terminate)
-        self._postmortem.task_finished()
-        worker.items_done += 1   # now: its caller may have its value before the unit ends
-        ok, value = decode_reply(status, body, lambda: str(unit.job.describe(unit, offset)),
-                                 shared=shared)
-        try:
-            unit.job.call_done(unit, offset, ok, value[0] if ok else value)
-        except Exception:
-            report_callback_error()
-
-    def _on_control(self, worker: Worker, status: int, body: memoryview) -> None:
-        if status == READY:
-            worker.advance(State.READY)
-            if bytes(body[:1]) != b"\x01":
-                self._remote_refused = True
-            self.remote_reads = not self._remote_refused
-            worker.watch.sample()   # its cgroup and OOM counter, before any task
-        elif status == RETIRING:
-            worker.advance(State.RETIRING)
-        elif status == INIT_FAILED:
-            worker.advance(State.INIT_FAILED)
-            exc = decode_exception(body)
-            self._set_init_error(WorkerInitError(
-                f"initializer {name_of(self._initializer)} failed in worker {worker.pid}: "
-                f"{type(exc).__name__}: {exc}",
-                exc=exc, remote_traceback=getattr(exc.__cause__, "tb", None),
-                pid=worker.pid), exc)
+    def _init_failed(self, worker: Worker, exc: BaseException) -> None:
+        self._set_init_error(WorkerInitError(
+            f"initializer {function_name(self._initializer)} failed in worker {worker.pid}: "
+            f"{type(exc).__name__}: {exc}",
+            exc=exc, remote_traceback=getattr(exc.__cause__, "tb", None),
+            pid=worker.pid), exc)
 
     def _set_init_error(self, error: WorkerInitError, cause: Optional[BaseException]) -> None:
         error.__cause__ = cause
@@ -397,7 +274,7 @@ class Engine(EngineBase):
         kill_group(worker.pid)   # what the task started dies with it
         # Everything it wrote before dying.  Not "until EOF": a grandchild may
         # hold the write end open for as long as it lives.
-        while self._read_replies(worker) is Read.MORE:
+        while self.replies.read(worker) is Read.MORE:
             pass
         exitcode = worker.process.reap()
         death = self._postmortem.examine(worker, self._slots.read(worker.index), exitcode,
@@ -465,6 +342,5 @@ class Engine(EngineBase):
         self.inbox.wakeup.close()
         self._slots.close()
         self._kernel_log.close()
-        self._callbacks.stop()   # after the last failure above was queued
-        at_exit.live_engines.discard(self)
+        self._ended()
 

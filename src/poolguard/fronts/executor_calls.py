@@ -27,7 +27,7 @@ from concurrent.futures import CancelledError, Future, InvalidStateError, Timeou
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from ..engine import EngineSurface, Job, Unit
-from ..engine.jobs import arguments_text, function_name
+from ..naming import arguments_text, function_name
 from ..errors import TaskInfo
 from ..options import Guards
 from ..progress import Progress, finish_progress

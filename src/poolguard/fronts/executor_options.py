@@ -3,17 +3,28 @@ have guards of their own.  ``submit``'s keyword arguments belong to the
 function, so a call's guards cannot be arguments of ``submit`` itself."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Protocol, TypeVar
 
 from ..options import Guards
 
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointArg
     from .call_future import StoppableFuture
-    from .executor import ProcessPoolExecutor
     from ..progress import ProgressArg
 
 T = TypeVar("T")
+
+
+class _Calls(Protocol):
+    """What a view uses of its executor (executor.py's, which makes views)."""
+
+    def _submit(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: Dict[str, Any],
+                guards: Optional[Guards]) -> StoppableFuture[T]: ...
+
+    def _map(self, fn: Callable[..., Any], iterables: tuple[Any, ...], timeout: Optional[float],
+             chunksize: Optional[int], buffersize: Optional[int], checkpoint: CheckpointArg,
+             progress: ProgressArg, guards: Optional[Guards],
+             submit: Optional[Callable[..., Any]]) -> Iterator[Any]: ...
 
 
 class ExecutorOptions:
@@ -22,7 +33,7 @@ class ExecutorOptions:
     (the executor's own for the others).  It holds no resources: shut down
     the executor, not the view."""
 
-    def __init__(self, executor: "ProcessPoolExecutor", guards: Optional[Guards]):
+    def __init__(self, executor: _Calls, guards: Optional[Guards]):
         self.executor = executor
         self.guards = guards
 

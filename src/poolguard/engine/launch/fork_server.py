@@ -20,7 +20,8 @@ import warnings
 from typing import List, Optional
 
 from ... import diagnosis
-from ...errors import HelperDiedWarning, signal_name
+from ...errors import HelperDiedWarning
+from ...naming import signal_name
 from .base import _pidfd
 
 CONNECT_FDS = 3   # pipes: multiprocessing's socket and two pipes (5), with a margin

@@ -11,7 +11,7 @@ import socket
 from typing import Any, Callable, List, Optional, Tuple
 
 from ... import diagnosis
-from ...errors import signal_name
+from ...naming import signal_name
 from ...wire import private_fds
 from .base import WorkerProcess
 

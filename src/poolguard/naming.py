@@ -1,14 +1,57 @@
-"""How an argument is shown where a task is named (a crash's message,
+"""One home for naming what a message names: a signal, a function, a
+call's arguments.
+
+How an argument is shown where a task is named (a crash's message,
 ``status()``): short, and saying what matters.  An array's values say
 little and fill the line ahead of what does (a grid search's candidate
 parameters): arrays, data frames and sparse matrices are shown by type,
 shape and dtype, at any depth; everything else as ``reprlib`` shortens it."""
 from __future__ import annotations
 
+import functools
 import reprlib
+import signal
 from typing import Any, Dict, Optional, Sequence
 
 SMALL = 6   # elements: an array this small is shown with its values
+# Signals of a crash in the process's own code (native code, mostly).
+CRASH_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT")
+
+
+def signal_name(signum: Optional[int]) -> Optional[str]:
+    """``SIGKILL`` for 9; ``signal 99`` for a number with no name."""
+    if signum is None:
+        return None
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def function_name(func: Any) -> str:
+    """The user's function behind wrappers: checkpoint's, ``functools.partial``,
+    scikit-learn's ``delayed``."""
+    for _ in range(5):
+        if isinstance(func, functools.partial):
+            func = func.func
+        elif hasattr(func, "__wrapped__"):
+            func = func.__wrapped__
+        elif callable(getattr(func, "function", None)):   # scikit-learn's _FuncWrapper
+            func = func.function
+        else:
+            break
+    return getattr(func, "__qualname__", None) or repr(func)
+
+
+def arguments_text(args: Sequence[Any], kwds: Dict[Any, Any]) -> str:
+    """``1, 'a', x=3``: the arguments of a call as a crash message shows them."""
+    parts = [short_repr(a) for a in args] + [f"{k}={short_repr(v)}" for k, v in kwds.items()]
+    return clip(", ".join(parts))
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """*text* cut to *limit* characters, ending "..." when cut."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class _Repr(reprlib.Repr):
