@@ -11,7 +11,7 @@ import time
 import sys
 import textwrap
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -66,6 +66,7 @@ def run_script(tmp_path: Path, body: str, method: str, timeout: float = SCRIPT_L
 # their scripts import as tasks_mod.
 HELPER_TASKS = """
 import os, time
+import poolguard
 
 def square(x):
     return x * x
@@ -79,6 +80,18 @@ def exit_once(marker):
         open(marker, "w").close()
         os._exit(3)
     return "ran again"
+
+def print_map_outcome(p, wait):
+    # A map of 4 squares on pool p: its values, its error, or "hung".
+    result = p.map_async(square, range(4))
+    result.wait(wait)
+    if not result.ready():
+        print("hung")
+        return
+    try:
+        print(result.get())
+    except poolguard.PoolguardError as exc:
+        print(type(exc).__name__, "|", str(exc).replace("\\n", " / "))
 """
 
 
@@ -122,3 +135,21 @@ def owner_script(tmp_path: Path, text: str, method: str,
         except ProcessLookupError:
             pass
         owner.wait(10)
+
+
+def run_code(code: str, timeout: float, env: Optional[dict] = None,
+             prefix: Sequence[str] = ()) -> Tuple[int, str, str]:
+    """(exit code, stdout, stderr) of *code* run by a fresh interpreter (after
+    *prefix*: strace, say) with the tested poolguard and tests/ importable;
+    a hang fails the test after *timeout* seconds, its session killed."""
+    full = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), **(env or {}))
+    proc = subprocess.Popen([*prefix, sys.executable, "-c", textwrap.dedent(code)], env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)   # the session we created
+        out, err = proc.communicate()
+        pytest.fail(f"hung for {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+    return proc.returncode, out, err

@@ -9,13 +9,12 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from scripts import ROOT, TESTS
+from scripts import ROOT, TESTS, run_code
 
 from poolguard import checkpoint as store_module
 
@@ -65,17 +64,8 @@ def run(tmp_path, store, prefix: list | None = None, func: str = "logged_square"
     log = tmp_path / "calls"
     log.unlink(missing_ok=True)
     code = MAP.format(func=func, log=str(log), items=ITEMS, store=str(store), fsync=fsync)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
-    proc = subprocess.Popen([*(prefix or []), sys.executable, "-c", code], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)   # the group we created
-        out, err = proc.communicate()
-        pytest.fail(f"hung\nstdout:\n{out}\nstderr:\n{err}")
-    assert proc.returncode == 0, err
+    rc, out, err = run_code(code, timeout, prefix=prefix or ())
+    assert rc == 0, err
     return out.strip(), err, tasks.calls(str(log))
 
 

@@ -8,7 +8,6 @@ import hmac
 import os
 import pickle
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import threading
 
 import pytest
 
-from scripts import ROOT, TESTS
+from scripts import ROOT, TESTS, run_code
 
 from poolguard import checkpoint as store_module
 
@@ -27,19 +26,8 @@ pytestmark = pytest.mark.timeout(150)
 
 
 def run(code: str, timeout: float = 40, env: dict | None = None) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of *code* in a fresh interpreter; a hang
-    fails the test after *timeout* seconds, with the group killed."""
-    full = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]), **(env or {}))
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)   # the group we created
-        out, err = proc.communicate()
-        pytest.fail(f"hung for {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    return proc.returncode, out, err
+    """(exit code, stdout, stderr) of *code* in a fresh interpreter."""
+    return run_code(code, timeout, env)
 
 
 MAP = """

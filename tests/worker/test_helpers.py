@@ -36,15 +36,7 @@ def test_the_zygote_killed_while_a_worker_it_forked_still_starts_never_hangs(tmp
             p = poolguard.Pool(2, context=METHOD)
             time.sleep(pause)
             os.kill(p.helper_pids()["zygote"], signal.SIGKILL)
-            result = p.map_async(tasks_mod.square, range(4))
-            result.wait(4.0)
-            if not result.ready():
-                print("hung after", pause)
-            else:
-                try:
-                    print(result.get())
-                except poolguard.PoolguardError as exc:
-                    print(type(exc).__name__, "|", str(exc).replace("\\n", " / "))
+            tasks_mod.print_map_outcome(p, 4.0)
             p.terminate()
         print("done")
     """, method)

@@ -137,15 +137,7 @@ def test_helpers_killed_at_the_pools_birth_never_hang(tmp_path, method):
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            result = p.map_async(tasks_mod.square, range(4))
-            result.wait(15)
-            if not result.ready():
-                print("hung after", pause)
-            else:
-                try:
-                    print(result.get())
-                except poolguard.PoolguardError as exc:
-                    print(type(exc).__name__, "|", str(exc).replace("\\n", " / "))
+            tasks_mod.print_map_outcome(p, 15)
             p.terminate()
         with poolguard.Pool(2, context=METHOD) as p:
             print(p.map(tasks_mod.square, range(4)))

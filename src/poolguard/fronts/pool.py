@@ -112,9 +112,7 @@ class Pool(WorkerReports, PoolMaps, _StdlibPool):
             args: Positional arguments.
             kwds: Keyword arguments.
             **guards: This call's own guards, replacing the pool's for it
-                alone: ``task_timeout``, ``soft_timeout``,
-                ``max_worker_memory``, ``retries``, ``retry_on`` (see
-                :ref:`guards`).
+                alone (see :meth:`map`).
 
         Returns:
             What *func* returned.
@@ -144,9 +142,7 @@ class Pool(WorkerReports, PoolMaps, _StdlibPool):
                 delay crash detection).
             error_callback: Called with the exception when the call fails.
             **guards: This call's own guards, replacing the pool's for it
-                alone: ``task_timeout``, ``soft_timeout``,
-                ``max_worker_memory``, ``retries``, ``retry_on`` (see
-                :ref:`guards`).
+                alone (see :meth:`map`).
 
         Returns:
             An :class:`~poolguard.ApplyResult`: ``get()`` the value, or

@@ -87,17 +87,9 @@ class PoolMaps:
             chunksize: Items sent to a worker at once (see :meth:`map`).
             callback: Called with the list of values once all succeeded.
             error_callback: Called with the first error.
-            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
-                where each item's result is kept: a call made again after a
-                crash or an interruption runs only the items not yet done.
-            progress: ``True`` for a progress bar (tqdm when installed, else
-                a line of text), a tqdm bar to update, or a callable given a
-                :class:`poolguard.progress.ProgressInfo` about 10 times a
-                second and once at the end.  Counts the deaths too.
-            **guards: This call's own guards, replacing the pool's for it
-                alone: ``task_timeout``, ``soft_timeout``,
-                ``max_worker_memory``, ``retries``, ``retry_on`` (see
-                :ref:`guards`).
+            checkpoint: As for :meth:`map`.
+            progress: As for :meth:`map`.
+            **guards: As for :meth:`map`: this call's own guards.
 
         Returns:
             A :class:`~poolguard.MapResult` whose ``get()`` is the list.
@@ -118,17 +110,9 @@ class PoolMaps:
             func: The function.
             iterable: Tuples (or other iterables) of arguments.
             chunksize: Items sent to a worker at once (see :meth:`map`).
-            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
-                where each item's result is kept: a call made again after a
-                crash or an interruption runs only the items not yet done.
-            progress: ``True`` for a progress bar (tqdm when installed, else
-                a line of text), a tqdm bar to update, or a callable given a
-                :class:`poolguard.progress.ProgressInfo` about 10 times a
-                second and once at the end.  Counts the deaths too.
-            **guards: This call's own guards, replacing the pool's for it
-                alone: ``task_timeout``, ``soft_timeout``,
-                ``max_worker_memory``, ``retries``, ``retry_on`` (see
-                :ref:`guards`).
+            checkpoint: As for :meth:`map`.
+            progress: As for :meth:`map`.
+            **guards: As for :meth:`map`: this call's own guards.
 
         Returns:
             The values, in input order.
@@ -154,17 +138,9 @@ class PoolMaps:
             chunksize: Items sent to a worker at once (see :meth:`map`).
             callback: Called with the list of values once all succeeded.
             error_callback: Called with the first error.
-            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
-                where each item's result is kept: a call made again after a
-                crash or an interruption runs only the items not yet done.
-            progress: ``True`` for a progress bar (tqdm when installed, else
-                a line of text), a tqdm bar to update, or a callable given a
-                :class:`poolguard.progress.ProgressInfo` about 10 times a
-                second and once at the end.  Counts the deaths too.
-            **guards: This call's own guards, replacing the pool's for it
-                alone: ``task_timeout``, ``soft_timeout``,
-                ``max_worker_memory``, ``retries``, ``retry_on`` (see
-                :ref:`guards`).
+            checkpoint: As for :meth:`map`.
+            progress: As for :meth:`map`.
+            **guards: As for :meth:`map`: this call's own guards.
 
         Returns:
             A :class:`~poolguard.MapResult` whose ``get()`` is the list.
@@ -242,17 +218,9 @@ class PoolMaps:
             func: A function of one argument.
             iterable: The items.
             chunksize: Items sent to a worker at once (1 by default).
-            checkpoint: A directory (or a :class:`~poolguard.Checkpoint`)
-                where each item's result is kept: a call made again after a
-                crash or an interruption runs only the items not yet done.
-            progress: ``True`` for a progress bar (tqdm when installed, else
-                a line of text), a tqdm bar to update, or a callable given a
-                :class:`poolguard.progress.ProgressInfo` about 10 times a
-                second and once at the end.  Counts the deaths too.
-            **guards: This call's own guards, replacing the pool's for it
-                alone: ``task_timeout``, ``soft_timeout``,
-                ``max_worker_memory``, ``retries``, ``retry_on`` (see
-                :ref:`guards`).
+            checkpoint: As for :meth:`map`.
+            progress: As for :meth:`map`.
+            **guards: As for :meth:`map`: this call's own guards.
 
         Returns:
             An :class:`~poolguard.IMapIterator`.
