@@ -4,6 +4,7 @@ test_executor.py.  The leak check of conftest.py runs after each test."""
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import re
 import time
@@ -122,6 +123,34 @@ def test_repeated_stops_leak_no_process_nor_descriptor(front, method, tmp_path):
     except AssertionError:
         raise AssertionError(f"descriptors leaked: {before} -> {_kinds()}") from None
     # (No process is left: conftest.py's check after every test.)
+
+
+def test_stopped_futures_end_once_and_log_nothing(method, tmp_path, caplog):
+    # A future is stopped running, waiting in the batch of submits, and racing
+    # its own result: each ends once (TaskStoppedError if stop() said True,
+    # its value if False), a later result is dropped, and concurrent.futures
+    # logs nothing (set_running_or_notify_cancel on a running future logs
+    # CRITICAL "Future in unexpected state").
+    path = tmp_path / "pid"
+    with poolguard.ProcessPoolExecutor(1, mp_context=method) as executor:
+        running = executor.submit(tasks.announce_and_sleep, str(path), 30)
+        waiting = executor.submit(tasks.square, 3)
+        wait_until(path.exists, 10)
+        assert waiting.stop() is True and running.stop() is True
+        for future in (running, waiting):
+            with pytest.raises(TaskStoppedError):
+                future.result(PROMPT)
+            assert future.stop() is False and not future.cancelled()
+        for i in range(40):   # the result and stop() race
+            future = executor.submit(tasks.sleep_then, i % 4 * 0.002, i)
+            time.sleep(i % 5 * 0.001)
+            if future.stop():
+                with pytest.raises(TaskStoppedError):
+                    future.result(PROMPT)
+            else:
+                assert future.result(PROMPT) == i
+        assert executor.submit(tasks.square, 9).result(10) == 81
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def _kinds() -> "collections.Counter[str]":

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, Optional, TypeVar
 
 from ..engine import EngineSurface, Unit
 from ..errors import TaskStoppedError
-from .executor_calls import FutureJob, SubmitPart, set_quietly
+from .executor_calls import FutureJob, SubmitPart
 
 T = TypeVar("T")
 
@@ -40,14 +40,17 @@ class StoppableFuture(Future[T]):
                 cannot be stopped.
         """
         engine = self._engine
-        if engine is None or self.done():
+        if engine is None:
+            return False
+        # set_exception is the one atomic step, from PENDING or RUNNING alike
+        # (set_running_or_notify_cancel on a running future logs CRITICAL):
+        # a result, cancel() or another stop() that came first wins, and the
+        # supervisor sends no call of a future finished while pending (start()).
+        try:
+            self.set_exception(TaskStoppedError("submit stopped on request (stop())"))
+        except InvalidStateError:   # finished or cancelled already
             return False
         engine.stop_calls(functools.partial(_runs, self))
-        try:   # one not sent yet must not be: the executor sends only PENDING ones
-            self.set_running_or_notify_cancel()
-        except RuntimeError:   # running already
-            pass
-        set_quietly(self.set_exception, TaskStoppedError("submit stopped on request (stop())"))
         return True
 
 

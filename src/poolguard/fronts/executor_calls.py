@@ -24,6 +24,7 @@ import weakref
 # concurrent.futures' own TimeoutError: the builtin one from 3.11, a class of
 # its own on 3.10, where `except futures.TimeoutError` misses the builtin.
 from concurrent.futures import CancelledError, Future, InvalidStateError, TimeoutError
+from concurrent.futures._base import CANCELLED, PENDING
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from ..engine import EngineSurface, Job, Unit
@@ -168,11 +169,13 @@ class MapJob(Job):
 
 def start(future: Future[Any]) -> bool:
     """Set *future* running if it is pending; False if it is not: cancelled,
-    or stopped (``StoppableFuture.stop()``) before it was sent."""
-    try:
+    or stopped (``StoppableFuture.stop()``) before it was sent.  Under the
+    future's own lock (reentrant): a stop() between a look at its state and
+    set_running_or_notify_cancel would make that raise and log CRITICAL."""
+    with future._condition:
+        if future._state not in (PENDING, CANCELLED):   # stopped, or started already
+            return False
         return future.set_running_or_notify_cancel()
-    except RuntimeError:   # stopped: running (for a moment) or failed already
-        return False
 
 
 def set_quietly(setter: Callable[[Any], None], value: Any) -> None:
