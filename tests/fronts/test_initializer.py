@@ -1,6 +1,7 @@
 """A failing initializer gives one clear error, never an endless respawn loop."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -9,7 +10,7 @@ import poolguard
 from poolguard import WorkerInitError
 
 import tasks
-from conftest import PROMPT
+from conftest import PROMPT, wait_until
 
 
 def test_failing_initializer_raises_within_a_second(method, tmp_path):
@@ -37,9 +38,15 @@ def test_initializer_that_kills_its_worker(method):
             pool.apply_async(tasks.square, (2,)).get(timeout=10)
 
 
-def test_pool_works_again_after_a_transient_initializer_failure(tmp_path):
+@pytest.mark.parametrize("failed_first", [False, True])
+def test_pool_works_again_after_a_transient_initializer_failure(tmp_path, failed_first):
+    # The first call fails whether it came before the pool's first start
+    # failed or after (failed_first): that failure is told once, then the
+    # next call starts workers again.
     marker = str(tmp_path / "failed-once")
     with poolguard.Pool(1, initializer=tasks.init_flaky, initargs=(marker,)) as pool:
+        if failed_first:   # failed, and its worker gone
+            wait_until(lambda: os.path.exists(marker) and not pool.pids, 10)
         with pytest.raises(WorkerInitError, match="first start fails"):
             pool.map(tasks.square, range(3))
         assert pool.map(tasks.square, range(3)) == [0, 1, 4]

@@ -125,8 +125,9 @@ class Supervisor:
                                self._init_failed)
         self._launcher_fds: List[int] = []   # its helpers' sockets and pidfds
         self._sync_launcher_fds()
-        # Workers cannot start (initializer failed, throttle, zygote gone):
+        # Why workers cannot start (initializer failed, throttle, zygote gone):
         self._init_error: Optional[WorkerInitError] = None
+        self._init_error_told = False   # a call failed with it
         # Units may go to a worker still starting, after the ready ones had
         # their turn, when that cannot take long: forked, no initializer.  The
         # pool's first result then does not wait for a READY round trip.
@@ -158,8 +159,10 @@ class Supervisor:
         """One turn of the loop; False when the engine has finished."""
         inbox = self.inbox
         if inbox.new_call and inbox.take_new_call():   # the lock only when one came
-            self._init_error = None   # a new call gets a new chance to start workers
             self._vacancies_changed = True
+            # Workers start again, once a call has failed with why they could not.
+            if self._init_error_told or self._workers.may_serve():
+                self._init_error = None
         state = inbox.state
         if state == TERMINATING:
             self._terminate_workers()
@@ -238,6 +241,7 @@ class Supervisor:
         if (self._init_error is not None and not self._workers.may_serve()
                 and not self._launcher.busy()):   # none still being forked
             for unit in self.inbox.take_pending():
+                self._init_error_told = True
                 self._deliver_failure(unit, self._init_error)
 
     def _stop_idle_workers(self) -> None:
@@ -262,7 +266,7 @@ class Supervisor:
 
     def _set_init_error(self, error: WorkerInitError, cause: Optional[BaseException]) -> None:
         error.__cause__ = cause
-        self._init_error = error
+        self._init_error, self._init_error_told = error, False
         self._workers.first_round.set()   # no wait for workers that may not come
 
     def _deliver_failure(self, unit: Unit, exc: BaseException) -> None:
