@@ -53,10 +53,9 @@ What another thread touches:
   job's lock; user callbacks run on the callbacks thread, never here;
 * the Spiller's queue (its thread) and the starter's (forkserver's thread).
 
-No turn scans every worker: the worker set keeps who is idle, busy or may
-take a unit (workers.py, pacing.py's Offers), deadlines are in a heap, RSS
-is sampled within a budget.  No lock is shared with a worker: each has its
-own pipes and slot, so a worker killed at any instant cannot block anyone.
+No turn scans every worker (worker_set.py, pacing.py's Offers, a heap of
+deadlines), and no lock is shared with a worker: one killed at any instant
+cannot block anyone.
 """
 from __future__ import annotations
 
@@ -177,11 +176,16 @@ class Supervisor:
         if (state == CLOSING and not self._workers and not inbox.pending
                 and not inbox.open_calls):
             return False
-        ready = self._watch.wait(self._next_wake())
+        self._on_ready(self._watch.wait(self._next_wake()))
+        self.guard_keeper.check()
+        return True
+
+    def _on_ready(self, ready: List[int]) -> None:
+        """Act on the descriptors the wait found ready."""
         deaths = []
         for fd in ready:
-            if fd == inbox.wakeup.fd:
-                inbox.wakeup.drain()   # the next turn sees what woke us
+            if fd == self.inbox.wakeup.fd:
+                self.inbox.wakeup.drain()   # the next turn sees what woke us
                 continue
             entry = self._watch.owner.get(fd)
             if entry is None:   # dropped earlier in this turn (the zygote's death)
@@ -195,8 +199,6 @@ class Supervisor:
                 deaths.append(worker)
         for worker in deaths:   # after the replies, which may finish its task
             self._on_death(worker)
-        self.guard_keeper.check()
-        return True
 
     def _next_wake(self) -> Optional[float]:
         if self._more_to_start:
