@@ -67,6 +67,7 @@ from typing import Any, Callable, List, Optional
 
 from ..diagnosis import KernelLog
 from ..errors import PoolTerminatedError, WorkerInitError
+from ..naming import function_name
 from ..wire.channels import Read, Spiller, WatchSet, Watched
 from ..wire.slots import SharedSlots
 from .dispatch import Dispatcher
@@ -75,7 +76,6 @@ from .inbox import CLOSING, RUNNING, TERMINATING, Inbox
 from .jobs import Unit, deliver
 from .launch import Launcher, ParentAlive, StartError, ZygoteLauncher
 from .pacing import Pacer
-from ..naming import function_name
 from .postmortem import Postmortem
 from .replies import Replies
 from .worker_set import WorkerSet
@@ -83,16 +83,14 @@ from .workers import Worker, kill_group
 
 TERMINATE_GRACE = 1.0       # seconds between SIGTERM and SIGKILL on terminate()
 # Seconds of worker starts per turn of the loop.  A start through
-# multiprocessing waits for the process (forkserver: 5-150 ms each on a busy
-# machine): the workers already up take tasks between two rounds of starts
-# instead of after the last of a thousand.
+# multiprocessing waits for the process (forkserver: 5-150 ms on a busy
+# machine): the workers up take tasks between two rounds of starts.
 START_BUDGET = 0.02
 
 
 @dataclass
 class Parts:
     """A pool's parts, made by its Engine before the supervisor starts."""
-
     inbox: Inbox
     alive: ParentAlive
     slots: SharedSlots
