@@ -221,6 +221,65 @@ def test_out_of_descriptors_fails_only_what_cannot_be_served_and_heals(tmp_path,
     assert lines[3] == "helpers kept True []", out
 
 
+
+@pytest.mark.parametrize("method", ["forkserver"])
+def test_descriptors_taken_while_a_start_connects_leave_the_fork_server_alive(tmp_path,
+                                                                              method):
+    """Every free descriptor is taken (as by another thread of the process)
+    at the instant a start connects to the fork server, and freed when the
+    start sends its descriptors.  Before, a start checked first that
+    descriptors were free, but multiprocessing's client made its pipes
+    after it had connected: they failed there, and the empty connection
+    killed CPython 3.11's fork server (in the test above, 1 run in 5, when
+    the supervisor made a worker's pipes meanwhile).  A start now makes
+    them before it connects: the worker starts and the fork server stays."""
+    out = run(tmp_path, """
+        import resource, warnings
+        from multiprocessing import forkserver
+        import tasks_mod
+        warned = []
+        warnings.showwarning = lambda message, *_: warned.append(str(message))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 512), hard))
+        armed, taken, lock = threading.Event(), [], threading.Lock()
+        def free():
+            with lock:
+                while taken:
+                    os.close(taken.pop())
+        def take_at_connect(event, args):
+            if not armed.is_set() or threading.current_thread().name != "poolguard-starter":
+                return
+            if event == "socket.connect" and args[1] == forkserver._forkserver._forkserver_address:
+                armed.clear()   # one start only
+                with lock:
+                    try:
+                        while True:
+                            taken.append(os.dup(0))
+                    except OSError:
+                        pass
+            elif event == "socket.sendmsg":
+                free()
+        sys.addaudithook(take_at_connect)
+        p = poolguard.Pool(1, maxtasksperchild=1, context=METHOD)
+        print(p.map(tasks_mod.square, [3]))
+        server = forkserver._forkserver._forkserver_pid
+        time.sleep(0.5)   # the replacement has started
+        armed.set()
+        result = p.map_async(tasks_mod.square, range(2), chunksize=1)
+        result.wait(20)
+        free()
+        print("taken", not armed.is_set())
+        try:
+            print(result.get(0))
+        except Exception as exc:
+            print(repr(exc))
+        print(p.map(tasks_mod.square, range(3)))
+        print("same fork server", forkserver._forkserver._forkserver_pid == server, warned)
+        p.terminate()
+    """, method)
+    assert out.splitlines() == ["[9]", "taken True", "[0, 1]", "[0, 1, 4]",
+                                "same fork server True []"], out
+
 HELD_PICKLE = """
 import threading
 pickling, release = threading.Event(), threading.Event()

@@ -195,7 +195,9 @@ class ContextLauncher:
                  Connection(pipes.result_w, readable=False),
                  Connection(pipes.crash_w, readable=False))
         # (Under fork, what only we may hold is closed by the at-fork hook.)
-        process = self.context.Process(
+        factory = (fork_server.process_class(self.context) if self._method == "forkserver"
+                   else self.context.Process)
+        process = factory(
             target=worker_main, name=f"poolguard-worker-{index}",
             args=(spec, index, *conns,
                   os.getpid() if self._method != "forkserver" else None, []),
@@ -203,7 +205,6 @@ class ContextLauncher:
         try:
             if self._method == "forkserver":
                 fork_server.say_if_gone()
-                fork_server.reserve()
             with _children_allowed():
                 process.start()
             # multiprocessing would join it when a daemonic process of its

@@ -2,29 +2,33 @@
 sees it: a helper of the pool, though not the pool's own.
 
 * Its preload list gets poolguard, so that its workers need not import it.
-* A start must not connect to it without the descriptors to finish: the
-  client makes its two pipes after it has connected, and a connection
-  closed with nothing sent kills CPython 3.11's fork server (EOFError in
-  ``recvfds``, its traceback on stderr; measured: 3 fork servers gone in
-  one round of RLIMIT_NOFILE lowered and raised).  ``reserve`` checks they
-  are free first, so running out fails the start, not the server.
+* A start makes every descriptor it needs before it connects (Process):
+  multiprocessing's client (CPython 3.13 and before) makes its two pipes
+  after it has connected, and a connection closed with nothing sent kills
+  that fork server (EOFError in ``recvfds``).  A check that descriptors
+  were free before the start was not enough: another thread of the
+  process (the supervisor making a worker's pipes) took them meanwhile.
 * Its death, however it came, is said once (HelperDiedWarning), at the
   next start, which makes a new one.
 """
 from __future__ import annotations
 
+import io
 import os
 import select
+import socket
 import threading
 import warnings
-from typing import List, Optional
+from multiprocessing import forkserver, popen_forkserver, reduction, resource_tracker, spawn, util
+from multiprocessing import context as mp_context
+from multiprocessing.context import ForkServerProcess, set_spawning_popen
+from typing import Any, List, Optional, Tuple
 
 from ... import diagnosis
 from ...errors import HelperDiedWarning
 from ...naming import signal_name
 from .base import _pidfd
 
-CONNECT_FDS = 3   # pipes: multiprocessing's socket and two pipes (5), with a margin
 EXIT_WAIT = 1.0   # seconds for a fork server that closed on us to exit
 
 _lock = threading.Lock()
@@ -48,18 +52,6 @@ def preload_poolguard() -> None:
             or getattr(server, "_forkserver_pid", None) is not None):
         return
     server.set_forkserver_preload([*modules, "poolguard"])   # type: ignore[attr-defined]
-
-
-def reserve() -> None:
-    """OSError (EMFILE, ENFILE) unless the descriptors a start needs after
-    it connects are free now; they are free again on return."""
-    fds: List[int] = []
-    try:
-        for _ in range(CONNECT_FDS):
-            fds.extend(os.pipe())
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def say_if_gone() -> None:
@@ -114,4 +106,83 @@ def wait_for_exit() -> None:
         poller.register(fd, select.POLLIN)
         poller.poll(EXIT_WAIT * 1000)   # readable once it has exited
     finally:
+        os.close(fd)
+
+
+# From CPython 3.14 a request starts with a handshake, and the fork server
+# survives a connection that ends early: multiprocessing's own client is kept.
+_HANDSHAKE = hasattr(forkserver._forkserver, "_forkserver_authkey")
+
+
+def process_class(context: Any) -> Any:
+    """The class of a worker's process under forkserver: ours in place of
+    multiprocessing's own, a class the caller's context brings kept."""
+    stock = context.Process in (ForkServerProcess, mp_context.Process)
+    return Process if stock else context.Process
+
+
+class Process(ForkServerProcess):
+    """A worker started through the fork server by our own request."""
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        return _Popen(process_obj)
+
+
+class _Popen(popen_forkserver.Popen):
+    def _launch(self, process_obj: Any) -> None:
+        if _HANDSHAKE:
+            super()._launch(process_obj)   # type: ignore[misc]
+            return
+        data = io.BytesIO()
+        set_spawning_popen(self)   # descriptors pickled go to self._fds
+        try:
+            reduction.dump(spawn.get_preparation_data(process_obj._name), data)
+            reduction.dump(process_obj, data)
+        finally:
+            set_spawning_popen(None)
+        self.sentinel, data_w, kept = _request(self._fds)   # type: ignore[attr-defined]
+        # The copy of the data pipe, ours while this handle lives, is how the
+        # worker's parent_process() sees us alive.
+        self.finalizer = util.Finalize(self, _close, ([kept, self.sentinel],))
+        with open(data_w, "wb", closefd=True) as pipe:
+            pipe.write(data.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+def _request(fds: List[int]) -> Tuple[int, int, int]:
+    """Ask the fork server for a process that inherits *fds*: (our end of
+    its status pipe, our end of its data pipe, a copy of that end).  All
+    are made before connecting, so that running out of descriptors fails
+    here, not in the fork server."""
+    server: Any = forkserver._forkserver
+    server.ensure_running()
+    tracker: Any = resource_tracker.getfd()   # (made again here if it died)
+    if len(fds) + 4 >= forkserver.MAXFDS_TO_SEND:
+        raise ValueError("too many descriptors to send to the fork server")
+    made: List[int] = []
+    try:
+        made.extend(os.pipe())   # status: the fork server writes the pid, the exit code
+        made.extend(os.pipe())   # data: we write the preparation data and the process
+        made.append(os.dup(made[3]))
+        client = socket.socket(socket.AF_UNIX)
+    except BaseException:
+        _close(made)
+        raise
+    status_r, status_w, data_r, data_w, kept = made
+    try:
+        with client:
+            client.connect(server._forkserver_address)
+            reduction.sendfds(client, [data_r, status_w, server._forkserver_alive_fd,
+                                       tracker, *fds])
+    except BaseException:
+        _close([status_r, data_w, kept])
+        raise
+    finally:
+        _close([data_r, status_w])   # the fork server has its own copies
+    return status_r, data_w, kept
+
+
+def _close(fds: List[int]) -> None:
+    for fd in fds:
         os.close(fd)
