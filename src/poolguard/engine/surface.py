@@ -7,7 +7,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from ..options import Guards
-from ..wire.messages import encode_function
+from ..wire.pickling import encode_function
 from . import at_exit
 from .callbacks import CallbackThread
 from .guards import GuardKeeper, StopMatch

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Union
 
-from ...wire.messages import dumps_call
+from ...wire.pickling import dumps_call
 from .base import ParentAlive, WorkerPipes, WorkerProcess, WorkerSpec
 from ...worker.starting import StartError, describe_start_error
 from .context import ContextLauncher

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set
 
 from ... import diagnosis
 from ...diagnosis import zombie_exit_status
-from ...wire.messages import top_level_names_of_main
+from ...wire.pickling import top_level_names_of_main
 from ...wire.slots import SharedSlots
 from ...worker.loop import worker_main
 from .base import WorkerPipes, WorkerProcess, WorkerSpec, _pidfd
