@@ -22,7 +22,9 @@ def main() -> None:
         assert_type(pool.apply_async(square, (3,)), poolguard.AsyncResult[int])
         assert_type(pool.imap(square, [1]), poolguard.IMapIterator[int])
     with poolguard.ProcessPoolExecutor(2) as executor:
-        assert_type(executor.submit(square, 2), Future[int])
+        assert_type(executor.submit(square, 2), poolguard.StoppableFuture[int])
+        standard: Future[int] = executor.submit(square, 2)   # a Future too
+        assert_type(standard.result(), int)
         try:
             executor.submit(square, 3).result()
         except poolguard.WorkerCrashedError as exc:

@@ -55,6 +55,7 @@ class ApplyResult(Job, _StdlibApplyResult[T]):
         self._error_callback = error_callback
         self._success = False
         self._settled = False
+        self._stopped = False   # stop(): what has not started is dropped
         self._value: Any = None
         self._waiters = LoopWaiters()
 
@@ -126,6 +127,7 @@ class ApplyResult(Job, _StdlibApplyResult[T]):
         engine = pool._engine if pool is not None else None
         if engine is None or self._settled:
             return False
+        self._stopped = True
         engine.stop_calls(lambda unit, offset: unit.job is self)
         # At once, for what no worker runs; a worker's death after the kill
         # may come first, with the same type and the worker named.
@@ -133,9 +135,10 @@ class ApplyResult(Job, _StdlibApplyResult[T]):
         return True
 
     def wanted(self, unit: Unit) -> bool:
-        """Engine hook (not for users): a unit of a call already failed or
-        stopped is not sent."""
-        return not self._settled
+        """Engine hook (not for users): a unit of a stopped call is not sent.
+        One of a call that failed is, as in the standard library: the other
+        items of a map still run (and checkpoint= keeps their results)."""
+        return not self._stopped
 
     def unit_done(self, unit: Unit, values: list[Any]) -> None:
         """Engine hook (not for users): the call's unit finished with *values*."""
