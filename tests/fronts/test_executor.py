@@ -196,6 +196,14 @@ def test_batched_submits_each_keep_their_own_outcome(method, tmp_path):
         warm = [executor.submit(tasks.outcome, log + ".warm", i) for i in range(300)]
         assert [f.result(timeout=30) for f in warm] == [i * i for i in range(300)]
         futures = []
+        # Both workers busy for a while: the submits below queue behind them
+        # and join the open unit, whatever the machine's load (with a worker
+        # idle, how many units they make depends on when the supervisor runs).
+        sleeping = []
+        for running in (1, 2):
+            sleeping.append(executor.submit(time.sleep, 1.0))
+            wait_until(lambda n=running: sum(s.state == "busy" for s in executor.status()) == n,
+                       10)
 
         def submit_all():
             for i in range(600):
@@ -204,6 +212,7 @@ def test_batched_submits_each_keep_their_own_outcome(method, tmp_path):
                 futures.append(executor.submit(tasks.outcome, log, i,
                                                special.get(i, "ok"), *extra))
         assert _units_made_by(submit_all) < 60
+        assert [f.result(timeout=10) for f in sleeping] == [None, None]
         cf.wait(futures, timeout=60)
         errors = {i: f.exception() for i, f in enumerate(futures) if f.exception()}
         assert sorted(errors) == [100, 200, 300, 400, 450, 500], errors
