@@ -508,3 +508,11 @@ def sleep_catching_soft(seconds: float):
     except poolguard.SoftTimeoutError:
         return "soft"
     return "done"
+
+
+def logged_die_at(log: str, at: int, x: int):
+    """logged_square, but the worker dies (SIGKILL) on item *at*, after logging it."""
+    value = logged_square(log, x)
+    if x == at:
+        die("sigkill")
+    return value

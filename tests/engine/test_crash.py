@@ -1,6 +1,7 @@
 """Real deaths of real workers, under every start method."""
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import signal
@@ -129,6 +130,33 @@ def test_imap_goes_on_after_a_crash(method):
         assert len(errors) == 1 and errors[0].task.item == 3
         with pytest.raises(StopIteration):
             it.next(timeout=1)
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["imap", "imap_unordered"])
+def test_imap_items_sent_together_are_each_answered(method, tmp_path, ordered):
+    # chunksize=1 over a list: tiny items go many to a unit once the function
+    # is measured, yet each is answered as it ends.  A death fails only its
+    # item, and no item runs twice (the items before it in its unit had
+    # answered; those after it run elsewhere).
+    log = str(tmp_path / "calls")
+    func = functools.partial(tasks.logged_die_at, log, 5000)
+    with poolguard.Pool(2, context=method) as pool:
+        imap = pool.imap if ordered else pool.imap_unordered
+        assert sorted(imap(func, range(3000))) == [x * x for x in range(3000)]
+        it = imap(func, range(3000, 7000))
+        got, errors = [], []
+        for _ in range(4000):
+            try:
+                got.append(it.next(timeout=30))
+            except WorkerCrashedError as exc:
+                errors.append(exc)
+        with pytest.raises(StopIteration):
+            it.next(timeout=5)
+        expected = [x * x for x in range(3000, 7000) if x != 5000]
+        assert (got if ordered else sorted(got)) == expected
+        assert len(errors) == 1 and errors[0].task.item == 2000
+        assert pool.map(tasks.square, range(10)) == [x * x for x in range(10)]
+    assert tasks.calls(log) == list(range(7000))
 
 
 class _DieAtThree:

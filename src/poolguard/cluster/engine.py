@@ -69,6 +69,7 @@ class ClusterEngine(EngineBase):
 
     remote_reads = False
     batches_submits = False   # units are bundled into dask tasks instead
+    streams = False           # a dask task answers once
     per_call_guards = False   # the engines on the dask workers have the pool's
 
     def __init__(self, client: Any, owns_client: bool, processes: int,
@@ -101,7 +102,8 @@ class ClusterEngine(EngineBase):
         return True
 
     def submit_items(self, job: Job, items: Sequence[Any], chunksize: int, start: int = 0,
-                     func_bytes: Optional[bytes] = None, open_call: bool = False) -> None:
+                     func_bytes: Optional[bytes] = None, open_call: bool = False,
+                     shrink: bool = False) -> None:
         if func_bytes is None:
             func_bytes = self.encode_function(job.func)
         self.inbox.submit([Unit.unencoded(job, start + lo, items[lo:lo + chunksize],

@@ -37,6 +37,7 @@ class Engine(EngineBase):
     """Worker processes plus the supervisor thread that watches them."""
 
     batches_submits = True
+    streams = True
     per_call_guards = True
 
     def __init__(self, processes: int, initializer: Optional[Callable[..., Any]] = None,
@@ -76,8 +77,10 @@ class Engine(EngineBase):
         return self._launcher.main_by_value(getattr(func, "__wrapped__", func))
 
     def submit_items(self, job: Job, items: Sequence[Any], chunksize: int, start: int = 0,
-                     func_bytes: Optional[bytes] = None, open_call: bool = False) -> None:
-        """Cut *items* into units (jobs.py) and queue them batch by batch."""
+                     func_bytes: Optional[bytes] = None, open_call: bool = False,
+                     shrink: bool = False) -> None:
+        """Cut *items* into units (jobs.py) and queue them batch by batch;
+        *shrink*: the last units smaller (a default chunksize)."""
         if func_bytes is None:
             func_bytes = self.encode_function(job.func)
         if len(items) == 1:   # submit, apply_async: no batching to do
@@ -85,8 +88,9 @@ class Engine(EngineBase):
             if unit is not None:
                 self.inbox.submit((unit,), open_call)
             return
-        self.inbox.submit(cut_units(job, items, chunksize, start, func_bytes, self.remote_reads),
-                          open_call)
+        workers = self.processes if shrink else 0
+        self.inbox.submit(cut_units(job, items, chunksize, start, func_bytes, self.remote_reads,
+                                    workers), open_call)
 
     def submit_elastic(self, job: Job, items: Sequence[Any]) -> None:
         """Queue *items* as one elastic unit, which dispatch cuts as it goes."""

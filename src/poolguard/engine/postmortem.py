@@ -70,7 +70,7 @@ class Postmortem:
             # Each item has its own outcome: the culprit's item alone fails;
             # the others run again (those before it had run, but their
             # results died with the worker), unless they were answered one
-            # by one (EACH_APPLY).
+            # by one (EACH_APPLY, STREAM).
             answered = culprit.job.answered(culprit, 0)
             parts = culprit.split(offset)
             alone = parts[1 if offset else 0]

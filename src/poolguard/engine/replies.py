@@ -76,7 +76,7 @@ class Replies:
 
     def _on_call_reply(self, worker: Worker, task_id: int, status: int, offset: int,
                        body: memoryview, shared: Optional[Sequence[Any]]) -> None:
-        """One call of an EACH_APPLY unit ended; the unit goes on."""
+        """One call of an EACH_APPLY or STREAM unit ended; the unit goes on."""
         unit = worker.find_unit(task_id)
         if unit is None:
             return   # the job was already failed (terminate)

@@ -22,6 +22,7 @@ class EngineSurface(Protocol):
     finish_at_exit: bool
     inbox: Inbox           # pending units, state, open calls: shared with the fronts
     batches_submits: bool  # may the executor queue submits in a SubmitBatch?
+    streams: bool          # does it run STREAM units (imap's items answered one by one)?
     per_call_guards: bool  # does it apply ``Job.guards``?
 
     def encode_function(self, func: Callable[..., Any]) -> bytes: ...
@@ -29,7 +30,8 @@ class EngineSurface(Protocol):
     def main_by_value(self, func: Callable[..., Any]) -> bool: ...
 
     def submit_items(self, job: Job, items: Sequence[Any], chunksize: int, start: int = 0,
-                     func_bytes: Optional[bytes] = None, open_call: bool = False) -> None: ...
+                     func_bytes: Optional[bytes] = None, open_call: bool = False,
+                     shrink: bool = False) -> None: ...
 
     def submit_elastic(self, job: Job, items: Sequence[Any]) -> None: ...
 

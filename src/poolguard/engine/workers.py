@@ -16,7 +16,7 @@ from .. import diagnosis
 from ..diagnosis import WorkerWatch
 from ..errors import TaskInfo
 from ..wire.channels import FrameReader
-from ..wire.messages import EACH_APPLY
+from ..wire.messages import ANSWERED_ONE_BY_ONE
 from ..wire.slots import Slot
 from ..worker.loop import worker_main
 from .jobs import Unit
@@ -170,7 +170,7 @@ class Worker:
         if unit is None:
             return None
         self.inflight.remove(unit)
-        if unit.job.kind != EACH_APPLY:   # those count each call as it ends
+        if unit.job.kind not in ANSWERED_ONE_BY_ONE:   # those count each item as it ends
             self.items_done += len(unit.items)
         if not self.inflight:
             self.backlog, self.blind = 0.0, 0

@@ -197,13 +197,17 @@ class MapResult(ApplyResult[List[T]], _StdlibMapResult[T]):
                  progress: Optional[Progress] = None):
         super().__init__(pool, func, kind, call, callback, error_callback)
         self.progress = progress
-        self._values: List[Any] = [None] * length
-        self._remaining = length
+        # Made at the first result, by the supervisor while workers run: made
+        # here, a long map's list held every thread up before its first unit.
+        self._values: Optional[List[Any]] = None
+        self._length = self._remaining = length
         if length == 0:
-            self._set(True, self._values)
+            self._set(True, [])
 
     def unit_done(self, unit: Unit, values: list[Any]) -> None:
         """Engine hook (not for users): a chunk finished with *values*."""
+        if self._values is None:
+            self._values = [None] * self._length
         self._values[unit.start:unit.start + len(values)] = values
         self._remaining -= len(values)
         if self._remaining == 0:

@@ -12,6 +12,7 @@ from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Dict, It
 from ..engine import EngineSurface, Job, PoolState, Unit
 from ..errors import TaskStoppedError
 from ..progress import Progress, finish_progress
+from ..wire.messages import STREAM
 from .awaiting import LoopWaiters
 from .pool_calls import Owner
 
@@ -180,11 +181,44 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
 
     def unit_done(self, unit: Unit, values: list[Any]) -> None:
         """Engine hook (not for users): a chunk finished with *values*."""
+        if self.kind == STREAM:   # its items were answered one by one (call_done)
+            if unit.answered < len(unit.items):   # a worker that did not is a bug: no hang
+                self.unit_failed(unit, RuntimeError("poolguard: the worker did not answer "
+                                                    "this item"))
+            return
         self._put(unit.start, (True, values, len(values)))
 
     def unit_failed(self, unit: Unit, exc: BaseException) -> None:
-        """Engine hook (not for users): a chunk failed with *exc*."""
-        self._put(unit.start, (False, exc, len(unit.items)))
+        """Engine hook (not for users): a chunk failed with *exc* (those of
+        its items not answered yet, for a STREAM unit)."""
+        left = len(unit.items) - unit.answered
+        if left > 0:
+            self._put(unit.start + unit.answered, (False, exc, left))
+
+    def call_done(self, unit: Unit, offset: int, ok: bool, value: Any) -> None:
+        """Engine hook (not for users): the item at *offset* of a STREAM unit
+        ended, before the unit did."""
+        if offset < unit.answered:
+            return
+        unit.answered = offset + 1
+        if self.progress is not None:
+            self.progress.count(1, None if ok else value, 0 if ok else 1)
+        self._put(unit.start + offset, (True, (value,), 1) if ok else (False, value, 1))
+
+    def answered(self, unit: Unit, offset: int) -> bool:
+        """Engine hook (not for users): was that item of a STREAM unit answered?"""
+        return offset < unit.answered
+
+    def count_progress(self, unit: Unit, ok: bool, value: Any) -> None:
+        """Engine hook (not for users): a STREAM unit's answered items were
+        counted as they came; only those a failed unit leaves are counted here."""
+        if self.kind != STREAM:
+            super().count_progress(unit, ok, value)
+            return
+        left = len(unit.items) - unit.answered
+        if not ok and left > 0:
+            assert self.progress is not None
+            self.progress.count(left, value, left)
 
     def wait_for_room(self, produced: int, ahead: int, engine: EngineSurface) -> bool:
         """Engine hook (not for users): hold a lazy producer back while *ahead*

@@ -16,7 +16,7 @@ from ..options import CallGuards, checkpointed
 from ..progress import ProgressArg, check_progress, make_progress
 from .pool_calls import Callback, MapResult
 from .pool_imap import IMapIterator
-from ..wire.messages import MAP, STARMAP
+from ..wire.messages import MAP, STARMAP, STREAM
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -161,6 +161,7 @@ class PoolMaps:
         check_progress(progress)
         func = checkpointed(func, checkpoint)
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
+        shrink = chunksize is None
         if chunksize is None:
             chunksize, extra = divmod(len(items), self._processes * 4)
             chunksize += bool(extra)
@@ -170,7 +171,7 @@ class PoolMaps:
                                       make_progress(progress, engine, call, func, len(items)))
         result.guards = own
         if items:
-            engine.submit_items(result, items, chunksize)
+            engine.submit_items(result, items, chunksize, shrink=shrink)
         return result
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any],
@@ -239,13 +240,21 @@ class PoolMaps:
         func = checkpointed(func, checkpoint)
         _check_chunksize(chunksize)
         call = "imap" if ordered else "imap_unordered"
-        known = len(iterable) if isinstance(iterable, (list, tuple, range)) else None
-        result: IMapIterator[Any] = IMapIterator(self, func, MAP, call, ordered,
-                                            make_progress(progress, engine, call, func, known))
+        items = iterable if isinstance(iterable, (list, tuple, range)) else None
+        known = None if items is None else len(items)
+        # One item a task: cut as the pacer says, each item still answered on
+        # its own (STREAM), so tiny items do not each cost a unit.
+        stream = chunksize == 1 and engine.streams and bool(known)
+        result: IMapIterator[Any] = IMapIterator(self, func, STREAM if stream else MAP, call,
+                                                 ordered,
+                                                 make_progress(progress, engine, call, func, known))
         result.guards = own
-        if isinstance(iterable, (list, tuple, range)):
-            engine.submit_items(result, iterable, chunksize)
-            result._set_length(len(iterable))
+        if items is not None:
+            if stream:
+                engine.submit_elastic(result, items)
+            else:
+                engine.submit_items(result, items, chunksize)
+            result._set_length(len(items))
         else:
             # Like the standard library, read a lazy iterable on a thread of its
             # own so that imap returns at once (and an endless one works).

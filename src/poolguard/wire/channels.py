@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import fcntl
 import math
+import mmap
 import os
 import select
 import threading
@@ -49,26 +50,42 @@ class FrameReader:
     def read(self, max_reads: int = 64) -> Tuple[List[bytes], Read]:
         """Read what is there now: (complete frames, where it stopped)."""
         state = Read.MORE
+        scratch = _scratch()
         for _ in range(max_reads):
             try:
-                data = os.read(self.fd, PIPE_SIZE)
+                n = os.readv(self.fd, (scratch,))
             except BlockingIOError:
                 state = Read.DRAINED
                 break
             except OSError:
                 state = Read.EOF
                 break
-            if not data:
+            if not n:
                 state = Read.EOF
                 break
-            self.buf += data
-            if len(data) < PIPE_SIZE:   # it was all there: spare a read that would
+            with memoryview(scratch) as view:
+                self.buf += view[:n]
+            if n < PIPE_SIZE:   # it was all there: spare a read that would
                 state = Read.DRAINED    # only say so (and a wait for the GIL after it)
                 break
         frames, pos = split_frames(self.buf)
         if pos:
             del self.buf[:pos]
         return frames, state
+
+
+_local = threading.local()
+
+
+def _scratch() -> mmap.mmap:
+    """The calling thread's buffer to read pipes into: ``os.read`` made a
+    new megabyte for each read, whose pages faulted in each time.  (A
+    mapping: only the pages a read used become memory.)"""
+    try:
+        buf: mmap.mmap = _local.buf
+    except AttributeError:
+        buf = _local.buf = mmap.mmap(-1, PIPE_SIZE)
+    return buf
 
 
 class WakePipe:

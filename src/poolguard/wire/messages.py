@@ -43,6 +43,7 @@ class Kind(IntEnum):
     EACH = 3           # func(item) for each item, each item's outcome on its own
     EACH_STAR = 4      # func(*item) for each item, each item's outcome on its own
     EACH_APPLY = 5     # func(*args, **kwargs) for each item (args, kwargs), each on its own
+    STREAM = 6         # func(item) for each item, each outcome sent as soon as it is known
 
 
 class Status(IntEnum):
@@ -58,7 +59,7 @@ class Status(IntEnum):
 
 
 # Added to OK, RAISED or UNENCODABLE: the reply of one call of an EACH_APPLY
-# unit, sent as soon as it ends (its body as for an APPLY unit; the header's
+# or STREAM unit, sent as soon as it ends (its body as for an APPLY unit; the header's
 # microseconds field holds the call's offset in the unit).  The unit's own
 # reply follows its last call, with no results.
 ITEM = 0x80
@@ -74,8 +75,11 @@ class Control(IntEnum):
     RELEASE = -3       # parent -> worker: we have the shared buffers of your last reply
 
 
-APPLY, MAP, STARMAP, EACH, EACH_STAR, EACH_APPLY = Kind
-PER_ITEM = frozenset((EACH, EACH_STAR, EACH_APPLY))   # kinds whose items have outcomes of their own
+APPLY, MAP, STARMAP, EACH, EACH_STAR, EACH_APPLY, STREAM = Kind
+# Kinds whose items have outcomes of their own; the last two send each
+# outcome as it is known (ITEM replies).
+PER_ITEM = frozenset((EACH, EACH_STAR, EACH_APPLY, STREAM))
+ANSWERED_ONE_BY_ONE = frozenset((EACH_APPLY, STREAM))
 OK, RAISED, UNENCODABLE, READY, INIT_FAILED, RETIRING = Status
 STOP, CONTROL, RELEASE = Control
 
@@ -111,7 +115,7 @@ _SEARCH_LIMIT = 64
 # Argument types pickled in band whatever their size; kinds whose items are
 # the single argument of each call.
 _PLAIN_TYPES = frozenset((int, float, complex, str, bool, type(None)))
-_ONE_ARGUMENT = frozenset((MAP, EACH))
+_ONE_ARGUMENT = frozenset((MAP, EACH, STREAM))
 
 
 def encode_task(task_id: int, kind: int, func_bytes: bytes, items: Sequence[Any],
@@ -123,7 +127,8 @@ def encode_task(task_id: int, kind: int, func_bytes: bytes, items: Sequence[Any]
     ``bytes`` from our memory (see buffers.py).  *timing*: the call's own
     guards, which replace the pool's in the worker (see ``Timing``)."""
     extra = () if timing is None else (timing,)
-    if kind in _ONE_ARGUMENT and _PLAIN_TYPES.issuperset(map(type, items)):
+    if (kind in _ONE_ARGUMENT and len(items) <= _SEARCH_LIMIT
+            and _PLAIN_TYPES.issuperset(map(type, items))):
         # Numbers, strings, None: nothing to share or to send out of band,
         # and no search for it (a tiny task's encoding took 2.6 us, 0.5 of it pickling).
         body = pickle.dumps((kind, func_bytes, items) + extra, protocol=PROTOCOL)

@@ -12,7 +12,7 @@ import pickle
 import reprlib
 import time
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 from . import lifeline
 from .soft_timer import timer as soft_timer
@@ -21,7 +21,7 @@ from ..wire import buffers, result_buffers
 from ..wire.framing import FrameInput
 from ..wire.messages import (APPLY, CONTROL, EACH, EACH_APPLY, INIT_FAILED, ITEM,
                              MAP, OK, PER_ITEM, PROTOCOL, RAISED, READY, RELEASE_CONTENT,
-                             REPLY_HEADER, RETIRING, SHARED, STARMAP, STOP, STOP_CONTENT,
+                             REPLY_HEADER, RETIRING, SHARED, STARMAP, STOP, STOP_CONTENT, STREAM,
                              TASK_HEADER, UNENCODABLE, Timing, decode_task, encode_exception)
 from ..wire.slots import (DECODING, IDLE, ITEM_WORD, SENDING, SENT_WORD, START_WORD,
                           TASK_WORD)
@@ -33,6 +33,26 @@ _short_repr.maxstring = _short_repr.maxother = 200
 # on which the parent's RELEASE of it comes (set by worker_main).
 _held: list[result_buffers.Outgoing] = []
 _frames: list[FrameInput] = []
+
+# Item indices as ready-made ints: enumerate() makes an int for each index
+# over 256, an eighth of a tiny item's time in the worker.  Grown to the
+# longest unit seen, up to _INDEXES_KEPT (1.3 MB).
+_indexes: list[int] = list(range(257))
+_INDEXES_KEPT = 1 << 15
+
+
+def numbered(items: Sequence[Any], start: int = 0) -> Iterator[Tuple[int, Any]]:
+    """``enumerate(items[start:], start)``, of a sequence, with fewer ints made."""
+    have, end = len(_indexes), len(items)
+    if end > have and have < _INDEXES_KEPT:
+        _indexes.extend(range(have, min(end, _INDEXES_KEPT)))
+        have = len(_indexes)
+    rest = items if start == 0 else itertools.islice(items, start, None)
+    if end <= have:
+        return zip(itertools.islice(_indexes, start, None) if start else _indexes, rest,
+                   strict=False)   # the indexes outnumber the items
+    return zip(itertools.chain(itertools.islice(_indexes, start, None), itertools.count(have)),
+               rest, strict=False)
 
 
 def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Connection,
@@ -120,6 +140,8 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
     func = cache[1] if soft is None else soft_timer.limited(cache[1], soft)
     if kind == EACH_APPLY:
         return _run_calls(slot, func, items, task_id, send, timed, clock)
+    if kind == STREAM:
+        return _run_stream(slot, func, items, task_id, send, timed, clock)
     if kind in PER_ITEM:
         return _run_each(slot, func, items, kind, timed, clock)
     try:
@@ -128,9 +150,9 @@ def _run_unit(slot: memoryview, data: bytes, task_id: int, handle_size: int, cac
         if timed and kind != APPLY:
             out = _run_timed(slot, clock, func, items, kind == STARMAP)
         elif kind == MAP:
-            out = [func(item) for slot[ITEM_WORD], item in enumerate(items)]
+            out = [func(item) for slot[ITEM_WORD], item in numbered(items)]
         elif kind == STARMAP:
-            out = [func(*item) for slot[ITEM_WORD], item in enumerate(items)]
+            out = [func(*item) for slot[ITEM_WORD], item in numbered(items)]
         else:
             out = [_call(slot, func, items[0], timed, clock)]
     except BaseException as exc:  # SystemExit too: the task's error, not ours
@@ -206,6 +228,30 @@ def _run_calls(slot: memoryview, func: Callable[..., Any], items: Tuple[Any, ...
     return OK, _NO_RESULTS
 
 
+def _run_stream(slot: memoryview, func: Callable[..., Any], items: Sequence[Any],
+                task_id: int, send: Callable[[bytes], None], timed: bool,
+                clock: Callable[[], int]) -> Tuple[int, bytes]:
+    """A STREAM unit (imap, one item a task): as ``_run_calls``, each
+    outcome sent before the next item starts, for items that are each the
+    one argument of a call, pickled together."""
+    status: int
+    for i, item in enumerate(items):
+        if timed:
+            slot[START_WORD] = clock()
+        slot[ITEM_WORD] = i
+        try:
+            value = func(item)
+        except BaseException as exc:   # SystemExit too: that item's error
+            status, body = RAISED, encode_exception(exc)
+        else:
+            status, body = _encode_results([value])
+            del value   # not kept while the next item runs
+        send(REPLY_HEADER.pack(task_id, status | ITEM, i) + body)
+        _release_held()
+    slot[ITEM_WORD] = SENDING
+    return OK, _NO_RESULTS
+
+
 def _call(slot: memoryview, func: Callable[..., Any], item: Tuple[Any, Any], timed: bool,
           clock: Callable[[], int]) -> Any:
     """An APPLY unit's one call: ``item`` is (args, kwds)."""
@@ -252,13 +298,12 @@ def _each_until_error(slot: memoryview, func: Callable[..., Any], items: Sequenc
     offset, None in *out*); where to go on.  One try around the loop, not
     one an item: a tiny item costs a third less (the executor's map)."""
     append = out.append
-    rest = items if start == 0 else itertools.islice(items, start, None)
     try:
         if plain:
-            for slot[ITEM_WORD], item in enumerate(rest, start):
+            for slot[ITEM_WORD], item in numbered(items, start):
                 append(func(item))
         else:
-            for slot[ITEM_WORD], item in enumerate(rest, start):
+            for slot[ITEM_WORD], item in numbered(items, start):
                 append(func(*item))
         return len(items)
     except BaseException as exc:   # SystemExit too: that item's error
