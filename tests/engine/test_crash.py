@@ -132,18 +132,20 @@ def test_imap_goes_on_after_a_crash(method):
             it.next(timeout=1)
 
 
+@pytest.mark.parametrize("lazy", [False, True], ids=["list", "generator"])
 @pytest.mark.parametrize("ordered", [True, False], ids=["imap", "imap_unordered"])
-def test_imap_items_sent_together_are_each_answered(method, tmp_path, ordered):
-    # chunksize=1 over a list: tiny items go many to a unit once the function
-    # is measured, yet each is answered as it ends.  A death fails only its
+def test_imap_items_sent_together_are_each_answered(method, tmp_path, ordered, lazy):
+    # chunksize=1: tiny items go many to a unit once the function is
+    # measured, yet each is answered as it ends.  A death fails only its
     # item, and no item runs twice (the items before it in its unit had
     # answered; those after it run elsewhere).
     log = str(tmp_path / "calls")
     func = functools.partial(tasks.logged_die_at, log, 5000)
     with poolguard.Pool(2, context=method) as pool:
         imap = pool.imap if ordered else pool.imap_unordered
-        assert sorted(imap(func, range(3000))) == [x * x for x in range(3000)]
-        it = imap(func, range(3000, 7000))
+        items = (lambda r: iter(list(r))) if lazy else (lambda r: r)
+        assert sorted(imap(func, items(range(3000)))) == [x * x for x in range(3000)]
+        it = imap(func, items(range(3000, 7000)))
         got, errors = [], []
         for _ in range(4000):
             try:

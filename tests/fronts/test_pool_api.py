@@ -1,6 +1,7 @@
 """poolguard.Pool behaves as multiprocessing.Pool where the two agree."""
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import threading
@@ -42,7 +43,6 @@ def test_imap_orders_and_unordered_has_each_once(pool):
 
 
 def test_imap_of_an_endless_generator_returns_at_once(pool):
-    import itertools
     it = pool.imap(tasks.square, itertools.count(), chunksize=5)
     assert [it.next(timeout=10) for _ in range(20)] == [x * x for x in range(20)]
     pool.terminate()   # the producer thread must stop too (checked by the leak fixture)
@@ -327,3 +327,39 @@ def test_callback_may_terminate_its_pool():
     assert done.wait(10)
     pool.join()
     assert pool.pids == []
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_lazy_imap_producer_goes_on_once_the_consumer_makes_room(pool, chunksize):
+    # The producer stops a bounded amount ahead of the consumer.  When the
+    # consumer takes the next value, the producer must read on at once, not
+    # when its 0.2 s wait next runs out (0.1 s on average, each time).
+    asked: list = []   # when the input was asked for each item
+
+    def items():
+        for i in itertools.count():
+            asked.append(time.monotonic())
+            yield i
+    it = pool.imap(tasks.identity, items(), chunksize)
+    waited = 0.0
+    for _ in range(10):
+        _until_still(asked)   # the read-ahead is full, its results are in
+        n, start = len(asked), time.monotonic()
+        for _ in range(chunksize):   # a chunk: what the producer counts
+            next(it)
+        deadline = start + 10
+        while len(asked) == n and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert len(asked) > n
+        waited += asked[n] - start
+    assert waited < 0.5   # with the stall: about 1 s
+    pool.terminate()
+
+
+def _until_still(grows: list, quiet: float = 0.3) -> None:
+    """Wait until *grows* has not grown for *quiet* seconds (10 s at most)."""
+    deadline = time.monotonic() + 10
+    before = -1
+    while len(grows) != before and time.monotonic() < deadline:
+        before = len(grows)
+        time.sleep(quiet)

@@ -110,9 +110,11 @@ class ClusterEngine(EngineBase):
                                           func_bytes)
                            for lo in range(0, len(items), chunksize)], open_call)
 
-    def submit_elastic(self, job: Job, items: Sequence[Any]) -> None:
+    def submit_elastic(self, job: Job, items: Sequence[Any], start: int = 0,
+                       func_bytes: Optional[bytes] = None, open_call: bool = False) -> None:
         """The executor's ``map`` without chunksize: four units a thread."""
-        self.submit_items(job, items, max(1, math.ceil(len(items) / (4 * self.processes))))
+        self.submit_items(job, items, max(1, math.ceil(len(items) / (4 * self.processes))),
+                          start, func_bytes, open_call)
 
     def units_in_flight(self) -> int:
         return self._in_flight

@@ -92,11 +92,15 @@ class Engine(EngineBase):
         self.inbox.submit(cut_units(job, items, chunksize, start, func_bytes, self.remote_reads,
                                     workers), open_call)
 
-    def submit_elastic(self, job: Job, items: Sequence[Any]) -> None:
-        """Queue *items* as one elastic unit, which dispatch cuts as it goes."""
-        func_bytes = self.encode_function(job.func)
-        self.inbox.submit([Unit(job, 0, items, func_bytes, remote=self.remote_reads,
-                                elastic=True)])
+    def submit_elastic(self, job: Job, items: Sequence[Any], start: int = 0,
+                       func_bytes: Optional[bytes] = None, open_call: bool = False) -> Unit:
+        """Queue *items* as one elastic unit, which dispatch cuts as it goes;
+        the unit (a lazy imap's producer extends it: ``IMapIterator.feed``)."""
+        if func_bytes is None:
+            func_bytes = self.encode_function(job.func)
+        unit = Unit(job, start, items, func_bytes, remote=self.remote_reads, elastic=True)
+        self.inbox.submit([unit], open_call)
+        return unit
 
     @property
     def pids(self) -> List[int]:

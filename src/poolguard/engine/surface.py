@@ -12,7 +12,7 @@ from . import at_exit
 from .callbacks import CallbackThread
 from .guards import GuardKeeper, StopMatch
 from .inbox import Inbox, PoolState
-from .jobs import Job
+from .jobs import Job, Unit
 from .reports import PoolStats, WorkerStatus
 
 
@@ -33,7 +33,9 @@ class EngineSurface(Protocol):
                      func_bytes: Optional[bytes] = None, open_call: bool = False,
                      shrink: bool = False) -> None: ...
 
-    def submit_elastic(self, job: Job, items: Sequence[Any]) -> None: ...
+    def submit_elastic(self, job: Job, items: Sequence[Any], start: int = 0,
+                       func_bytes: Optional[bytes] = None,
+                       open_call: bool = False) -> Optional[Unit]: ...
 
     def close(self) -> None: ...
 

@@ -16,7 +16,7 @@ from .. import diagnosis
 from ..diagnosis import WorkerWatch
 from ..errors import TaskInfo
 from ..wire.channels import FrameReader
-from ..wire.messages import ANSWERED_ONE_BY_ONE
+from ..wire.messages import ANSWERED_ONE_BY_ONE, STREAM
 from ..wire.slots import Slot
 from ..worker.loop import worker_main
 from .jobs import Unit
@@ -172,6 +172,8 @@ class Worker:
         self.inflight.remove(unit)
         if unit.job.kind not in ANSWERED_ONE_BY_ONE:   # those count each item as it ends
             self.items_done += len(unit.items)
+        elif unit.job.kind == STREAM:   # its last item's outcome came with the unit's reply
+            self.items_done += len(unit.items) - unit.answered
         if not self.inflight:
             self.backlog, self.blind = 0.0, 0
         elif unit.expected is None:

@@ -7,12 +7,12 @@ import collections
 import threading
 from multiprocessing import TimeoutError
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Deque, Dict, Iterator,
-                    Optional, TypeVar)
+                    Optional, Tuple, TypeVar)
 
 from ..engine import EngineSurface, Job, PoolState, Unit
 from ..errors import TaskStoppedError
 from ..progress import Progress, finish_progress
-from ..wire.messages import STREAM
+from ..wire.messages import PICKLING_ERRORS, STREAM
 from .awaiting import LoopWaiters
 from .pool_calls import Owner
 
@@ -52,6 +52,9 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
         self._waiters = LoopWaiters()
         self._stopped = False                          # stop(): nothing more comes
         self._stop_error: Optional[BaseException] = None   # raised once, then the end
+        self._room_at: Optional[int] = None   # the position the producer waits for
+        # A lazy STREAM imap: the unit its producer extends, and its items (feed)
+        self._fed: Optional[Tuple[Unit, Deque[Any]]] = None
 
     def __iter__(self) -> "IMapIterator[T]":
         """The iterator itself."""
@@ -151,6 +154,8 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
                 return False
             ok, payload, n = entry
             self._position += n
+            if self._room_at is not None and self._position >= self._room_at:
+                self._cond.notify_all()   # the producer: it may go on
             if not ok:
                 raise payload
             self._buffer.extend(payload)
@@ -181,7 +186,10 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
 
     def unit_done(self, unit: Unit, values: list[Any]) -> None:
         """Engine hook (not for users): a chunk finished with *values*."""
-        if self.kind == STREAM:   # its items were answered one by one (call_done)
+        if self.kind == STREAM:   # the items not answered one by one (call_done): its last
+            results, errors = values
+            for i, value in enumerate(results):
+                self.call_done(unit, unit.answered, i not in errors, errors.get(i, value))
             if unit.answered < len(unit.items):   # a worker that did not is a bug: no hang
                 self.unit_failed(unit, RuntimeError("poolguard: the worker did not answer "
                                                     "this item"))
@@ -204,6 +212,34 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
         if self.progress is not None:
             self.progress.count(1, None if ok else value, 0 if ok else 1)
         self._put(unit.start + offset, (True, (value,), 1) if ok else (False, value, 1))
+
+    def feed(self, engine: EngineSurface, item: Any, index: int, func_bytes: bytes) -> None:
+        """Lazy STREAM imap, its producer thread: queue *item* (input
+        position *index*) at the end of the unit it fed last while that is
+        the last unit pending, so that tiny items travel together; else in
+        a new elastic unit.  ValueError if the pool takes no more."""
+        if self._fed is None or not engine.inbox.add_to_tail(self._fed[0], self._fed[1].append,
+                                                              item):
+            fed = collections.deque([item])
+            unit = engine.submit_elastic(self, fed, index, func_bytes, open_call=True)
+            self._fed = None if unit is None else (unit, fed)
+
+    def cut(self, unit: Unit, count: int) -> Tuple[Optional[Unit], Optional[BaseException]]:
+        """Engine hook (not for users), under the inbox's lock: a unit of the
+        first *count* items of a fed unit (``feed``), which keeps the rest."""
+        fed = unit.items
+        if not isinstance(fed, collections.deque):
+            return super().cut(unit, count)
+        chunk = [fed.popleft() for _ in range(min(count, len(fed)))]
+        start, unit.start = unit.start, unit.start + len(chunk)
+        try:
+            return Unit(self, start, chunk, unit.func_bytes, remote=unit.remote), None
+        except PICKLING_ERRORS as exc:
+            if len(chunk) > 1:   # again one by one, to fail only the item that does not pickle
+                fed.extendleft(reversed(chunk))
+                unit.start = start
+                return self.cut(unit, 1)
+            return Unit.placeholder(self, start, chunk), exc
 
     def answered(self, unit: Unit, offset: int) -> bool:
         """Engine hook (not for users): was that item of a STREAM unit answered?"""
@@ -228,8 +264,13 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
             while produced - self._position >= ahead or self._stopped:
                 if engine.state not in (PoolState.RUNNING, PoolState.CLOSING) or self._stopped:
                     return False
-                # Also woken by each result; the timeout only notices terminate().
-                self._sleep(0.2)
+                # Woken once the consumer has made room (_ready), and by each
+                # result; the timeout only notices terminate().
+                self._room_at = produced - ahead + 1
+                try:
+                    self._sleep(0.2)
+                finally:
+                    self._room_at = None
         return True
 
     def _set_length(self, length: int) -> None:

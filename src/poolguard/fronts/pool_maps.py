@@ -244,7 +244,7 @@ class PoolMaps:
         known = None if items is None else len(items)
         # One item a task: cut as the pacer says, each item still answered on
         # its own (STREAM), so tiny items do not each cost a unit.
-        stream = chunksize == 1 and engine.streams and bool(known)
+        stream = chunksize == 1 and engine.streams and known != 0
         result: IMapIterator[Any] = IMapIterator(self, func, STREAM if stream else MAP, call,
                                                  ordered,
                                                  make_progress(progress, engine, call, func, known))
@@ -294,7 +294,10 @@ def _produce(engine: EngineSurface, job: IMapIterator[Any], items: Iterator[Any]
             if not chunk:
                 break
             try:
-                engine.submit_items(job, chunk, chunksize, count, func_bytes, open_call=True)
+                if job.kind == STREAM:
+                    job.feed(engine, chunk[0], count, func_bytes)
+                else:
+                    engine.submit_items(job, chunk, chunksize, count, func_bytes, open_call=True)
             except ValueError as exc:  # terminated while we were reading
                 job.unit_failed(Unit.placeholder(job, count, [None]),
                                 PoolTerminatedError(f"the pool stopped: {exc}"))

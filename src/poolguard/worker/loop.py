@@ -233,8 +233,12 @@ def _run_stream(slot: memoryview, func: Callable[..., Any], items: Sequence[Any]
                 clock: Callable[[], int]) -> Tuple[int, bytes]:
     """A STREAM unit (imap, one item a task): as ``_run_calls``, each
     outcome sent before the next item starts, for items that are each the
-    one argument of a call, pickled together."""
+    one argument of a call, pickled together.  The last item's outcome is
+    the unit's own reply, as a PER_ITEM unit's of that item: a unit of one
+    item costs one reply.  (Its slot keeps the item's index while it is
+    sent: a death then is that item's.)"""
     status: int
+    last = len(items) - 1
     for i, item in enumerate(items):
         if timed:
             slot[START_WORD] = clock()
@@ -242,14 +246,17 @@ def _run_stream(slot: memoryview, func: Callable[..., Any], items: Sequence[Any]
         try:
             value = func(item)
         except BaseException as exc:   # SystemExit too: that item's error
+            if i == last:
+                return _each_reply([None], {0: encode_exception(exc)})
             status, body = RAISED, encode_exception(exc)
         else:
+            if i == last:
+                return _each_reply([value], {})
             status, body = _encode_results([value])
             del value   # not kept while the next item runs
         send(REPLY_HEADER.pack(task_id, status | ITEM, i) + body)
         _release_held()
-    slot[ITEM_WORD] = SENDING
-    return OK, _NO_RESULTS
+    return _each_reply([], {})
 
 
 def _call(slot: memoryview, func: Callable[..., Any], item: Tuple[Any, Any], timed: bool,
@@ -282,6 +289,11 @@ def _run_each(slot: memoryview, func: Callable[..., Any], items: Sequence[Any], 
         while start < len(items):
             start = _each_until_error(slot, func, items, kind == EACH, start, out, errors)
     slot[ITEM_WORD] = SENDING
+    return _each_reply(out, errors)
+
+
+def _each_reply(out: list[Any], errors: Dict[int, Any]) -> Tuple[int, bytes]:
+    """The reply of a PER_ITEM unit: *out* and *errors* by offset."""
     try:
         body, outgoing = result_buffers.encode(out, errors, with_extra=True)
         if outgoing is not None:
