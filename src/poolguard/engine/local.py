@@ -95,7 +95,7 @@ class Engine(EngineBase):
     def submit_elastic(self, job: Job, items: Sequence[Any], start: int = 0,
                        func_bytes: Optional[bytes] = None, open_call: bool = False) -> Unit:
         """Queue *items* as one elastic unit, which dispatch cuts as it goes;
-        the unit (a lazy imap's producer extends it: ``IMapIterator.feed``)."""
+        the unit (a lazy imap's producer extends it: ``IMapIterator._feed``)."""
         if func_bytes is None:
             func_bytes = self.encode_function(job.func)
         unit = Unit(job, start, items, func_bytes, remote=self.remote_reads, elastic=True)

@@ -53,7 +53,7 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
         self._stopped = False                          # stop(): nothing more comes
         self._stop_error: Optional[BaseException] = None   # raised once, then the end
         self._room_at: Optional[int] = None   # the position the producer waits for
-        # A lazy STREAM imap: the unit its producer extends, and its items (feed)
+        # A lazy STREAM imap: the unit its producer extends, and its items (_feed)
         self._fed: Optional[Tuple[Unit, Deque[Any]]] = None
 
     def __iter__(self) -> "IMapIterator[T]":
@@ -213,7 +213,7 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
             self.progress.count(1, None if ok else value, 0 if ok else 1)
         self._put(unit.start + offset, (True, (value,), 1) if ok else (False, value, 1))
 
-    def feed(self, engine: EngineSurface, item: Any, index: int, func_bytes: bytes) -> None:
+    def _feed(self, engine: EngineSurface, item: Any, index: int, func_bytes: bytes) -> None:
         """Lazy STREAM imap, its producer thread: queue *item* (input
         position *index*) at the end of the unit it fed last while that is
         the last unit pending, so that tiny items travel together; else in
@@ -226,7 +226,7 @@ class IMapIterator(Job, _StdlibIMapIterator[T]):
 
     def cut(self, unit: Unit, count: int) -> Tuple[Optional[Unit], Optional[BaseException]]:
         """Engine hook (not for users), under the inbox's lock: a unit of the
-        first *count* items of a fed unit (``feed``), which keeps the rest."""
+        first *count* items of a fed unit (``_feed``), which keeps the rest."""
         fed = unit.items
         if not isinstance(fed, collections.deque):
             return super().cut(unit, count)

@@ -302,7 +302,7 @@ def _produce(engine: EngineSurface, job: IMapIterator[Any], items: Iterator[Any]
                 break
             try:
                 if job.kind == STREAM:
-                    job.feed(engine, chunk[0], count, func_bytes)
+                    job._feed(engine, chunk[0], count, func_bytes)
                 else:
                     engine.submit_items(job, chunk, chunksize, count, func_bytes, open_call=True)
             except ValueError as exc:  # terminated while we were reading
