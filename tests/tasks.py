@@ -516,3 +516,22 @@ def logged_die_at(log: str, at: int, x: int):
     if x == at:
         die("sigkill")
     return value
+
+
+def logged_acting(log: str, acts: tuple, x: int):
+    """logged_square, except for the items *acts* names, as (first, last,
+    what) ranges, after the call is logged: "raise" (ValueError), "die"
+    (SIGKILL), "die once" (SIGKILL the first time, a marker file beside
+    *log*), or "sleep N" (N seconds, then the square)."""
+    value = logged_square(log, x)
+    for first, last, what in acts:
+        if first <= x <= last:
+            if what == "raise":
+                raise ValueError(f"item {x} refuses")
+            if what == "die":
+                die("sigkill")
+            if what == "die once":
+                return die_first_time(f"{log}.died-{x}", value)
+            if what.startswith("sleep "):
+                time.sleep(float(what.split()[1]))
+    return value

@@ -4,6 +4,7 @@ unpicklable argument stays that item's alone; a short task never waits in a
 busy worker's pipe behind a long one."""
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
@@ -13,7 +14,7 @@ import pytest
 
 import poolguard
 from poolguard.engine.jobs import Job, Unit
-from poolguard.engine.pacing import MAX_AHEAD, WINDOW, Pacer
+from poolguard.engine.pacing import MAX_AHEAD, STALLED, WINDOW, Pacer
 from poolguard.wire.framing import FrameInput, frame
 from poolguard.wire.messages import EACH
 
@@ -141,6 +142,22 @@ def test_short_tasks_do_not_wait_behind_a_long_one(method, unordered):
             assert not results[0].ready()
 
 
+def test_tiny_items_do_not_pile_up_behind_an_item_that_overruns(method, tmp_path):
+    """Head-of-line once the function is measured: the worker held up by
+    one item of 60 s, in the middle of a unit expected to take 2 ms, takes
+    no more units; the other worker runs the rest (before, the held-up one
+    kept taking units up to MAX_AHEAD, about half of those left)."""
+    log = str(tmp_path / "calls")
+    func = functools.partial(tasks.logged_acting, log, ((N + 100, N + 100, "sleep 60"),))
+    with poolguard.Pool(2, context=method) as pool:
+        assert sorted(pool.imap(func, range(N))) == [x * x for x in range(N)]
+        it = pool.imap_unordered(func, range(N, N + 20_000))
+        # All but the long item's unit and the one or two its worker took
+        # before it was late: each a few hundred items at most.
+        for _ in range(17_000):
+            assert it.next(timeout=20) != (N + 100) ** 2
+
+
 def test_pacer_rules():
     """The pacer's rules, on its own (numbers only, no processes)."""
     pacer = Pacer(maxtasks=None)
@@ -157,12 +174,15 @@ def test_pacer_rules():
 
         def __init__(self, inflight, backlog, blind):
             self.inflight, self.backlog, self.blind = inflight, backlog, blind
-            self.ends_at = time.monotonic() + backlog
+            self.ends_at = self.due = time.monotonic() + backlog
 
     assert pacer.may_take(FakeWorker([], 0.0, 0), unit)
     assert not pacer.may_take(FakeWorker([unit], 0.0, 1), unit)            # unknown: one only
     assert pacer.may_take(FakeWorker([unit], WINDOW / 10, 0), unit)
     assert not pacer.may_take(FakeWorker([unit] * MAX_AHEAD, 0.0, 0), unit)
+    late = FakeWorker([unit], 0.0, 0)
+    late.due -= 2 * STALLED   # its running unit overran: nothing more
+    assert not pacer.may_take(late, unit)
 
 
 def test_frame_input_reads_bursts_and_large_frames():

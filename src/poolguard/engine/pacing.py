@@ -9,7 +9,9 @@ worker gets a second unit only while what it already has is *known* to end
 within ``WINDOW``: at once for short tasks, and for long ones shortly
 before the one it runs should end (the loop wakes for it, ``next_wake``).  A
 function never seen before gets one unit per worker until a reply says how
-long it takes.
+long it takes.  A worker whose running unit is past its expected end by
+more than ``STALLED`` (an item far longer than its function's average) is
+not known to end at all: it gets nothing more until it answers.
 
 Each reply carries the time its unit ran in the worker (``REPLY_HEADER``);
 the pacer keeps, per function, a moving average of the time per item.
@@ -40,6 +42,7 @@ class Worker(Protocol):
     sent: int
     blind: int           # units it has whose duration is unknown
     ends_at: float
+    due: float           # when the unit it runs should end
     inflight: Any        # a sized collection of units
     offer: Optional[Tuple[Any, ...]]
 
@@ -56,6 +59,12 @@ CHUNK_TIME = 0.002      # what an elastic unit aims to take, in seconds
 # units at most): a write, a wake-up and a read of its replies cost some
 # 10-50 us, whatever the batch holds.
 BATCH_TIME = 0.0002
+# Seconds past the expected end of the unit it runs after which a worker takes
+# no more until it answers.  Without it, a worker held up by one long item
+# took a unit whenever its queue's end (moved on by each unit it took) came
+# within WINDOW, before a busy worker that had just taken its own: half the
+# units left, up to MAX_AHEAD, waited behind the long item.
+STALLED = WINDOW
 _WEIGHT = 0.3           # of the newest sample in the moving average
 _REMEMBERED = 256       # functions; past that the oldest are forgotten
 
@@ -89,8 +98,8 @@ class Pacer:
 
     def may_take(self, worker: Worker, head: Unit) -> bool:
         """May *worker* be sent one more unit, *head* (the next pending), now?"""
-        key = self.offer_key(worker)
-        return key is not None and key - time.monotonic() < self.patience(head)
+        key, now = self.offer_key(worker), time.monotonic()
+        return key is not None and not stalled(worker, now) and key - now < self.patience(head)
 
     def offer_key(self, worker: Worker) -> Optional[float]:
         """When *worker* may be offered units: IDLE + its slot when idle, or
@@ -189,21 +198,26 @@ class Offers(Generic[W]):
             heapq.heapify(self._heap)
             self._clean_above = max(_CLEAN_ABOVE, 4 * len(self._heap))
 
-    def _top(self) -> Optional[Tuple[float, int, W]]:
+    def _top(self, now: float) -> Optional[Tuple[float, int, W]]:
         if self.moved:
             for worker in self.moved.values():
                 self.update(worker)
             self.moved.clear()
         heap = self._heap
-        while heap and heap[0][2].offer is not heap[0]:
+        while heap:
+            top = heap[0]
+            if top[2].offer is top and not stalled(top[2], now):
+                return top
             heapq.heappop(heap)
-        return heap[0] if heap else None
+            if top[2].offer is top:   # stalled: back in at its next reply (pop_unit)
+                top[2].offer = None
+        return None
 
     def take(self, now: float, patience: float) -> Optional[W]:
         """The worker to send the next unit to, if one may take it now (a
         unit that may wait *patience* s in its pipe), out of the heap until
         ``update``."""
-        top = self._top()
+        top = self._top(now)
         if top is None or top[0] - now >= patience:
             return None
         heapq.heappop(self._heap)
@@ -213,7 +227,7 @@ class Offers(Generic[W]):
 
     def next_wake(self, now: float, patience: float) -> Optional[float]:
         """Seconds until a worker may take a unit of that *patience*."""
-        top = self._top()
+        top = self._top(now)
         return None if top is None else max(0.0, top[0] - patience - now)
 
 
@@ -222,3 +236,8 @@ _CLEAN_ABOVE = 4096      # heap entries, stale ones included
 # first.  A lone task goes to the same worker as before the heap (the first
 # idle one), which tests and users rely on; a burst still spreads over all.
 IDLE = -2.0 ** 50
+
+
+def stalled(worker: Worker, now: float) -> bool:
+    """Is *worker* more than STALLED past the expected end of the unit it runs?"""
+    return bool(worker.inflight) and now > worker.due + STALLED

@@ -76,6 +76,7 @@ class Worker:
         # Kept up to date for the WorkerSet's indexes (which worker is idle,
         # busy, may be offered a unit): told of every change by *changed*.
         self.ends_at = time.monotonic()     # when the units it has should be done
+        self.due = self.ends_at             # when the unit it runs should end (pacing.stalled)
         self.offer: Optional[tuple[Any, ...]] = None   # its live entry in Offers
         self.place: tuple[Any, ...] = ()    # what the WorkerSet's tables last saw
         self._changed = changed
@@ -147,6 +148,7 @@ class Worker:
         unit.expected = expected
         if not self.inflight:
             self.ends_at = time.monotonic()
+            self.due = self.ends_at + (expected or 0.0)
         if expected is None:
             self.blind += 1
         else:
@@ -181,8 +183,10 @@ class Worker:
         else:
             self.backlog -= unit.expected
         # The next unit starts about now: what is left ends after its backlog.
-        self.ends_at = time.monotonic() + self.backlog
+        now = time.monotonic()
+        self.ends_at = now + self.backlog
         if self.inflight:   # the offers heap updates it before the next pick
+            self.due = now + (self.inflight[0].expected or 0.0)
             self._offers.moved[self.index] = self
         else:
             self._changed(self)
