@@ -12,6 +12,9 @@ import pytest
 
 import poolguard
 from poolguard import TaskInfo, WorkerCrashedError
+from poolguard.engine import Unit
+from poolguard.fronts.pool_imap import IMapIterator
+from poolguard.wire.messages import STREAM
 
 import tasks
 from conftest import PROMPT, wait_until
@@ -159,6 +162,22 @@ def test_imap_items_sent_together_are_each_answered(method, tmp_path, ordered, l
         assert len(errors) == 1 and errors[0].task.item == 2000
         assert pool.map(tasks.square, range(10)) == [x * x for x in range(10)]
     assert tasks.calls(log) == list(range(7000))
+
+
+def test_stream_unit_split_at_a_death_keeps_what_was_answered():
+    # A worker can die after answering item 5 of a STREAM unit and before
+    # its slot says item 6.  The postmortem splits the unit at 5; the part
+    # holding item 5 must know it was answered, so that it is neither blamed
+    # nor run again (no process can be stopped in that instant on demand).
+    job: IMapIterator = IMapIterator(None, tasks.square, STREAM, "imap", True)
+    unit = Unit(job, 100, list(range(10)), b"", lazy=True)
+    unit.answered = 6
+    before, alone, after = unit.split(5)
+    assert [p.start for p in (before, alone, after)] == [100, 105, 106]
+    assert (before.answered, alone.answered, after.answered) == (5, 1, 0)
+    assert job.answered(alone, 0) and not job.answered(after, 0)
+    (whole,) = unit.split(None)
+    assert whole.answered == 6
 
 
 class _DieAtThree:

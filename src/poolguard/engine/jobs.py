@@ -198,16 +198,20 @@ class Unit:
     def split(self, offset: Optional[int]) -> List["Unit"]:
         """Fresh units to run this one again: with *offset*, the items before
         it, the item at it (which keeps the attempts) and those after, so only
-        the culprit item counts as retried; without, the whole unit."""
+        the culprit item counts as retried; without, the whole unit.  Each
+        part keeps what of it was answered (STREAM): the item a worker died
+        after answering, before its slot moved on, is known as answered."""
         if offset is None:
-            return [Unit(self.job, self.start, self.items, self.func_bytes, self.attempts,
-                         self.remote)]
+            spans = [(0, len(self.items))]
+        else:
+            spans = [(lo, hi) for lo, hi in
+                     ((0, offset), (offset, offset + 1), (offset + 1, len(self.items))) if lo < hi]
         parts = []
-        for lo, hi in ((0, offset), (offset, offset + 1), (offset + 1, len(self.items))):
-            if lo < hi:
-                parts.append(Unit(self.job, self.start + lo, self.items[lo:hi],
-                                  self.func_bytes, self.attempts if lo == offset else (),
-                                  self.remote))
+        for lo, hi in spans:
+            part = Unit(self.job, self.start + lo, self.items[lo:hi], self.func_bytes,
+                        self.attempts if lo == offset or offset is None else (), self.remote)
+            part.answered = max(0, min(hi - lo, self.answered - lo))
+            parts.append(part)
         return parts
 
     @classmethod
