@@ -293,14 +293,14 @@ def make_unit(job: Job, start: int, items: Sequence[Any], func_bytes: bytes,
 
 
 def cut_units(job: Job, items: Sequence[Any], chunksize: int, start: int, func_bytes: bytes,
-              remote: bool, workers: int = 0) -> List[Unit]:
+              remote: bool, workers: int = 0, least: int = 0) -> List[Unit]:
     """*items* as lazy units of *chunksize*: the supervisor pickles each as it
     sends it, so the first worker starts while the rest are still being
     pickled (one that cannot be pickled fails then: see ``_next_unit``).
     Short chunks are cut as slices at once: a view of one item costs more
     than the slice (imap's chunksize=1).  With *workers*, the last units
-    shrink (``shrinking``)."""
-    bounds = shrinking(len(items), chunksize, workers) if workers else [
+    shrink down to *least* items (``shrinking``)."""
+    bounds = shrinking(len(items), chunksize, workers, least) if workers else [
         (lo, lo + chunksize) for lo in range(0, len(items), chunksize)]
     if chunksize < _VIEW_FROM:
         return [Unit(job, start + lo, items[lo:hi], func_bytes, remote=remote, lazy=True)
@@ -309,13 +309,14 @@ def cut_units(job: Job, items: Sequence[Any], chunksize: int, start: int, func_b
             for lo, hi in bounds]
 
 
-def shrinking(count: int, chunksize: int, workers: int) -> List[Tuple[int, int]]:
+def shrinking(count: int, chunksize: int, workers: int, least: int = 1) -> List[Tuple[int, int]]:
     """Bounds of units of *chunksize* items, but none over the items left
-    shared by twice the *workers* (nor under an eighth of *chunksize*): the
-    workers then end together, where equal chunks left one of them the
-    whole last chunk to run alone (a default map's tail took 4.5 of its 25 ms)."""
+    shared by twice the *workers* (nor under *least*, nor an eighth of
+    *chunksize*): the workers then end together, where equal chunks left
+    one of them the whole last chunk to run alone (a default map's tail took
+    4.5 of its 25 ms)."""
     bounds = []
-    lo, least = 0, max(1, chunksize // 8)
+    lo, least = 0, max(1, least, chunksize // 8)
     while lo < count:
         size = min(chunksize, max(least, -(-(count - lo) // (2 * workers))))
         bounds.append((lo, min(count, lo + size)))

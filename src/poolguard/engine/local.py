@@ -31,6 +31,9 @@ from .worker_set import WorkerSet
 # started (they are, in the background, after Pool() returns): far above a
 # start even on a loaded machine, and a bound if one never comes.
 FIRST_ROUND_WAIT = 10.0
+# Seconds of measured work below which a default map's last units do not
+# shrink: smaller ones cost more per unit than an uneven end costs.
+SHRUNK_UNIT = 0.0002
 
 
 class Engine(EngineBase):
@@ -88,9 +91,9 @@ class Engine(EngineBase):
             if unit is not None:
                 self.inbox.submit((unit,), open_call)
             return
-        workers = self.processes if shrink else 0
+        least = self._pacer.items_taking(func_bytes, SHRUNK_UNIT) if shrink else None
         self.inbox.submit(cut_units(job, items, chunksize, start, func_bytes, self.remote_reads,
-                                    workers), open_call)
+                                    self.processes if least else 0, least or 0), open_call)
 
     def submit_elastic(self, job: Job, items: Sequence[Any], start: int = 0,
                        func_bytes: Optional[bytes] = None, open_call: bool = False) -> Unit:

@@ -91,6 +91,14 @@ class Pacer:
             self._per_item[unit.func_bytes] = (average + _WEIGHT * (sample - average),
                                                seen + count)
 
+    def items_taking(self, func_bytes: bytes, seconds: float) -> Optional[int]:
+        """How many items of that function take *seconds* (None: not measured
+        yet).  Read by caller threads: one look-up in a dict."""
+        known = self._per_item.get(func_bytes)
+        if known is None:
+            return None
+        return int(seconds / known[0]) if known[0] > 0 else None
+
     def expected(self, unit: Unit) -> Optional[float]:
         """Seconds *unit* should take, or None for a function not yet measured."""
         known = self._per_item.get(unit.func_bytes)
