@@ -116,6 +116,11 @@ class _Worker:
         self.inflight: list = []
         self.offer = None
 
+    @property
+    def due(self) -> float:
+        """When the unit it runs should end: here it has one at most."""
+        return self.ends_at
+
 
 def test_offers_pick_idle_workers_lowest_slot_first_then_the_least_loaded():
     from poolguard.engine.pacing import MAX_AHEAD, Offers, Pacer
