@@ -535,3 +535,13 @@ def logged_acting(log: str, acts: tuple, x: int):
             if what.startswith("sleep "):
                 time.sleep(float(what.split()[1]))
     return value
+
+
+def wait_for_file(path: str, timeout: float = 30.0) -> bool:
+    """Return once *path* exists (True), or after *timeout* seconds (False)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True

@@ -415,8 +415,16 @@ def test_shutdown_cancelling_futures_runs_those_already_running(tmp_path):
     executor = ProcessPoolExecutor(1, retries=1, initializer=time.sleep, initargs=(0.5,))
     for future in [executor.submit(tasks.die_first_time, done, i) for i in range(200)]:
         future.result(timeout=30)   # known to be tiny: later submits share units
+    # While the worker waits at the gate, the six calls gather in one batch,
+    # cut as one unit once it is free: the five run behind the one that dies.
+    # (Sent as units of their own, the five would wait in the supervisor: a
+    # worker running late takes no more.)
+    go = str(tmp_path / "go")
+    gate = executor.submit(tasks.wait_for_file, go)
     first = executor.submit(tasks.die_first_time, marker, "second try")
     later = [executor.submit(tasks.die_first_time, done, i) for i in range(5)]
+    open(go, "w").close()
+    assert gate.result(timeout=30)
     wait_until(lambda: os.path.exists(marker), 10)
     wait_until(lambda: [s.state for s in executor.status()] == ["starting"], PROMPT)
     assert all(future.running() for future in [first] + later)
