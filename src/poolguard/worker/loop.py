@@ -7,14 +7,14 @@ which item was running without any lock a dying worker could hold.
 """
 from __future__ import annotations
 
-import itertools
 import pickle
 import reprlib
 import time
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from . import lifeline
+from .numbering import numbered
 from .soft_timer import timer as soft_timer
 from ..errors import TaskDecodeError
 from ..wire import buffers, result_buffers
@@ -33,26 +33,6 @@ _short_repr.maxstring = _short_repr.maxother = 200
 # on which the parent's RELEASE of it comes (set by worker_main).
 _held: list[result_buffers.Outgoing] = []
 _frames: list[FrameInput] = []
-
-# Item indices as ready-made ints: enumerate() makes an int for each index
-# over 256, an eighth of a tiny item's time in the worker.  Grown to the
-# longest unit seen, up to _INDEXES_KEPT (1.3 MB).
-_indexes: list[int] = list(range(257))
-_INDEXES_KEPT = 1 << 15
-
-
-def numbered(items: Sequence[Any], start: int = 0) -> Iterator[Tuple[int, Any]]:
-    """``enumerate(items[start:], start)``, of a sequence, with fewer ints made."""
-    have, end = len(_indexes), len(items)
-    if end > have and have < _INDEXES_KEPT:
-        _indexes.extend(range(have, min(end, _INDEXES_KEPT)))
-        have = len(_indexes)
-    rest = items if start == 0 else itertools.islice(items, start, None)
-    if end <= have:
-        return zip(itertools.islice(_indexes, start, None) if start else _indexes, rest,
-                   strict=False)   # the indexes outnumber the items
-    return zip(itertools.chain(itertools.islice(_indexes, start, None), itertools.count(have)),
-               rest, strict=False)
 
 
 def worker_main(spec: Any, index: int, task_conn: Connection, result_conn: Connection,
