@@ -85,7 +85,10 @@ def test_workers_exit_when_the_owner_is_killed(method, tmp_path):
 
 
 CTRL_C = """
-    import sys, time, psutil, poolguard
+    import signal, sys, time, psutil, poolguard
+    # As a program run from a terminal has it: a suite started in the
+    # background by a shell hands SIGINT down ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if __name__ == "__main__":
         try:
             with poolguard.Pool(2, context=sys.argv[1]) as pool:
