@@ -93,7 +93,8 @@ class Engine(EngineBase):
             return
         least = self._pacer.items_taking(func_bytes, SHRUNK_UNIT) if shrink else None
         self.inbox.submit(cut_units(job, items, chunksize, start, func_bytes, self.remote_reads,
-                                    self.processes if least else 0, least or 0), open_call)
+                                    0 if least is None else self.processes, least or 0),
+                          open_call)
 
     def submit_elastic(self, job: Job, items: Sequence[Any], start: int = 0,
                        func_bytes: Optional[bytes] = None, open_call: bool = False) -> Unit:
